@@ -1,0 +1,134 @@
+"""HTML reports a person can read: headline numbers, text, tables, figures, provenance.
+
+One self-contained file: figures are matplotlib figures embedded as PNG (base64), so the
+report can be mailed or opened offline. Build it top to bottom, then ``save``.
+
+Example:
+    >>> import tempfile, os
+    >>> import matplotlib.pyplot as plt
+    >>> r = Report("Toy study", subtitle="what we did")
+    >>> r.numbers({"accuracy": 0.981, "epochs": 300})
+    >>> r.text("The model <b>barely</b> uses attention.")
+    >>> r.table(["setting", "acc"], [["full", 0.98], ["fixed", 0.93]], caption="Scrubbing")
+    >>> fig, ax = plt.subplots(); _ = ax.plot([0, 1], [1, 0])
+    >>> r.figure(fig, caption="A line")
+    >>> path = r.save(os.path.join(tempfile.mkdtemp(), "report.html"))
+    >>> "A line" in open(path).read()
+    True
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import platform
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from interplab.runs import PathLike, atomic_write_text  # noqa: E402
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.1em} .sub{color:#666;margin-top:0}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.8em 0} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0} figcaption{color:#555;font-size:.92em} img{max-width:100%}
+.nums{display:flex;flex-wrap:wrap;gap:.6em} .num{border:1px solid #ddd;border-radius:6px;padding:.4em .8em}
+.num b{display:block;font-size:1.3em} .num span{color:#666;font-size:.85em}
+pre{background:#f7f7f7;padding:.8em;overflow-x:auto} .prov{color:#777;font-size:.85em}
+"""
+
+
+def fmt(x: Any) -> str:
+    """Format a number for people: 4 significant digits, ints as ints.
+
+    Example:
+        >>> fmt(0.98765), fmt(12), fmt(1e-7), fmt("pentagon")
+        ('0.9877', '12', '1e-07', 'pentagon')
+    """
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    return f"{x:.4g}"
+
+
+class Report:
+    """An HTML report assembled section by section; see the module docstring."""
+
+    def __init__(self, title: str, subtitle: str = "") -> None:
+        self.title = title
+        self.parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+        if subtitle:
+            self.parts.append(f"<p class='sub'>{html.escape(subtitle)}</p>")
+
+    def section(self, heading: str) -> None:
+        """Start a new section with a heading."""
+        self.parts.append(f"<h2>{html.escape(heading)}</h2>")
+
+    def text(self, content: str) -> None:
+        """A paragraph; ``content`` may contain simple HTML markup (b, i, code)."""
+        self.parts.append(f"<p>{content}</p>")
+
+    def code(self, source: str) -> None:
+        """A block of source code, shown verbatim."""
+        self.parts.append(f"<pre>{html.escape(source)}</pre>")
+
+    def numbers(self, values: Mapping[str, Any]) -> None:
+        """Headline numbers as tiles (name under value)."""
+        tiles = "".join(
+            f"<div class='num'><b>{html.escape(fmt(v))}</b><span>{html.escape(k)}</span></div>"
+            for k, v in values.items()
+        )
+        self.parts.append(f"<div class='nums'>{tiles}</div>")
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> None:
+        """A table; numbers are formatted with :func:`fmt`."""
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self.parts.append(f"<table>{cap}<tr>{head}</tr>{body}</table>")
+
+    def figure(self, fig: Figure, caption: str = "", dpi: int = 110) -> None:
+        """Embed a matplotlib figure as PNG and close it."""
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        plt.close(fig)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        self.parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>{cap}</figure>")
+
+    def html(self) -> str:
+        """The whole page as a string, with a provenance footer."""
+        import torch
+
+        from interplab import __version__
+
+        prov = (
+            f"interplab {__version__}, torch {torch.__version__}, Python {sys.version.split()[0]}, "
+            f"{platform.platform()}, written {datetime.datetime.now().isoformat(timespec='seconds')}; "
+            f"command: {html.escape(' '.join(sys.argv))}"
+        )
+        body = "\n".join(self.parts)
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{_CSS}</style></head><body>{body}<hr><p class='prov'>{prov}</p></body></html>\n"
+        )
+
+    def save(self, path: PathLike) -> Path:
+        """Write the report atomically; returns the path."""
+        path = Path(path)
+        atomic_write_text(path, self.html())
+        return path
