@@ -1,0 +1,1 @@
+"""Sparse autoencoders: dictionary learning on any site of any hooked model."""

@@ -1,0 +1,165 @@
+"""Where an SAE reads, and a shuffled buffer of activations from there.
+
+A :class:`Site` is a TransformerLens hook name plus, optionally, one index along axis 1 (a
+token position of a sequence model, or an instance of a toy model of superposition); it turns
+the hook's activation into rows ``[rows, d]`` and writes rows back for splicing.
+
+An :class:`ActivationBuffer` runs a hooked model on inputs drawn by a sampler
+``(generator, n) -> inputs``, keeps ``size`` rows, hands out random batches, and when half of
+them are used refills those with fresh activations and reshuffles, so each batch mixes many
+inputs. All randomness comes from one ``torch.Generator``; :meth:`ActivationBuffer.state_dict`
+saves what exact resume needs.
+
+Example:
+    >>> import torch
+    >>> from interplab.models import MLP, MLPConfig
+    >>> model = MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> buf = ActivationBuffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(100, 4)), g, size=64)
+    >>> buf.next(16).shape
+    torch.Size([16, 8])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from interplab.errors import check
+
+Sampler = Callable[[torch.Generator, int], Tensor]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hook name and an optional index along axis 1 (``position``; negative allowed).
+
+    Example:
+        >>> s = Site("blocks.0.mlp.hook_post", position=-1)
+        >>> a = torch.arange(24.0).reshape(2, 3, 4)
+        >>> s.read(a).tolist()
+        [[8.0, 9.0, 10.0, 11.0], [20.0, 21.0, 22.0, 23.0]]
+        >>> s.write(a, torch.zeros(2, 4))[:, -1].abs().sum().item()
+        0.0
+    """
+
+    name: str
+    position: int | None = None
+
+    def read(self, act: Tensor) -> Tensor:
+        """Rows ``[rows, d]``: ``act[:, position]`` or every leading index flattened."""
+        if self.position is None:
+            return act.reshape(-1, act.shape[-1])
+        check(act.dim() >= 3, f"Site {self.name} has shape {tuple(act.shape)}, which has no axis 1 to pick "
+              f"position {self.position} from.")
+        return act[:, self.position].reshape(-1, act.shape[-1])
+
+    def write(self, act: Tensor, rows: Tensor) -> Tensor:
+        """A copy of ``act`` with the rows :meth:`read` takes replaced by ``rows``."""
+        if self.position is None:
+            return rows.reshape(act.shape).to(act.dtype)
+        out = act.clone()
+        out[:, self.position] = rows.reshape(out[:, self.position].shape).to(act.dtype)
+        return out
+
+
+def sample_rows(inputs: Tensor) -> Sampler:
+    """A sampler drawing rows of a fixed set of ``inputs`` uniformly with replacement.
+
+    Example:
+        >>> s = sample_rows(torch.arange(10))
+        >>> s(torch.Generator().manual_seed(0), 4).shape
+        torch.Size([4])
+    """
+    check(len(inputs) > 0, "The input set to sample from is empty.")
+
+    def sample(generator: torch.Generator, n: int) -> Tensor:
+        return inputs[torch.randint(len(inputs), (n,), generator=generator)]
+
+    return sample
+
+
+@torch.no_grad()
+def collect(model: torch.nn.Module, site: Site, inputs: Any) -> Tensor:
+    """Run ``model`` on ``inputs`` and return ``site``'s rows (raises if the site is unknown).
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> collect(MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2)), Site("layers.0.hook_pre"), torch.randn(3, 4)).shape
+        torch.Size([3, 8])
+    """
+    store: list[Tensor] = []
+
+    def grab(act: Tensor, hook: Any) -> None:
+        store.append(site.read(act).detach())
+
+    check(site.name in model.mod_dict, f"The model has no activation site named {site.name!r}.")
+    model.run_with_hooks(inputs, fwd_hooks=[(site.name, grab)])
+    return store[0]
+
+
+class ActivationBuffer:
+    """A shuffled store of activation rows; see the module docstring."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        site: Site,
+        sampler: Sampler,
+        generator: torch.Generator,
+        size: int = 16384,
+        model_batch: int = 1024,
+    ) -> None:
+        check(size >= 2, f"The buffer needs room for at least 2 rows, got {size}.")
+        check(model_batch >= 1, f"model_batch must be at least 1, got {model_batch}.")
+        self.model, self.site, self.sampler, self.generator = model, site, sampler, generator
+        self.size, self.model_batch = size, model_batch
+        self.rows: Tensor | None = None
+        self.ptr = 0
+
+    def _draw(self, n: int) -> Tensor:
+        out, have = [], 0
+        while have < n:
+            rows = collect(self.model, self.site, self.sampler(self.generator, self.model_batch))
+            out.append(rows)
+            have += len(rows)
+        return torch.cat(out)[:n]
+
+    def _refill(self) -> None:
+        if self.rows is None:
+            self.rows = self._draw(self.size)
+        elif self.ptr > 0:
+            self.rows[: self.ptr] = self._draw(self.ptr)
+        self.rows = self.rows[torch.randperm(self.size, generator=self.generator)]
+        self.ptr = 0
+
+    @property
+    def d(self) -> int:
+        """Width of the rows (fills the buffer if it is still empty)."""
+        if self.rows is None:
+            self._refill()
+        assert self.rows is not None
+        return self.rows.shape[1]
+
+    def next(self, batch_size: int) -> Tensor:
+        """The next ``batch_size`` rows; refills the used half first when half is used."""
+        check(1 <= batch_size <= self.size // 2, f"batch_size must be between 1 and half the buffer "
+              f"({self.size // 2}), got {batch_size}.")
+        if self.rows is None or self.ptr + batch_size > self.size // 2:
+            self._refill()
+        assert self.rows is not None
+        batch = self.rows[self.ptr : self.ptr + batch_size]
+        self.ptr += batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Buffer contents and read position (the generator is saved by its owner)."""
+        return {"rows": self.rows, "ptr": self.ptr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        self.rows, self.ptr = state["rows"], int(state["ptr"])

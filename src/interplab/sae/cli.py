@@ -1,0 +1,211 @@
+"""``interplab sae``: train, evaluate and browse sparse autoencoders on a trained run's site.
+
+Example:
+    >>> from typer.testing import CliRunner
+    >>> r = CliRunner().invoke(app, ["--help"])
+    >>> r.exit_code, "train" in r.output and "eval" in r.output
+    (0, True)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+import typer
+
+from interplab.errors import check
+
+app = typer.Typer(help="Sparse autoencoders: train on a run's activations, evaluate, write feature dashboards.",
+                  no_args_is_help=True)
+
+
+def _load_run(run: Path, data_dir: Optional[Path]) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The run's model, its task or objective (None if the run has none) and its config."""
+    from interplab.runs import load, read_json
+
+    model = load(run)
+    config = read_json(run / "config.json")
+    desc = config.get("task")
+    if not desc:
+        return model, None, config
+    if desc.get("name") == "sparse-features":
+        module = importlib.import_module("interplab.tasks.superposition")
+        return model, module.SparseFeatures(**{k: v for k, v in desc.items() if k != "name"}), config
+    from interplab.tasks import make_task
+
+    return model, make_task(desc, data_dir=data_dir), config
+
+
+def _sampler(task: Any, run: Path) -> Callable[[torch.Generator, int], torch.Tensor]:
+    from interplab.sae.buffer import sample_rows
+
+    check(task is not None, f"Run {run} records no task, so there are no inputs to take activations from.")
+    if hasattr(task, "inputs"):
+        return sample_rows(task.inputs)
+    check(hasattr(task, "sample"), f"The task of run {run} can neither list nor sample its inputs.")
+    return task.sample
+
+
+def _default_position(task: Any, position: Optional[int]) -> Optional[int]:
+    if position is not None:
+        return position
+    positions = getattr(task, "positions", None)
+    return positions[0] if positions else None
+
+
+def _eval_inputs(task: Any, n: int, seed: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    if hasattr(task, "inputs"):
+        return task.inputs, task.labels
+    x = task.sample(torch.Generator().manual_seed(seed), n)
+    return x, x
+
+
+def _loss_fn(task: Any) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    if hasattr(task, "inputs"):
+        positions = task.positions
+
+        def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = out[:, positions] if positions is not None else out
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+        return ce
+    if hasattr(task, "importance"):  # toy model of superposition: importance-weighted MSE
+        return lambda out, x: (task.importance * (out - x) ** 2).mean(dim=(0, 2)).sum()
+    return None
+
+
+@app.command("train")
+def train_command(
+    run: Path = typer.Option(..., "--run", help="A run directory written by `interplab train` (model and task)."),
+    site: str = typer.Option(..., "--site", help="Activation site (TransformerLens name), e.g. blocks.0.mlp.hook_post."),
+    out: Path = typer.Option(..., "--out", help="Directory to write: SAELens layout (cfg.json, sae_weights.safetensors), "
+                             "metrics.jsonl, checkpoints/."),
+    position: Optional[int] = typer.Option(None, help="Index along axis 1 of the site (token position or TMS "
+                                           "instance); default: the task's readout position, else all rows."),
+    d_sae: Optional[int] = typer.Option(None, help="Number of features (default: expansion x site width)."),
+    expansion: int = typer.Option(4, help="Features per site dimension when --d-sae is not given."),
+    l1: float = typer.Option(1e-3, help="L1 coefficient."),
+    l1_warmup_steps: int = typer.Option(0, help="Steps of linear L1 warm-up."),
+    steps: int = typer.Option(2000, help="Optimizer steps."),
+    batch_size: int = typer.Option(256, help="Activation rows per step."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    beta1: float = typer.Option(0.0, help="Adam beta1."),
+    beta2: float = typer.Option(0.999, help="Adam beta2."),
+    dead_fix: str = typer.Option("none", help="none, resample, ghost-original, ghost-scaled or ghost-dead-only."),
+    dead_window: int = typer.Option(200, help="Steps without firing after which a feature counts as dead."),
+    resample_every: int = typer.Option(500, help="[resample] Steps between resamplings."),
+    buffer_size: int = typer.Option(16384, help="Rows in the shuffled activation buffer."),
+    checkpoint_every: int = typer.Option(500, help="Steps between checkpoints."),
+    seed: int = typer.Option(0, help="Seed for the initialisation, the buffer and resampling."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the SAE run in --out (same options)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train an SAE on a site of a trained run; leaves an SAELens-layout directory in --out."""
+    from interplab.sae.buffer import Site, collect
+    from interplab.sae.model import SAE, SAEConfig
+    from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
+
+    model, task, _ = _load_run(run, data_dir)
+    check(site in model.mod_dict, f"The model of {run} has no activation site named {site!r}.")
+    the_site = Site(site, _default_position(task, position))
+    sampler = _sampler(task, run)
+    width = collect(model, the_site, sampler(torch.Generator().manual_seed(seed), 2)).shape[1]
+    cfg = SAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, beta2), l1_coeff=l1,
+                         l1_warmup_steps=l1_warmup_steps, buffer_size=buffer_size, dead_fix=dead_fix,
+                         dead_window=dead_window, resample_every=resample_every, seed=seed,
+                         checkpoint_every=checkpoint_every, log_every=min(100, checkpoint_every))
+    sae = SAE(SAEConfig(d_in=width, d_sae=d_sae or expansion * width, hook_name=site, position=the_site.position), seed=seed)
+    result = train_sae(sae, make_buffer(model, the_site, sampler, cfg), cfg, out, resume=resume, quiet=quiet,
+                       model_name=str(run))
+    final = result.final
+    typer.echo("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
+    if result.resampled:
+        typer.echo(f"resampled: {', '.join(f'{n} at step {s}' for s, n in result.resampled)}")
+    typer.echo(f"SAE directory (SAELens layout): {out}")
+
+
+@app.command("eval")
+def eval_command(
+    sae_dir: Path = typer.Option(..., "--sae", help="An SAELens-layout SAE directory."),
+    run: Path = typer.Option(..., "--run", help="The run whose model the SAE reads."),
+    method: str = typer.Option("encoder", help="Readout: encoder, topk, mp, omp or gp."),
+    k: Optional[int] = typer.Option(None, help="Active features for topk, mp, omp, gp."),
+    site: Optional[str] = typer.Option(None, help="Override the site stored with the SAE."),
+    position: Optional[int] = typer.Option(None, help="Override the position stored with the SAE."),
+    n_eval: int = typer.Option(4096, help="Inputs to sample when the task has no fixed input set."),
+    seed: int = typer.Option(0, help="Seed for sampled evaluation inputs."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the JSON (default: <sae>/eval_<method>.json)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+) -> None:
+    """Evaluate an SAE: L0, MSE, variance explained, dead counts, loss recovered when spliced in."""
+    from interplab.runs import atomic_write_json
+    from interplab.sae.buffer import Site
+    from interplab.sae.ito import readout
+    from interplab.sae.metrics import (density_counts, feature_density, l0, loss_recovered, mse,
+                                       site_activations, variance_explained)
+    from interplab.sae.saelens import load_saelens
+
+    sae = load_saelens(sae_dir)
+    model, task, _ = _load_run(run, data_dir)
+    name = site or sae.cfg.hook_name
+    check(bool(name), f"{sae_dir} does not say which site it reads; pass --site.")
+    check(name in model.mod_dict, f"The model of {run} has no activation site named {name!r}.")
+    the_site = Site(name, position if position is not None else sae.cfg.position)
+    check(task is not None, f"Run {run} records no task, so there are no inputs to evaluate on.")
+    inputs, labels = _eval_inputs(task, n_eval, seed)
+    acts = site_activations(model, inputs, the_site)
+    check(acts.shape[1] == sae.cfg.d_in, f"The site {name} has width {acts.shape[1]} but the SAE reads {sae.cfg.d_in}.")
+    codes, x_hat = readout(sae, acts, method, k)
+    result: dict[str, Any] = {"method": method, "k": k, "l0": l0(codes), "mse": mse(acts, x_hat),
+                              "variance_explained": variance_explained(acts, x_hat),
+                              **density_counts(feature_density(codes))}
+    loss_fn = _loss_fn(task)
+    if loss_fn is not None and labels is not None:
+        rec = loss_recovered(model, inputs, labels, the_site, lambda a: readout(sae, a, method, k)[1], loss_fn)
+        result.update({f"loss_{k_}": v for k_, v in rec.items() if not k_.startswith("recovered")})
+        result.update({k_: v for k_, v in rec.items() if k_.startswith("recovered")})
+    path = out or sae_dir / f"eval_{method}.json"
+    atomic_write_json(path, result)
+    typer.echo(json.dumps(result, indent=2))
+    typer.echo(f"written: {path}")
+
+
+@app.command("dashboard")
+def dashboard_command(
+    sae_dir: Path = typer.Option(..., "--sae", help="An SAELens-layout SAE directory."),
+    run: Path = typer.Option(..., "--run", help="The run whose model the SAE reads (its task lists the inputs)."),
+    out: Path = typer.Option(..., "--out", help="Directory for index.html and feature_<i>.html."),
+    features: Optional[str] = typer.Option(None, help="Comma-separated feature indices (default: the --top-n densest)."),
+    top_n: int = typer.Option(10, help="How many features when --features is not given."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+) -> None:
+    """Write an HTML dashboard per feature: top inputs, activation histogram, effect on the logits."""
+    from interplab.sae.buffer import Site
+    from interplab.sae.dashboard import write_dashboards
+    from interplab.sae.metrics import site_activations
+    from interplab.sae.saelens import load_saelens
+
+    sae = load_saelens(sae_dir)
+    model, task, _ = _load_run(run, data_dir)
+    check(task is not None and hasattr(task, "inputs"), f"Run {run} has no fixed input set to rank inputs from.")
+    site = Site(sae.cfg.hook_name, sae.cfg.position)
+    check(site.name in model.mod_dict, f"The model of {run} has no activation site named {site.name!r}.")
+    if features:
+        try:
+            chosen = [int(v) for v in features.split(",") if v.strip()]
+        except ValueError:
+            chosen = []
+        check(bool(chosen), f"--features must be comma-separated integers, got {features!r}.")
+    else:
+        density = (sae.encode(site_activations(model, task.inputs, site)) > 0).float().mean(0)
+        chosen = density.argsort(descending=True)[:top_n].tolist()
+    index = write_dashboards(sae, model, task.inputs, site, chosen, out,
+                             describe=lambda x: " ".join(str(v) for v in x.tolist()))
+    typer.echo(f"dashboards: {index}")

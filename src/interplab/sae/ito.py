@@ -1,0 +1,164 @@
+"""Inference-time optimization: sparse codes from a dictionary alone, batched on tensors.
+
+Keep an SAE's decoder, drop its encoder, and solve a sparse approximation problem per input:
+find at most ``k`` coefficients ``c`` with ``x ~ c @ D`` where ``D [n_atoms, d]`` has unit-norm
+rows. Every function takes a batch ``x [N, d]`` and returns codes ``[N, n_atoms]``.
+
+- :func:`matching_pursuit`: greedy; pick the atom with the largest inner product with the
+  residual, its coefficient is that inner product.
+- :func:`orthogonal_matching_pursuit`: greedy selection, then least squares on the chosen set.
+- :func:`gradient_pursuit`: greedy selection, then one gradient step on the chosen
+  coefficients with the exact line-search step ``<c, r> / <c, c>`` (``c = g @ D``, ``g`` the
+  gradient restricted to the chosen set); ``nonnegative=True`` clips coefficients at zero.
+
+:func:`readout` reads an SAE out by its encoder, top-k, or one of these, at a given L0.
+
+Example:
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> D = torch.randn(64, 16, generator=g); D = D / D.norm(dim=1, keepdim=True)
+    >>> true = torch.zeros(4, 64); true[:, [3, 17, 40]] = torch.tensor([1.0, 2.0, 0.5])
+    >>> x = true @ D
+    >>> c = orthogonal_matching_pursuit(x, D, k=3)
+    >>> sorted(c[0].nonzero().flatten().tolist()), round(float((c @ D - x).norm()), 4)
+    ([3, 17, 40], 0.0)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from interplab.errors import check
+
+READOUTS = ("encoder", "topk", "mp", "omp", "gp")
+
+
+def _check(x: Tensor, D: Tensor, k: int) -> None:
+    check(x.dim() == 2 and D.dim() == 2, f"x must be [N, d] and D [n_atoms, d], got {tuple(x.shape)} and {tuple(D.shape)}.")
+    check(x.shape[1] == D.shape[1], f"x has width {x.shape[1]} but the dictionary atoms have width {D.shape[1]}.")
+    check(1 <= k <= D.shape[0], f"k must be between 1 and the number of atoms ({D.shape[0]}), got {k}.")
+
+
+def _select(corr: Tensor, nonnegative: bool) -> Tensor:
+    return (corr if nonnegative else corr.abs()).argmax(dim=1)
+
+
+def matching_pursuit(x: Tensor, D: Tensor, k: int, nonnegative: bool = True) -> Tensor:
+    """Matching pursuit for ``k`` iterations (an atom may be chosen again, so L0 <= k).
+
+    With ``nonnegative``, atoms are chosen by their largest positive inner product and an
+    input whose residual has none left stops early.
+
+    Example:
+        >>> D = torch.eye(3)
+        >>> matching_pursuit(torch.tensor([[3.0, -1.0, 2.0]]), D, k=2).tolist()
+        [[3.0, 0.0, 2.0]]
+    """
+    _check(x, D, k)
+    codes = torch.zeros(x.shape[0], D.shape[0], dtype=x.dtype)
+    r = x.clone()
+    rows = torch.arange(x.shape[0])
+    for _ in range(k):
+        corr = r @ D.T
+        i = _select(corr, nonnegative)
+        coef = corr[rows, i]
+        if nonnegative:
+            coef = coef.clamp_min(0)
+        codes[rows, i] += coef
+        r -= coef[:, None] * D[i]
+    return codes
+
+
+def orthogonal_matching_pursuit(x: Tensor, D: Tensor, k: int, nonnegative_selection: bool = False) -> Tensor:
+    """Orthogonal matching pursuit: ``k`` distinct atoms, least-squares coefficients (signed).
+
+    Selection is by largest absolute inner product (as scikit-learn), or largest positive one
+    with ``nonnegative_selection``. The least-squares problems of the whole batch are solved
+    together through their ``k x k`` Gram systems.
+
+    Example: see the module docstring.
+    """
+    _check(x, D, k)
+    N = x.shape[0]
+    r = x.clone()
+    idx = torch.empty(N, 0, dtype=torch.long)
+    coef = torch.empty(N, 0, dtype=x.dtype)
+    for _ in range(k):
+        corr = r @ D.T
+        corr.scatter_(1, idx, 0.0)  # never choose an atom twice
+        idx = torch.cat([idx, _select(corr, nonnegative_selection)[:, None]], dim=1)
+        Ds = D[idx]  # [N, t, d]
+        gram = Ds @ Ds.transpose(1, 2)
+        gram = gram + 1e-10 * torch.eye(gram.shape[-1], dtype=x.dtype)  # atoms may coincide
+        coef = torch.linalg.solve(gram, (Ds @ x[:, :, None]))[..., 0]
+        r = x - (coef[:, None, :] @ Ds)[:, 0]
+    return torch.zeros(N, D.shape[0], dtype=x.dtype).scatter(1, idx, coef)
+
+
+def gradient_pursuit(x: Tensor, D: Tensor, k: int, nonnegative: bool = True) -> Tensor:
+    """Gradient pursuit: ``k`` selections, each followed by one exact line-search gradient step.
+
+    The gradient of ``0.5 ||x - c D||^2`` with respect to ``c`` is ``-D r``; restricted to the
+    chosen set it is ``g``; its image ``c_img = g @ D`` gives the exact step
+    ``<c_img, r> / <c_img, c_img>``. ``nonnegative`` chooses by the largest positive inner
+    product and clips coefficients at zero after each step.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(1)
+        >>> D = torch.randn(32, 8, generator=g); D = D / D.norm(dim=1, keepdim=True)
+        >>> x = 2.0 * D[5:6] + 1.0 * D[9:10]
+        >>> c = gradient_pursuit(x, D, k=4)
+        >>> bool((c >= 0).all()), bool((c @ D - x).norm() < 0.5 * x.norm())
+        (True, True)
+    """
+    _check(x, D, k)
+    N = x.shape[0]
+    rows = torch.arange(N)
+    codes = torch.zeros(N, D.shape[0], dtype=x.dtype)
+    support = torch.zeros(N, D.shape[0], dtype=torch.bool)
+    r = x.clone()
+    for _ in range(k):
+        corr = r @ D.T
+        support[rows, _select(corr, nonnegative)] = True
+        g = torch.where(support, corr, 0.0)
+        c_img = g @ D
+        denom = (c_img * c_img).sum(1)
+        step = torch.where(denom > 0, (c_img * r).sum(1) / denom.clamp_min(1e-30), 0.0)
+        codes = codes + step[:, None] * g
+        if nonnegative:
+            codes = codes.clamp_min(0)
+            support &= codes > 0  # an atom clipped to zero may be chosen again later
+        r = x - codes @ D
+    return codes
+
+
+@torch.no_grad()
+def readout(sae: torch.nn.Module, x: Tensor, method: str = "encoder", k: int | None = None) -> tuple[Tensor, Tensor]:
+    """Codes and reconstruction of ``x`` by an SAE read out with ``method`` at L0 ``k``.
+
+    ``encoder``: the trained encoder (``k`` ignored); ``topk``: the encoder's ``k`` largest;
+    ``mp``, ``omp``, ``gp``: inference-time optimization on ``x - b_dec`` with the decoder
+    (``mp`` and ``gp`` nonnegative). Reconstruction is ``codes @ W_dec + b_dec``.
+
+    Example:
+        >>> from interplab.sae.model import SAE, SAEConfig
+        >>> sae = SAE(SAEConfig(d_in=8, d_sae=16))
+        >>> codes, x_hat = readout(sae, torch.randn(3, 8), "gp", k=2)
+        >>> codes.shape, bool(((codes != 0).sum(-1) <= 2).all())
+        (torch.Size([3, 16]), True)
+    """
+    check(method in READOUTS, f"readout method must be one of {', '.join(READOUTS)}, got {method!r}.")
+    check(method == "encoder" or k is not None, f"readout {method} needs k, the number of active features.")
+    if method in ("encoder", "topk"):
+        codes = sae.encode(x, k if method == "topk" else None)
+    else:
+        D, centered = sae.W_dec.detach(), x - sae.b_dec.detach()
+        assert k is not None
+        if method == "mp":
+            codes = matching_pursuit(centered, D, k)
+        elif method == "omp":
+            codes = orthogonal_matching_pursuit(centered, D, k)
+        else:
+            codes = gradient_pursuit(centered, D, k)
+    return codes, codes @ sae.W_dec.detach() + sae.b_dec.detach()

@@ -1,0 +1,250 @@
+"""How good is a dictionary: sparsity, reconstruction, splice-in loss, density, and geometry.
+
+- On activations: :func:`l0`, :func:`mse`, :func:`variance_explained`, :func:`feature_density`
+  with :func:`density_counts` (dead, below 1e-4, below 1e-5) and :func:`density_histogram`.
+- In the model: :func:`loss_recovered` splices a reconstruction into the model at its site and
+  compares ``(L_ablated - L_sae) / (L_ablated - L_clean)`` for zero and mean ablation.
+- Against a known dictionary: :func:`mmcs` (mean max cosine similarity).
+- Per feature: :func:`neuron_sparsity` (share of the decoder row's squared norm in its top
+  neuron and the next 9), :func:`kurtosis` (in the neuron basis), :func:`enc_dec_cosine`.
+
+Example:
+    >>> import torch
+    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    >>> l0(torch.tensor([[0.0, 2.0, 1.0], [0.0, 0.0, 3.0]])), mse(x, x), variance_explained(x, x)
+    (1.5, 0.0, 1.0)
+    >>> mmcs(torch.eye(3), torch.eye(3)[:2])
+    1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from interplab.errors import check
+from interplab.sae.buffer import Site, collect
+
+
+def l0(f: Tensor) -> float:
+    """Mean number of nonzero features per row of codes ``f [N, d_sae]``."""
+    return (f != 0).float().sum(-1).mean().item()
+
+
+def mse(x: Tensor, x_hat: Tensor) -> float:
+    """Mean over rows of the squared reconstruction error (summed over dimensions)."""
+    return (x - x_hat).pow(2).sum(-1).mean().item()
+
+
+def variance_explained(x: Tensor, x_hat: Tensor) -> float:
+    """Fraction of the variance of ``x`` (about its mean) that the reconstruction explains.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [2.0]])
+        >>> variance_explained(x, torch.tensor([[1.0], [1.0]]))
+        0.0
+    """
+    total = (x - x.mean(0)).pow(2).sum()
+    return (1 - (x - x_hat).pow(2).sum() / total.clamp_min(1e-30)).item()
+
+
+def feature_density(f: Tensor) -> Tensor:
+    """Fraction of rows on which each feature is active, ``[d_sae]``."""
+    return (f > 0).float().mean(0)
+
+
+def density_counts(density: Tensor) -> dict[str, int]:
+    """Counts of dead features (never active) and of ultra-low density ones.
+
+    Example:
+        >>> density_counts(torch.tensor([0.0, 5e-6, 5e-5, 0.2]))
+        {'dead': 1, 'below_1e-4': 3, 'below_1e-5': 2}
+    """
+    return {"dead": int((density == 0).sum()), "below_1e-4": int((density < 1e-4).sum()),
+            "below_1e-5": int((density < 1e-5).sum())}
+
+
+def density_histogram(densities: dict[str, Tensor], n_rows: int | None = None) -> Any:
+    """A matplotlib figure: histogram of log10 feature density, one series per name.
+
+    Dead features are drawn at ``log10(1 / n_rows)`` minus one (left of every live feature)
+    when ``n_rows`` is given, else left out.
+
+    Example:
+        >>> fig = density_histogram({"sae": torch.tensor([0.0, 0.01, 0.1])}, n_rows=1000)
+        >>> len(fig.axes)
+        1
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    floor = None if n_rows is None else torch.log10(torch.tensor(1.0 / n_rows)).item() - 1
+    for name, d in densities.items():
+        logd = torch.log10(d.clamp_min(1e-30))
+        if floor is None:
+            logd = logd[d > 0]
+        else:
+            logd = torch.where(d > 0, logd, torch.tensor(floor))
+        ax.hist(logd.numpy(), bins=40, alpha=0.55, label=name)
+    ax.set_xlabel("log10 feature density" + ("" if floor is None else " (dead at the far left)"))
+    ax.set_ylabel("features")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def mmcs(learned: Tensor, true: Tensor) -> float:
+    """Mean over the true features of the largest cosine with any learned feature.
+
+    ``learned [n_learned, d]`` and ``true [n_true, d]`` hold one direction per row.
+
+    Example: see the module docstring.
+    """
+    check(learned.shape[-1] == true.shape[-1], f"learned and true dictionaries differ in width: "
+          f"{learned.shape[-1]} and {true.shape[-1]}.")
+    cos = F.normalize(true.float(), dim=-1) @ F.normalize(learned.float(), dim=-1).T
+    return cos.max(dim=1).values.mean().item()
+
+
+def neuron_sparsity(W_dec: Tensor) -> tuple[Tensor, Tensor]:
+    """Per feature: share of the decoder row's squared norm in its top neuron and in the next 9.
+
+    Example:
+        >>> top1, next9 = neuron_sparsity(torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]))
+        >>> top1.tolist(), next9.tolist()
+        ([1.0, 0.5], [0.0, 0.5])
+    """
+    sq = W_dec.detach().float().pow(2)
+    share = sq.sort(dim=1, descending=True).values / sq.sum(1, keepdim=True).clamp_min(1e-30)
+    return share[:, 0], share[:, 1:10].sum(1)
+
+
+def kurtosis(W_dec: Tensor) -> Tensor:
+    """Per feature: kurtosis ``E[(w - mean)^4] / Var(w)^2`` of its decoder row's entries (the
+    neuron basis); 3 for Gaussian entries, large when a few neurons carry the feature.
+
+    Example:
+        >>> float(kurtosis(torch.tensor([[1.0, -1.0, 1.0, -1.0]]))[0])
+        1.0
+    """
+    w = W_dec.detach().float()
+    c = w - w.mean(1, keepdim=True)
+    return c.pow(4).mean(1) / c.pow(2).mean(1).pow(2).clamp_min(1e-30)
+
+
+def enc_dec_cosine(sae: torch.nn.Module) -> Tensor:
+    """Per feature: cosine between its encoder column ``W_enc[:, i]`` and decoder row ``W_dec[i]``."""
+    return F.cosine_similarity(sae.W_enc.detach().T, sae.W_dec.detach(), dim=1)
+
+
+def cross_entropy_at(position: int = -1) -> Callable[[Tensor, Tensor], Tensor]:
+    """A loss for :func:`loss_recovered`: mean cross-entropy of logits ``[N, pos, V]`` at
+    ``position`` against labels ``[N]``.
+
+    Example:
+        >>> cross_entropy_at(-1)(torch.zeros(2, 3, 4), torch.tensor([0, 1])).item() == torch.log(torch.tensor(4.0)).item()
+        True
+    """
+    def loss(logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits[:, position].float(), labels)
+
+    return loss
+
+
+@torch.no_grad()
+def site_activations(model: torch.nn.Module, inputs: Tensor, site: Site, batch_size: int = 4096) -> Tensor:
+    """The rows ``[rows, d]`` that ``site`` reads on ``inputs``.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> m = MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2))
+        >>> site_activations(m, torch.randn(5, 4), Site("layers.0.hook_post")).shape
+        torch.Size([5, 8])
+    """
+    out = [collect(model, site, chunk) for chunk in inputs.split(batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def spliced_loss(
+    model: torch.nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    site: Site,
+    replace: Callable[[Tensor], Tensor] | None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    batch_size: int = 4096,
+) -> float:
+    """Mean loss of the model with ``site``'s rows replaced by ``replace(rows)`` (None: clean)."""
+    total, n = 0.0, 0
+    for xi, yi in zip(inputs.split(batch_size), labels.split(batch_size)):
+        hooks = [] if replace is None else [(site.name, lambda a, hook: site.write(a, replace(site.read(a))))]
+        out = model.run_with_hooks(xi, fwd_hooks=hooks)
+        total += loss_fn(out, yi).item() * len(xi)
+        n += len(xi)
+    return total / n
+
+
+@torch.no_grad()
+def loss_recovered(
+    model: torch.nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    site: Site,
+    reconstruct: Callable[[Tensor], Tensor],
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    mean_act: Tensor | None = None,
+    batch_size: int = 4096,
+) -> dict[str, float]:
+    """Splice ``reconstruct(rows)`` into the model at ``site`` and compare losses.
+
+    Returns ``clean``, ``sae`` (the spliced loss), ``zero`` and ``mean`` (ablations; the mean
+    over ``inputs`` unless ``mean_act`` is given), and ``recovered_zero`` /
+    ``recovered_mean`` = ``(L_ablated - L_sae) / (L_ablated - L_clean)``.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> m = MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2), seed=0)
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+        >>> ce = lambda out, y: torch.nn.functional.cross_entropy(out, y)
+        >>> r = loss_recovered(m, x, y, Site("layers.0.hook_post"), lambda a: a, ce)
+        >>> r["recovered_zero"], r["recovered_mean"]
+        (1.0, 1.0)
+    """
+    if mean_act is None:
+        mean_act = site_activations(model, inputs, site, batch_size).mean(0)
+    mean_row = mean_act
+    clean = spliced_loss(model, inputs, labels, site, None, loss_fn, batch_size)
+    spliced = spliced_loss(model, inputs, labels, site, reconstruct, loss_fn, batch_size)
+    zero = spliced_loss(model, inputs, labels, site, torch.zeros_like, loss_fn, batch_size)
+    mean = spliced_loss(model, inputs, labels, site, lambda a: mean_row.expand_as(a), loss_fn, batch_size)
+
+    def frac(ablated: float) -> float:
+        gap = ablated - clean
+        return (ablated - spliced) / gap if abs(gap) > 1e-12 else float("nan")
+
+    return {"clean": clean, "sae": spliced, "zero": zero, "mean": mean,
+            "recovered_zero": frac(zero), "recovered_mean": frac(mean)}
+
+
+@torch.no_grad()
+def evaluate_sae(sae: torch.nn.Module, acts: Tensor, k: int | None = None, batch_size: int = 8192) -> dict[str, float]:
+    """L0, MSE, variance explained, dead and ultra-low counts of an SAE on activation rows.
+
+    Example:
+        >>> from interplab.sae.model import SAE, SAEConfig
+        >>> r = evaluate_sae(SAE(SAEConfig(d_in=4, d_sae=8)), torch.randn(100, 4))
+        >>> sorted(r)
+        ['below_1e-4', 'below_1e-5', 'dead', 'l0', 'mse', 'variance_explained']
+    """
+    fs, xh = [], []
+    for chunk in acts.split(batch_size):
+        f = sae.encode(chunk, k)
+        fs.append(f)
+        xh.append(sae.decode(f))
+    f, x_hat = torch.cat(fs), torch.cat(xh)
+    return {"l0": l0(f), "mse": mse(acts, x_hat), "variance_explained": variance_explained(acts, x_hat),
+            **density_counts(feature_density(f))}

@@ -1,0 +1,290 @@
+"""Training an SAE on a site of a hooked model: buffer, Adam, dead-feature fixes, exact resume.
+
+``train_sae(sae, buffer, SAETrainConfig(...), out_dir)`` draws batches from an
+:class:`~interplab.sae.buffer.ActivationBuffer`, minimizes ``||x - x_hat||^2 + l1 ||f||_1``
+with Adam (``betas`` default ``(0, 0.999)``), projects the decoder gradient and renormalizes
+the decoder after every step, and fixes dead features with one of :data:`DEAD_FIXES`:
+``resample`` (every ``resample_every`` steps, see :mod:`interplab.sae.resample`) or ghost
+grads (``ghost-original``, ``ghost-scaled``, ``ghost-dead-only``, see :mod:`interplab.sae.ghost`).
+A feature is dead when it has not fired for ``dead_window`` steps.
+
+Why not :func:`interplab.train.train`: its loop has no place between ``backward`` and
+``optimizer.step`` for the decoder-gradient projection nor after the step for the
+renormalization, resampling must reset Adam's moments for single rows so it needs the
+optimizer, and its checkpoint holds only model, optimizer and generator, while exact resume
+here also needs the activation buffer and the per-feature firing counters. The conventions
+are the same: ``checkpoints/state.pt`` (``torch.save``, read back with ``weights_only=True``
+through :func:`interplab.train.load_checkpoint`; its ``epoch`` counts steps), atomic writes,
+``metrics.jsonl``, one generator for all randomness. With ``out_dir`` the finished SAE is
+written there in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``).
+
+Example:
+    >>> import tempfile, torch
+    >>> from interplab.models import MLP, MLPConfig
+    >>> from interplab.sae.buffer import Site, sample_rows
+    >>> from interplab.sae.model import SAE, SAEConfig
+    >>> model = MLP(MLPConfig(d_in=8, d_hidden=(16,), d_out=2), seed=0)
+    >>> cfg = SAETrainConfig(steps=30, batch_size=32, buffer_size=256, log_every=10, dead_fix="ghost-scaled")
+    >>> buf = make_buffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(500, 8)), cfg)
+    >>> sae = SAE(SAEConfig(d_in=16, d_sae=32, hook_name="layers.0.hook_post"))
+    >>> result = train_sae(sae, buf, cfg, tempfile.mkdtemp(), quiet=True)
+    >>> [m["step"] for m in result.metrics], result.metrics[-1]["mse"] < result.metrics[0]["mse"]
+    ([1, 10, 20, 30], True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from interplab.errors import InterplabError, check
+from interplab.runs import PathLike, atomic_write_bytes, atomic_write_json
+from interplab.sae.buffer import ActivationBuffer, Sampler, Site
+from interplab.sae.ghost import ghost_loss
+from interplab.sae.model import SAE
+from interplab.sae.resample import resample_dead
+from interplab.sae.saelens import save_saelens
+from interplab.train import load_checkpoint
+
+DEAD_FIXES = ("none", "resample", "ghost-original", "ghost-scaled", "ghost-dead-only")
+
+
+@dataclass(frozen=True)
+class SAETrainConfig:
+    """Settings of :func:`train_sae`.
+
+    ``l1_warmup_steps``: the L1 coefficient ramps linearly from 0. ``init_b_dec``: ``mean``
+    sets ``b_dec`` to the mean of the first buffer, ``zero`` leaves it. ``resample_every``:
+    resampling happens at multiples of it, except in the last ``resample_every`` steps, on
+    ``resample_rows`` fresh rows. ``ghost_capped``: use ``exp(min(pre, 0))``.
+
+    Example:
+        >>> SAETrainConfig(dead_fix="ghosts")
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: dead_fix must be one of none, resample, ghost-original, ghost-scaled, ghost-dead-only, got 'ghosts'.
+    """
+
+    steps: int = 2000
+    batch_size: int = 256
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.0, 0.999)
+    l1_coeff: float = 1e-3
+    l1_warmup_steps: int = 0
+    init_b_dec: str = "mean"
+    buffer_size: int = 16384
+    model_batch: int = 1024
+    dead_fix: str = "none"
+    dead_window: int = 200
+    resample_every: int = 500
+    resample_rows: int = 4096
+    ghost_capped: bool = True
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 500
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        check(self.steps >= 1, f"steps must be at least 1, got {self.steps}.")
+        check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}.")
+        check(self.lr > 0 and math.isfinite(self.lr), f"lr must be positive, got {self.lr}.")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}.")
+        check(self.l1_coeff >= 0, f"l1_coeff must be non-negative, got {self.l1_coeff}.")
+        check(self.l1_warmup_steps >= 0, f"l1_warmup_steps must be non-negative, got {self.l1_warmup_steps}.")
+        check(self.init_b_dec in ("mean", "zero"), f"init_b_dec must be mean or zero, got {self.init_b_dec!r}.")
+        check(self.buffer_size >= 2 * self.batch_size, f"buffer_size ({self.buffer_size}) must be at least twice "
+              f"batch_size ({self.batch_size}).")
+        check(self.dead_fix in DEAD_FIXES, f"dead_fix must be one of {', '.join(DEAD_FIXES)}, got {self.dead_fix!r}.")
+        for name in ("dead_window", "resample_every", "resample_rows", "log_every", "checkpoint_every", "model_batch"):
+            check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}.")
+
+    def l1_at(self, step: int) -> float:
+        """The L1 coefficient at (0-based) ``step``.
+
+        Example:
+            >>> SAETrainConfig(l1_coeff=1.0, l1_warmup_steps=4).l1_at(1)
+            0.5
+        """
+        if self.l1_warmup_steps == 0:
+            return self.l1_coeff
+        return self.l1_coeff * min(1.0, (step + 1) / self.l1_warmup_steps)
+
+
+@dataclass
+class SAETrainResult:
+    """What :func:`train_sae` returns: logged metrics (across resumes) and resampling events."""
+
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    steps_run: int = 0
+    resampled: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last logged metrics."""
+        return self.metrics[-1] if self.metrics else {}
+
+
+def make_buffer(model: torch.nn.Module, site: Site, sampler: Sampler, cfg: SAETrainConfig) -> ActivationBuffer:
+    """An :class:`ActivationBuffer` sized by ``cfg`` (``buffer_size`` rows, ``model_batch`` inputs
+    per model call); :func:`train_sae` seeds its generator.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> from interplab.sae.buffer import sample_rows
+        >>> m = MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2))
+        >>> make_buffer(m, Site("layers.0.hook_post"), sample_rows(torch.randn(10, 4)), SAETrainConfig()).size
+        16384
+    """
+    return ActivationBuffer(model, site, sampler, torch.Generator(), size=cfg.buffer_size, model_batch=cfg.model_batch)
+
+
+def _state_path(out: Path) -> Path:
+    return out / "checkpoints" / "state.pt"
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", 0) <= upto:
+            rows.append(row)
+    return rows
+
+
+def train_sae(
+    sae: SAE,
+    buffer: ActivationBuffer,
+    cfg: SAETrainConfig,
+    out_dir: PathLike | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    model_name: str = "",
+) -> SAETrainResult:
+    """Train ``sae`` on batches from ``buffer``; see the module docstring.
+
+    The buffer's generator is reseeded from ``cfg.seed``. ``resume=True`` continues from
+    ``out_dir/checkpoints/state.pt`` and ends bitwise-equal to an uninterrupted run; without
+    it an ``out_dir`` that already holds a checkpoint is refused.
+    """
+    check(buffer.size >= 2 * cfg.batch_size, f"The buffer ({buffer.size} rows) must hold at least twice "
+          f"batch_size ({cfg.batch_size}).")
+    out = Path(out_dir) if out_dir is not None else None
+    generator = buffer.generator
+    generator.manual_seed(cfg.seed)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    start, metrics, resampled = 0, [], []
+    if resume:
+        check(out is not None, "resume needs an output directory.")
+        assert out is not None
+        state = load_checkpoint(_state_path(out))
+        try:
+            sae.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            buffer.load_state_dict(state["buffer"])
+            since_fired = state["since_fired"].clone()
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise InterplabError(f"Checkpoint {_state_path(out)} does not fit this SAE ({str(e)[:80]}).") from None
+        start = int(state["epoch"])
+        resampled = [tuple(r) for r in state.get("resampled", torch.zeros(0, 2, dtype=torch.long)).tolist()]
+        metrics = _read_metrics(out / "metrics.jsonl", start)
+    else:
+        if out is not None:
+            check(not _state_path(out).exists(), f"{out} already holds an SAE training run; pass --resume to "
+                  "continue it or choose another --out.")
+        buffer.rows, buffer.ptr = None, 0
+        if cfg.init_b_dec == "mean":
+            buffer.d  # fills the buffer
+            assert buffer.rows is not None
+            with torch.no_grad():
+                sae.b_dec.copy_(buffer.rows.mean(0))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train_config.json", {"sae": dataclasses.asdict(sae.cfg), "train": dataclasses.asdict(cfg),
+                                                       "site": {"name": buffer.site.name, "position": buffer.site.position}})
+        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
+        metrics_file = open(out / "metrics.jsonl", "a")
+    t0 = time.perf_counter() - (metrics[-1]["time"] if metrics else 0.0)
+    ghost = cfg.dead_fix.removeprefix("ghost-") if cfg.dead_fix.startswith("ghost-") else None
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=quiet, desc="sae", unit="step")
+    done = start
+    try:
+        for step in bar:
+            sae.train()
+            x = buffer.next(cfg.batch_size)
+            out_ = sae.loss(x, cfg.l1_at(step))
+            loss = out_.loss
+            dead = since_fired >= cfg.dead_window
+            aux = ghost_loss(sae, x, out_, dead, ghost, cfg.ghost_capped) if ghost else None
+            if aux is not None:
+                loss = loss + aux
+            if not torch.isfinite(loss):
+                raise InterplabError(f"SAE training diverged: the loss became {loss.item()} at step {step + 1}; "
+                                     "try a lower learning rate.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            sae.project_decoder_grad()
+            optimizer.step()
+            sae.normalize_decoder()
+            with torch.no_grad():
+                fired = (out_.f > 0).any(0)
+                since_fired = torch.where(fired, 0, since_fired + 1)
+            done = step + 1
+            if (cfg.dead_fix == "resample" and done % cfg.resample_every == 0
+                    and done <= cfg.steps - cfg.resample_every):
+                dead = since_fired >= cfg.dead_window
+                rows = torch.cat([buffer.next(cfg.batch_size) for _ in range(max(1, cfg.resample_rows // cfg.batch_size))])
+                n = resample_dead(sae, rows, dead, generator, optimizer)
+                since_fired[dead] = 0
+                if n:
+                    resampled.append((done, n))
+            if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
+                with torch.no_grad():
+                    var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-30)
+                    row = {"step": done, "loss": loss.item(), "mse": out_.mse.item(), "l1": out_.l1.item(),
+                           "l0": (out_.f > 0).float().sum(-1).mean().item(),
+                           "variance_explained": (1 - (x - out_.x_hat).pow(2).sum() / var).item(),
+                           "dead": int((since_fired >= cfg.dead_window).sum()),
+                           "ghost_loss": aux.item() if aux is not None else 0.0,
+                           "time": round(time.perf_counter() - t0, 3)}
+                metrics.append(row)
+                if out is not None:
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("mse", "l0", "dead")})
+            if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                state = {"epoch": done, "model": sae.state_dict(), "optimizer": optimizer.state_dict(),
+                         "generator": generator.get_state(), "buffer": buffer.state_dict(),
+                         "since_fired": since_fired,
+                         "resampled": torch.tensor(resampled, dtype=torch.long).reshape(-1, 2),
+                         "finished": done == cfg.steps}
+                buf = io.BytesIO()
+                torch.save(state, buf)
+                atomic_write_bytes(_state_path(out), buf.getvalue())
+    finally:
+        bar.close()
+        if out is not None:
+            metrics_file.close()
+    sae.eval()
+    if out is not None:
+        save_saelens(sae, out, model_name=model_name,
+                     extra={"interplab_train": {k: v for k, v in dataclasses.asdict(cfg).items()}})
+    return SAETrainResult(metrics, done, resampled)
+
+
+__all__ = ["DEAD_FIXES", "SAETrainConfig", "SAETrainResult", "make_buffer", "train_sae"]
