@@ -1,0 +1,158 @@
+"""Tasks: deterministic datasets with a train/test split, usable as training objectives.
+
+A :class:`Task` holds every input and label of a finite task, the split (by seed), and for
+sequence models the readout positions where the loss is taken. It follows the
+:class:`interplab.train.Objective` protocol, so ``train(model, task, cfg)`` works for all.
+
+Generators: :func:`interplab.tasks.modular.modular_task`, :func:`interplab.tasks.pair_labels.pair_label_task`,
+:mod:`interplab.tasks.sequences` (sorting, min/max, induction, previous token),
+:func:`interplab.tasks.memorization.memorization_task`, :mod:`interplab.tasks.mnist`.
+
+Example:
+    >>> from interplab.tasks.modular import modular_task
+    >>> task = modular_task(p=7, frac_train=0.5, seed=0)
+    >>> task.inputs.shape, task.labels.shape, len(task.train_idx) + len(task.test_idx)
+    (torch.Size([49, 3]), torch.Size([49]), 49)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from interplab.errors import check
+
+
+def split_indices(n: int, frac_train: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A random split of ``range(n)`` into train and test indices (sorted), by seed.
+
+    Example:
+        >>> tr, te = split_indices(10, 0.3, seed=0)
+        >>> len(tr), len(te), sorted(tr.tolist() + te.tolist()) == list(range(10))
+        (3, 7, True)
+    """
+    check(0.0 < frac_train <= 1.0, f"frac_train must be in (0, 1], got {frac_train}.")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = max(1, int(round(frac_train * n)))
+    return perm[:k].sort().values, perm[k:].sort().values
+
+
+@dataclass
+class Task:
+    """A finite supervised task; see the module docstring.
+
+    ``inputs``: tokens [N, pos] (long) for sequence models, or features [N, ...] (float).
+    ``labels``: [N] (one readout position or a non-sequence model) or [N, P] (P positions).
+    ``positions``: readout positions for sequence models (negative allowed), else None.
+    ``params``: everything needed to rebuild the task (stored in config.json).
+    """
+
+    name: str
+    inputs: Tensor
+    labels: Tensor
+    train_idx: Tensor
+    test_idx: Tensor
+    n_classes: int
+    positions: list[int] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(len(self.inputs) == len(self.labels), "inputs and labels must have the same length.")
+
+    # -- data -------------------------------------------------------------------------
+    def split(self, which: str) -> tuple[Tensor, Tensor]:
+        """``(inputs, labels)`` of ``"train"``, ``"test"`` or ``"all"``."""
+        check(which in ("train", "test", "all"), f"split must be train, test or all, got {which!r}.")
+        if which == "all":
+            return self.inputs, self.labels
+        idx = self.train_idx if which == "train" else self.test_idx
+        return self.inputs[idx], self.labels[idx]
+
+    def logits(self, model: torch.nn.Module, inputs: Tensor) -> Tensor:
+        """Model logits at the readout positions: [N, C] or [N, P, C] matching ``labels``."""
+        if self.positions is None:
+            return model(inputs)
+        out = model(inputs, positions=self.positions)
+        return out[:, 0] if self.labels.dim() == 1 else out
+
+    # -- Objective protocol -------------------------------------------------------------
+    def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Tensor]:
+        """Index batches over the training split: full batch, or a seeded permutation."""
+        if batch_size is None or batch_size >= len(self.train_idx):
+            yield self.train_idx
+            return
+        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
+        yield from perm.split(batch_size)
+
+    def loss(self, model: torch.nn.Module, batch: Tensor) -> Tensor:
+        """Mean cross-entropy of the model on the examples ``batch`` (indices)."""
+        logits = self.logits(model, self.inputs[batch])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), self.labels[batch].reshape(-1))
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` (test keys when a test split exists)."""
+        out: dict[str, float] = {}
+        for which, idx in (("train", self.train_idx), ("test", self.test_idx)):
+            if len(idx) == 0:
+                continue
+            logits = self.logits(model, self.inputs[idx])
+            y = self.labels[idx]
+            out[f"{which}_loss"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)).item()
+            out[f"{which}_acc"] = (logits.argmax(-1) == y).float().mean().item()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description stored in config.json; :func:`make_task` rebuilds from it."""
+        return {"name": self.name, **self.params}
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, which: str = "all") -> Tensor:
+        """The model's predicted labels on a split.
+
+        Example:
+            >>> from interplab.tasks.modular import modular_task
+            >>> from interplab.models import Transformer
+            >>> t = modular_task(p=5, frac_train=0.4, seed=0)
+            >>> t.predict(Transformer(t.default_model_config()), "test").shape
+            torch.Size([15])
+        """
+        return self.logits(model, self.split(which)[0]).argmax(-1)
+
+    def default_model_config(self) -> Any:
+        """The model config this task was designed for (see each generator)."""
+        factory = self.extras.get("default_model")
+        check(factory is not None, f"Task {self.name} has no default model.")
+        return factory()
+
+
+def make_task(description: dict[str, Any], data_dir: Any = None) -> Task:
+    """Rebuild a task from :meth:`Task.describe` output (used by resume and ``load``).
+
+    Example:
+        >>> t = make_task({"name": "modular-addition", "p": 5, "op": "+", "frac_train": 0.5, "seed": 1})
+        >>> t.inputs.shape
+        torch.Size([25, 3])
+    """
+    from interplab.tasks import memorization, modular, pair_labels, sequences
+
+    d = dict(description)
+    name = d.pop("name", None)
+    builders = {
+        "modular-addition": modular.modular_task,
+        "modular-subtraction": modular.modular_task,
+        "modular-division": modular.modular_task,
+        "pair-labels": pair_labels.pair_label_task,
+        "memorization": memorization.memorization_task,
+        **sequences.BUILDERS,
+    }
+    check(name in builders, f"Unknown task {name!r} (known: {', '.join(sorted(builders))}).")
+    if name == "pair-labels":
+        d["data_dir"] = data_dir
+    return builders[name](**d)
