@@ -36,7 +36,7 @@ def _load_run(run: Path, data_dir: Optional[Path]) -> tuple[torch.nn.Module, Any
         return model, None, config
     if desc.get("name") == "sparse-features":
         module = importlib.import_module("interplab.tasks.superposition")
-        return model, module.SparseFeatures(**{k: v for k, v in desc.items() if k != "name"}), config
+        return model, module.from_description(desc), config
     from interplab.tasks import make_task
 
     return model, make_task(desc, data_dir=data_dir), config

@@ -114,23 +114,30 @@ def gradient_pursuit(x: Tensor, D: Tensor, k: int, nonnegative: bool = True) -> 
     """
     _check(x, D, k)
     N = x.shape[0]
-    rows = torch.arange(N)
-    codes = torch.zeros(N, D.shape[0], dtype=x.dtype)
-    support = torch.zeros(N, D.shape[0], dtype=torch.bool)
+    # the chosen atoms as a growing list per row, so every step but the selection costs O(N k d)
+    idx = torch.empty(N, 0, dtype=torch.long)
+    valid = torch.empty(N, 0, dtype=torch.bool)  # False: a repeated choice, or an atom clipped to zero
+    coef = torch.empty(N, 0, dtype=x.dtype)
+    Ds = torch.empty(N, 0, D.shape[1], dtype=x.dtype)
     r = x.clone()
     for _ in range(k):
         corr = r @ D.T
-        support[rows, _select(corr, nonnegative)] = True
-        g = torch.where(support, corr, 0.0)
-        c_img = g @ D
+        new = _select(corr, nonnegative)
+        fresh = ~((idx == new[:, None]) & valid).any(1)
+        idx = torch.cat([idx, new[:, None]], 1)
+        valid = torch.cat([valid, fresh[:, None]], 1)
+        coef = torch.cat([coef, coef.new_zeros(N, 1)], 1)
+        Ds = torch.cat([Ds, D[new][:, None]], 1)
+        g = torch.where(valid, corr.gather(1, idx), 0.0)  # the gradient on the chosen set
+        c_img = (g[:, None, :] @ Ds)[:, 0]
         denom = (c_img * c_img).sum(1)
         step = torch.where(denom > 0, (c_img * r).sum(1) / denom.clamp_min(1e-30), 0.0)
-        codes = codes + step[:, None] * g
+        coef = coef + step[:, None] * g
         if nonnegative:
-            codes = codes.clamp_min(0)
-            support &= codes > 0  # an atom clipped to zero may be chosen again later
-        r = x - codes @ D
-    return codes
+            coef = coef.clamp_min(0)
+            valid &= coef > 0  # an atom clipped to zero may be chosen again later
+        r = x - (coef[:, None, :] @ Ds)[:, 0]
+    return torch.zeros(N, D.shape[0], dtype=x.dtype).scatter_add(1, idx, torch.where(valid, coef, 0.0))
 
 
 @torch.no_grad()

@@ -50,7 +50,7 @@ from interplab.errors import InterplabError, check
 from interplab.runs import PathLike, atomic_write_bytes, atomic_write_json
 from interplab.sae.buffer import ActivationBuffer, Sampler, Site
 from interplab.sae.ghost import ghost_loss
-from interplab.sae.model import SAE
+from interplab.sae.model import SAE, SAEOutput
 from interplab.sae.resample import resample_dead
 from interplab.sae.saelens import save_saelens
 from interplab.train import load_checkpoint
@@ -147,6 +147,43 @@ def make_buffer(model: torch.nn.Module, site: Site, sampler: Sampler, cfg: SAETr
     return ActivationBuffer(model, site, sampler, torch.Generator(), size=cfg.buffer_size, model_batch=cfg.model_batch)
 
 
+def sae_step(
+    sae: SAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    l1_coeff: float,
+    dead: torch.Tensor | None = None,
+    ghost: str | None = None,
+    ghost_capped: bool = True,
+) -> tuple[SAEOutput, torch.Tensor, torch.Tensor | None]:
+    """One optimizer step on batch ``x``: loss (plus the ghost term for ``dead`` features when
+    ``ghost`` names a variant), backward, decoder-gradient projection, step, renormalization.
+
+    Returns the :class:`SAEOutput`, the total loss and the ghost loss (None without ghost grads).
+
+    Example:
+        >>> from interplab.sae.model import SAEConfig
+        >>> sae = SAE(SAEConfig(d_in=4, d_sae=8))
+        >>> opt = torch.optim.Adam(sae.parameters(), lr=1e-3, betas=(0.0, 0.999))
+        >>> out, loss, aux = sae_step(sae, opt, torch.randn(16, 4), 1e-3)
+        >>> aux is None, round(float(sae.W_dec.detach().norm(dim=1).max()), 5)
+        (True, 1.0)
+    """
+    out = sae.loss(x, l1_coeff)
+    loss = out.loss
+    aux = ghost_loss(sae, x, out, dead, ghost, ghost_capped) if ghost and dead is not None else None
+    if aux is not None:
+        loss = loss + aux
+    if not torch.isfinite(loss):
+        raise InterplabError(f"SAE training diverged: the loss became {loss.item()}; try a lower learning rate.")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    sae.project_decoder_grad()
+    optimizer.step()
+    sae.normalize_decoder()
+    return out, loss, aux
+
+
 def _state_path(out: Path) -> Path:
     return out / "checkpoints" / "state.pt"
 
@@ -227,20 +264,8 @@ def train_sae(
         for step in bar:
             sae.train()
             x = buffer.next(cfg.batch_size)
-            out_ = sae.loss(x, cfg.l1_at(step))
-            loss = out_.loss
-            dead = since_fired >= cfg.dead_window
-            aux = ghost_loss(sae, x, out_, dead, ghost, cfg.ghost_capped) if ghost else None
-            if aux is not None:
-                loss = loss + aux
-            if not torch.isfinite(loss):
-                raise InterplabError(f"SAE training diverged: the loss became {loss.item()} at step {step + 1}; "
-                                     "try a lower learning rate.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            sae.project_decoder_grad()
-            optimizer.step()
-            sae.normalize_decoder()
+            dead = since_fired >= cfg.dead_window if ghost else None
+            out_, loss, aux = sae_step(sae, optimizer, x, cfg.l1_at(step), dead, ghost, cfg.ghost_capped)
             with torch.no_grad():
                 fired = (out_.f > 0).any(0)
                 since_fired = torch.where(fired, 0, since_fired + 1)
@@ -287,4 +312,4 @@ def train_sae(
     return SAETrainResult(metrics, done, resampled)
 
 
-__all__ = ["DEAD_FIXES", "SAETrainConfig", "SAETrainResult", "make_buffer", "train_sae"]
+__all__ = ["DEAD_FIXES", "SAETrainConfig", "SAETrainResult", "make_buffer", "sae_step", "train_sae"]
