@@ -3,7 +3,7 @@
 Both sides run in this one process on one thread (OMP_NUM_THREADS etc. are set to 1 before
 numpy and torch load), on the same dictionary and signals, so machine load affects both alike.
 
-    python bench/ito.py [--n-atoms 2048] [--d 256] [--n 1000] [--k 16] [--k-true 32] [--sae DIR]
+    python bench/ito.py [--n-atoms 4096] [--d 512] [--n 1000] [--k 16] [--k-true 32] [--sae DIR]
 
 Signals are nonnegative sparse combinations of ``k_true`` atoms plus Gaussian noise; with
 ``--sae DIR`` the dictionary is that SAE's decoder. Reported: wall time of scikit-learn's
@@ -59,8 +59,8 @@ def timed(fn, repeat: int = 1):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-atoms", type=int, default=2048)
-    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--n-atoms", type=int, default=4096)
+    ap.add_argument("--d", type=int, default=512)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--k-true", type=int, default=32)

@@ -201,7 +201,6 @@ def _report(out: Path, results: dict[str, Any], rows: list[dict[str, Any]], saes
     for name in recipes:
         pts = sorted(results["pareto"][name])
         ax.plot([q[0] for q in pts], [q[1] for q in pts], "o-", label=name)
-    ax.set_xscale("log")
     ax.set_xlabel("L0 (active features per input)")
     ax.set_ylabel("loss recovered")
     ax.legend(fontsize=8)
