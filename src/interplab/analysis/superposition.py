@@ -66,10 +66,11 @@ REPRESENTED = 0.5
 ORTHOGONAL_COS = 0.25
 #: An antipodal pair has cosine below this.
 ANTIPODAL_COS = -0.85
-#: Largest allowed deviation of a regular polygon's angular gaps from ``2 pi / k`` (radians).
-ANGLE_TOL = 0.3
-#: Largest allowed deviation of ``D_i`` (or of a group's summed ``D``) from the ideal value.
-D_TOL = 0.15
+#: Largest allowed deviation of a regular k-gon's angular gaps, as a fraction of ``2 pi / k``.
+ANGLE_TOL = 0.25
+#: Largest allowed deviation of ``D_i`` (or of a group's summed ``D``) from the ideal value,
+#: as a fraction of that value.
+D_TOL = 0.3
 #: Names of regular k-gons; others are called ``"regular {k}-gon"``.
 POLYGON_NAMES = {3: "triangle", 5: "pentagon", 6: "hexagon", 7: "heptagon", 8: "octagon"}
 #: Templates of the parts of a :func:`classify_geometry` string, in the order they appear.
@@ -226,7 +227,7 @@ def _regular_polygon(U: Tensor) -> bool:
     xy = basis[:, :2].T @ U
     angles = torch.atan2(xy[1], xy[0]).sort().values
     gaps = torch.diff(torch.cat([angles, angles[:1] + 2 * math.pi]))
-    return bool((gaps - 2 * math.pi / k).abs().max() <= ANGLE_TOL)
+    return bool((gaps - 2 * math.pi / k).abs().max() <= ANGLE_TOL * 2 * math.pi / k)
 
 
 def _group_shape(W: Tensor, group: list[int], D: Tensor) -> str:
@@ -241,9 +242,9 @@ def _group_shape(W: Tensor, group: list[int], D: Tensor) -> str:
     if k == 2:
         ok = off.max() <= ANTIPODAL_COS and abs(d.sum().item() - 1) <= D_TOL
         return "antipodal pair" if ok else "irregular"
-    if _regular_polygon(U) and (d - 2 / k).abs().max() <= D_TOL:
+    if _regular_polygon(U) and (d - 2 / k).abs().max() <= D_TOL * 2 / k:
         return "square" if k == 4 else POLYGON_NAMES.get(k, f"regular {k}-gon")
-    if k == 4 and (off + 1 / 3).abs().max() <= D_TOL and (d - 0.75).abs().max() <= D_TOL:
+    if k == 4 and (off + 1 / 3).abs().max() <= 0.15 and (d - 0.75).abs().max() <= D_TOL * 0.75:
         return "tetrahedron"
     return "irregular"
 
@@ -374,17 +375,19 @@ def classify_phase(W: Tensor, feature: int = 1, threshold: float = REPRESENTED) 
 
 
 # -- curves ----------------------------------------------------------------------------------
-def find_plateaus(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor, width: float = 0.06,
-                  min_points: int = 3, min_span: float = 1.5) -> list[float]:
-    """Values where the curve ``y(x)`` sticks: medians of runs of flat points, in order of x.
+def find_plateaus(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor, rel_width: float = 0.08,
+                  min_points: int = 3, min_span: float = 1.3) -> list[float]:
+    """Values where the curve ``y(x)`` sticks: medians of flat runs of points, in order of x.
 
-    A run is consecutive points (sorted by ``x``) whose ``y`` values stay within ``width`` of
-    each other, at least ``min_points`` long, over which ``x`` grows by at least the factor
-    ``min_span``. Runs are found greedily from the left; neighbours closer than ``width`` merge.
+    A run is consecutive points (sorted by ``x``) whose ``y`` values stay within
+    ``rel_width`` times their median of each other, at least ``min_points`` long, over which
+    ``x`` grows by at least the factor ``min_span``. Runs are found greedily from the left;
+    neighbouring runs with medians that close merge. On a log-x axis this keeps stretches
+    where ``y`` falls much more slowly than a power law with exponent ``rel_width / ln(min_span)``.
 
     Example:
-        >>> x = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48]
-        >>> y = [1.0, 1.0, 0.99, 0.8, 0.6, 0.51, 0.5, 0.5, 0.49, 0.45, 0.3]
+        >>> x = [1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48]
+        >>> y = [1.0, 1.0, 0.99, 0.8, 0.6, 0.51, 0.5, 0.5, 0.49, 0.4, 0.3, 0.25]
         >>> find_plateaus(x, y)
         [1.0, 0.5]
     """
@@ -393,14 +396,18 @@ def find_plateaus(x: Sequence[float] | Tensor, y: Sequence[float] | Tensor, widt
     check(x.shape == y.shape and x.dim() == 1, "x and y must be 1D sequences of the same length.")
     order = x.argsort()
     x, y = x[order], y[order]
+
+    def flat(v: Tensor) -> bool:
+        return bool(v.max() - v.min() <= rel_width * v.abs().quantile(0.5))
+
     runs: list[Tensor] = []
     i, n = 0, len(x)
     while i < n:
         j = i + 1
-        while j < n and y[i:j + 1].max() - y[i:j + 1].min() <= width:
+        while j < n and flat(y[i:j + 1]):
             j += 1
         if j - i >= min_points and x[j - 1] >= min_span * x[i]:
-            if runs and abs(runs[-1].quantile(0.5) - y[i:j].quantile(0.5)) <= width:
+            if runs and flat(torch.stack([runs[-1].quantile(0.5), y[i:j].quantile(0.5)])):
                 runs[-1] = torch.cat([runs[-1], y[i:j]])
             else:
                 runs.append(y[i:j])
@@ -532,4 +539,42 @@ def plot_dimensionality(inv_density: Sequence[float] | Tensor, dims_per_feature:
     ax.set_xlabel("1 / (1 - S)")
     ax.set_ylabel("dimensions per feature")
     ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def plot_finite_dimensionality(T: Sequence[int], feature_dims: Sequence[Tensor], datapoint_dims: Sequence[Tensor],
+                               test_loss: Sequence[float] | None = None) -> Figure:
+    """``D_i`` of features and ``D_t`` of data points against dataset size ``T`` (log x).
+
+    Every value is a dot (features blue, data points red); ``test_loss`` is drawn on a second
+    axis when given.
+
+    Example:
+        >>> fig = plot_finite_dimensionality([3, 100], [torch.rand(5), torch.rand(5)],
+        ...                                  [torch.rand(3), torch.rand(100)], [0.1, 0.05])
+        >>> len(fig.axes)
+        2
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    g = torch.Generator().manual_seed(0)
+    for t, fd, dd in zip(T, feature_dims, datapoint_dims):
+        for d, color, shift in ((fd, "#4c72b0", 0.93), (dd, "#c44e52", 1.07)):
+            d = d.detach().double().cpu().flatten()
+            xs = t * shift * torch.exp(0.03 * torch.randn(len(d), generator=g, dtype=torch.float64))
+            ax.scatter(xs.numpy(), d.numpy(), s=4, alpha=0.4, color=color, rasterized=True)
+    ax.scatter([], [], color="#4c72b0", label="features $D_i$")
+    ax.scatter([], [], color="#c44e52", label="data points $D_t$")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel("dataset size T")
+    ax.set_ylabel("dimensionality")
+    if test_loss is not None:
+        ax2 = ax.twinx()
+        ax2.plot(list(T), list(test_loss), color="k", lw=1.2, marker="o", ms=3, label="test loss")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("test loss")
+        ax2.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left")
     return fig

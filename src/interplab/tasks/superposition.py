@@ -14,7 +14,8 @@ Options beyond independent features:
 
 :class:`SparseFeatures` follows the :class:`interplab.train.Objective` protocol: an "epoch" is
 ``steps_per_epoch`` freshly sampled batches, and :meth:`SparseFeatures.evaluate` uses one small
-fixed batch drawn from ``seed``, so it is cheap and repeatable.
+fixed batch drawn from ``seed``, so it is cheap and repeatable; its random numbers are shared
+by all instances, so restarts of one setting are compared on the same points.
 
 Example:
     >>> import torch
@@ -109,34 +110,42 @@ class SparseFeatures:
             self.data = self._draw(g, int(self.n_samples.max()))  # [T_max, instances, features]
             rows = torch.arange(self.data.shape[0])[:, None]
             self.data_mask = rows < self.n_samples[None, :]  # which rows belong to each instance
-        self.eval_x = self._draw(g, eval_batch)
+        self.eval_x = self._draw(g, eval_batch, shared=True)
 
     # -- sampling -------------------------------------------------------------------------
-    def sample(self, generator: torch.Generator, batch: int) -> Tensor:
+    def sample(self, generator: torch.Generator, batch: int, shared: bool = False) -> Tensor:
         """Fresh features ``[batch, instances, features]`` (ignores ``n_samples``).
 
-        One uniform ``u`` per entry decides both: present iff ``u < 1-S``, value ``u / (1-S)``
-        (uniform on [0, 1) given present). Feature sets draw their own coins.
+        One uniform ``u`` per entry decides both: present iff ``u > S``, value
+        ``(u - S) / (1 - S)`` (uniform on (0, 1) given present). Feature sets draw their own coins. ``shared=True``
+        draws the random numbers once for all instances, so instances with equal settings see
+        equal points (used for the evaluation batch: their losses then compare exactly).
 
-        Example: see the module docstring.
+        Example:
+            >>> obj = SparseFeatures(n_instances=2, n_features=3, sparsity=0.5)
+            >>> x = obj.sample(torch.Generator().manual_seed(0), 4, shared=True)
+            >>> bool(torch.equal(x[:, 0], x[:, 1]))
+            True
         """
-        p = (1 - self.sparsity)[None, :, None]  # density per instance
-        u = torch.rand(batch, self.n_instances, self.n_features, generator=generator)
-        x = torch.where(u < p, u / p, 0.0)
+        k = 1 if shared else self.n_instances
+        S = self.sparsity[None, :, None]
+        p = 1 - S  # density per instance
+        u = torch.rand(batch, k, self.n_features, generator=generator)
+        x = (u * (1 / p)).add_(-S / p).relu_()  # = relu((u - S) / p), in place for speed
         if not (self.correlated or self.anticorrelated):
             return x
-        values = torch.rand(batch, self.n_instances, self.n_features, generator=generator)
+        values = torch.rand(batch, k, self.n_features, generator=generator)
         for s in self.correlated:
-            on = torch.rand(batch, self.n_instances, 1, generator=generator) < p
+            on = torch.rand(batch, k, 1, generator=generator) < p
             x[..., s] = values[..., s] * on
         for s in self.anticorrelated:
-            on = torch.rand(batch, self.n_instances, 1, generator=generator) < len(s) * p
-            which = torch.randint(len(s), (batch, self.n_instances), generator=generator)
+            on = torch.rand(batch, k, 1, generator=generator) < len(s) * p
+            which = torch.randint(len(s), (batch, k), generator=generator)
             x[..., s] = values[..., s] * (torch.nn.functional.one_hot(which, len(s)).bool() & on)
         return x
 
-    def _draw(self, generator: torch.Generator, batch: int) -> Tensor:
-        x = self.sample(generator, batch)
+    def _draw(self, generator: torch.Generator, batch: int, shared: bool = False) -> Tensor:
+        x = self.sample(generator, batch, shared)
         if not self.normalize:
             return x
         for _ in range(1000):  # a zero point has no direction: draw those again
@@ -168,8 +177,30 @@ class SparseFeatures:
     def instance_losses(self, model: torch.nn.Module, x: Tensor) -> Tensor:
         """Importance-weighted MSE per instance: mean over batch and features, ``[instances]``."""
         x = x.to(model.W.device)
-        err = self.importance.to(x.device) * (x - model(x)) ** 2
-        return err.mean(dim=(0, 2))
+        sq = (x - model(x)).pow_(2).mean(0)  # [instances, features]
+        return (self.importance.to(x.device) * sq).mean(-1)
+
+    @torch.no_grad()
+    def best_instances(self, model: torch.nn.Module, restarts: int) -> Tensor:
+        """Index of the lowest-loss instance in each run of ``restarts`` consecutive instances.
+
+        Lay instances out as ``setting * restarts + restart`` (equal settings, different
+        initialisations); the losses are on the shared evaluation batch (finite datasets: on
+        each instance's own data), so restarts are compared on the same points.
+
+        Example:
+            >>> from interplab.models import ToyModelOfSuperposition, TMSConfig
+            >>> obj = SparseFeatures(n_instances=6, n_features=3, sparsity=0.5)
+            >>> model = ToyModelOfSuperposition(TMSConfig(n_instances=6, n_features=3, n_hidden=2))
+            >>> best = obj.best_instances(model, restarts=3)
+            >>> best.shape, bool((best // 3 == torch.arange(2)).all())
+            (torch.Size([2]), True)
+        """
+        check(restarts >= 1 and self.n_instances % restarts == 0,
+              f"restarts must divide the {self.n_instances} instances, got {restarts}.")
+        losses = self.dataset_losses(model) if self.data is not None else self.instance_losses(model, self.eval_x)
+        groups = losses.view(-1, restarts)
+        return groups.argmin(1).cpu() + torch.arange(len(groups)) * restarts
 
     def loss(self, model: torch.nn.Module, batch: Tensor) -> Tensor:
         """The instance losses summed (instances are independent), a scalar."""
