@@ -89,12 +89,14 @@ def main() -> None:
     C_gp, t_gp = timed(lambda: gradient_pursuit(X, D, a.k, nonnegative=False), repeat=3)
     C_omp, t_omp = timed(lambda: orthogonal_matching_pursuit(X, D, a.k), repeat=3)
     C_gpn, t_gpn = timed(lambda: gradient_pursuit(X, D, a.k, nonnegative=True), repeat=3)
+    C_cg, t_cg = timed(lambda: gradient_pursuit(X, D, a.k, nonnegative=False, conjugate=True), repeat=3)
     e_sk = rel_err(Xn, C_sk, Dn)
     rows = [("sklearn OrthogonalMatchingPursuit, per sample", t_est, rel_err(Xn[:m], C_est, Dn)),
             ("sklearn orthogonal_mp (per-sample loop inside)", t_sk, e_sk),
             ("interplab gradient_pursuit, batched", t_gp, rel_err(Xn, C_gp.double().numpy(), Dn)),
             ("interplab orthogonal_matching_pursuit, batched", t_omp, rel_err(Xn, C_omp.double().numpy(), Dn)),
-            ("interplab gradient_pursuit nonnegative, batched", t_gpn, rel_err(Xn, C_gpn.double().numpy(), Dn))]
+            ("interplab gradient_pursuit nonnegative, batched", t_gpn, rel_err(Xn, C_gpn.double().numpy(), Dn)),
+            ("interplab gradient_pursuit conjugate, batched", t_cg, rel_err(Xn, C_cg.double().numpy(), Dn))]
     print(f"{'method':50s} {'seconds':>9s} {'rel. error':>11s}")
     for name, t, e in rows:
         print(f"{name:50s} {t:9.3f} {e:11.5f}")
@@ -104,11 +106,12 @@ def main() -> None:
     print(f"speed: our batched OMP is {t_est / t_omp:.1f}x / {t_sk / t_omp:.1f}x faster than the same two")
     print(f"agreement at L0 {a.k}: gradient pursuit error / sklearn OMP error = {e_gp / e_sk:.4f} "
           f"({100 * abs(e_gp / e_sk - 1):.2f}% apart); our OMP / sklearn OMP = {rows[3][2] / e_sk:.6f}")
-    print("agreement by L0 (gradient pursuit error / sklearn OMP error):")
+    print("agreement by L0 (error / sklearn OMP error): gradient pursuit, conjugate gradient pursuit")
     for k in sorted({max(1, a.k // 4), max(1, a.k // 2), a.k, 2 * a.k}):
         sk = rel_err(Xn, orthogonal_mp(Dn.T, Xn.T, n_nonzero_coefs=k, precompute=True).T, Dn)
         gp = rel_err(Xn, gradient_pursuit(X, D, k, nonnegative=False).double().numpy(), Dn)
-        print(f"  L0 {k:3d}: {gp / sk:.4f}")
+        cg = rel_err(Xn, gradient_pursuit(X, D, k, nonnegative=False, conjugate=True).double().numpy(), Dn)
+        print(f"  L0 {k:3d}: {gp / sk:.4f}  {cg / sk:.4f}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ def test_gradient_pursuit_close_to_omp_and_better_than_mp():
     assert gp / omp < 1.1
     c = gradient_pursuit(x, D, k, nonnegative=True)
     assert (c >= 0).all() and ((c != 0).sum(1) <= k).all()
+    # the conjugate variant closes part of the gap to OMP, nonnegative or not
+    acgp = _err(x, gradient_pursuit(x, D, k, nonnegative=False, conjugate=True), D)
+    assert omp <= acgp * (1 + 1e-9) and acgp < gp
+    c = gradient_pursuit(x, D, k, nonnegative=True, conjugate=True)
+    assert (c >= 0).all() and ((c != 0).sum(1) <= k).all()
 
 
 def test_pursuits_recover_an_exactly_sparse_code_on_orthogonal_atoms():
