@@ -3,7 +3,7 @@ import torch
 
 from interplab.errors import InterplabError
 from interplab.models import MLP, MLPConfig
-from interplab.scrub import Group, Hypothesis, scrub, scrubbed_values
+from interplab.scrub import Group, Hypothesis, scrub, scrub_many, scrubbed_values
 
 
 def identity_model(d: int = 3) -> MLP:
@@ -76,3 +76,15 @@ def test_bad_hypotheses_are_refused():
         Hypothesis("hook_input", (Group([0], "keep"), Group([0, 1], "free")))
     with pytest.raises(InterplabError, match="Unknown activation site"):
         scrub(identity_model(), Hypothesis("nope"), X)
+
+
+def test_keep_with_free_where_and_scrub_many_matches_scrub():
+    side0 = lambda c: (c[:, 0] > 0).long()  # noqa: E731
+    h3a = Hypothesis("hook_input", (Group([0], "keep", free_where=lambda c: c[:, 1] <= 0), Group([1], "keep")),
+                     name="1_3a")
+    model = identity_model()
+    many = scrub_many(model, [Hypothesis("hook_input", (Group([0], "same", key=side0),), name="x"), h3a], X, LABELS,
+                      n_draws=2, readout=and_readout)
+    assert many[1].agree == 1.0  # dir 0 only matters where dir 1 is above threshold
+    single = scrub(model, h3a, X, LABELS, n_draws=2, readout=and_readout)
+    assert single.agree_draws == many[1].agree_draws

@@ -4,7 +4,7 @@ A hypothesis is data (:class:`Hypothesis`): one activation site, a coordinate sy
 its last axis (the units, or the columns of a ``basis``), and for each coordinate group a
 :class:`Group` rule:
 
-- ``keep``: the group keeps the input's own value;
+- ``keep``: the group keeps the input's own value (except where ``free_where`` holds);
 - ``free``: the group's value comes from a random other input;
 - ``same``: it comes from an input of the same class, where the class is given by
   ``key`` (one key per input, or a function of the coordinates: "same side of a
@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,9 +187,11 @@ def scrubbed_values(hypothesis: Hypothesis, clean: Tensor, generator: torch.Gene
     unmatched = 0
     total = 0
     for g in hypothesis.groups:
-        if g.rule == "keep":
+        if g.rule == "keep" and g.free_where is None:
             continue
-        if g.rule == "free":
+        if g.rule == "keep":
+            src = torch.arange(n)
+        elif g.rule == "free":
             src = torch.randint(n, (n,), generator=generator)
         else:
             src = resample_indices(
@@ -241,27 +244,68 @@ def scrub(
 
     Example: see the module docstring.
     """
+    return scrub_many(model, [hypothesis], inputs, labels, n_draws, seed, fwd_hooks, readout, batch_size, quiet,
+                      **forward_kwargs)[0]
+
+
+@torch.no_grad()
+def scrub_many(
+    model: Any,
+    hypotheses: Sequence[Hypothesis],
+    inputs: Tensor,
+    labels: Tensor | None = None,
+    n_draws: int = 10,
+    seed: int = 0,
+    fwd_hooks: Sequence[tuple[str, Hook]] = (),
+    readout: Callable[[Tensor], Tensor] = default_readout,
+    batch_size: int = 4096,
+    quiet: bool = True,
+    **forward_kwargs: Any,
+) -> list[ScrubResult]:
+    """:func:`scrub` for several hypotheses, sharing the clean runs (one column each of a table).
+
+    Each hypothesis gets its own generator seeded from ``seed`` and its name, so adding or
+    removing a named hypothesis does not change the others' numbers.
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import MLP, MLPConfig
+        >>> m = MLP(MLPConfig(d_in=2, d_hidden=[4], d_out=2), seed=0)
+        >>> x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+        >>> hs = [Hypothesis("layers.0.hook_post", (Group(range(4), "keep"),), name="all"),
+        ...       Hypothesis("hook_input", (Group([0, 1], "keep"),), name="inputs")]
+        >>> [r.agree for r in scrub_many(m, hs, x, n_draws=1)]
+        [1.0, 1.0]
+    """
     check(n_draws >= 1, f"n_draws must be at least 1, got {n_draws}.")
-    site = hypothesis.site
-    check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
-    clean = site_values(model, inputs, site, batch_size, fwd_hooks, **forward_kwargs)
-    clean_pred = _predict(model, inputs, fwd_hooks, readout, batch_size, None, site, **forward_kwargs)
-    generator = torch.Generator().manual_seed(seed)
-    agree, acc, unmatched = [], [], []
-    for _ in tqdm(range(n_draws), desc=f"scrub {hypothesis.name}".strip(), disable=quiet, leave=False):
-        values, miss = scrubbed_values(hypothesis, clean, generator)
-        pred = _predict(model, inputs, fwd_hooks, readout, batch_size, values, site, **forward_kwargs)
-        agree.append((pred == clean_pred).double().mean().item())
+    for h in hypotheses:
+        check(h.site in model.hook_dict, f"Unknown activation site {h.site!r} for {type(model).__name__}.")
+    clean_pred = _predict(model, inputs, fwd_hooks, readout, batch_size, None, "", **forward_kwargs)
+    clean_by_site: dict[str, Tensor] = {}
+    results = []
+    for i, hypothesis in enumerate(hypotheses):
+        site = hypothesis.site
+        if site not in clean_by_site:
+            clean_by_site[site] = site_values(model, inputs, site, batch_size, fwd_hooks, **forward_kwargs)
+        clean = clean_by_site[site]
+        tag = hypothesis.name or f"#{i}"
+        generator = torch.Generator().manual_seed(seed * 1000003 + zlib.crc32(tag.encode()))
+        agree, acc, unmatched = [], [], []
+        for _ in tqdm(range(n_draws), desc=f"scrub {hypothesis.name}".strip(), disable=quiet, leave=False):
+            values, miss = scrubbed_values(hypothesis, clean, generator)
+            pred = _predict(model, inputs, fwd_hooks, readout, batch_size, values, site, **forward_kwargs)
+            agree.append((pred == clean_pred).double().mean().item())
+            if labels is not None:
+                acc.append((pred == labels.reshape(pred.shape)).double().mean().item())
+            unmatched.append(miss)
+        m, ci = mean_ci(agree)
+        result = ScrubResult(hypothesis.name, m, ci, agree_draws=agree, unmatched=sum(unmatched) / len(unmatched))
         if labels is not None:
-            acc.append((pred == labels.reshape(pred.shape)).double().mean().item())
-        unmatched.append(miss)
-    m, ci = mean_ci(agree)
-    result = ScrubResult(hypothesis.name, m, ci, agree_draws=agree, unmatched=sum(unmatched) / len(unmatched))
-    if labels is not None:
-        result.acc, result.acc_ci = mean_ci(acc)
-        result.acc_draws = acc
-        result.clean_acc = (clean_pred == labels.reshape(clean_pred.shape)).double().mean().item()
-    return result
+            result.acc, result.acc_ci = mean_ci(acc)
+            result.acc_draws = acc
+            result.clean_acc = (clean_pred == labels.reshape(clean_pred.shape)).double().mean().item()
+        results.append(result)
+    return results
 
 
 def _predict(model: Any, inputs: Tensor, fwd_hooks: Sequence[tuple[str, Hook]], readout: Callable[[Tensor], Tensor],
@@ -282,4 +326,4 @@ def _predict(model: Any, inputs: Tensor, fwd_hooks: Sequence[tuple[str, Hook]], 
     return torch.cat(preds)
 
 
-__all__ = ["Group", "Hypothesis", "ScrubResult", "scrub", "scrubbed_values", "mean_ci", "default_readout", "RULES"]
+__all__ = ["Group", "Hypothesis", "ScrubResult", "scrub", "scrub_many", "scrubbed_values", "mean_ci", "default_readout", "RULES"]
