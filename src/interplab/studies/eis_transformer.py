@@ -82,9 +82,9 @@ def small_setup(epochs: int = 300) -> dict[str, Any]:
 
     Example:
         >>> small_setup()["model_config"].d_mlp
-        128
+        96
     """
-    cfg = dataclasses.replace(challenge2_config(), d_model=48, n_heads=4, d_mlp=128)
+    cfg = dataclasses.replace(challenge2_config(), d_model=32, n_heads=4, d_mlp=96)
     return {"model_config": cfg, "train_config": TrainConfig(epochs=epochs, lr=3e-3, weight_decay=0.1,
                                                              betas=(0.9, 0.98), log_every=25, checkpoint_every=10**6,
                                                              keep_history=False)}
