@@ -422,8 +422,10 @@ def _report(res: dict[str, Any], source: str, train_info: dict[str, Any], task: 
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     for i in range(2):
         axes[i].imshow(images[i].numpy(), cmap="RdBu_r", origin="lower")
-        axes[i].contour(images[i].numpy(), levels=[thresholds[i]], colors="k", linewidths=0.8)
+        axes[i].contour(images[i].numpy(), levels=[thresholds[i]], colors="k", linewidths=0.8, linestyles="solid")
         axes[i].set_title(f"filter {i} (contour = threshold)", fontsize=10)
+        axes[i].set_xlabel("B")
+        axes[i].set_ylabel("A")
     _label_image(axes[2], binaries[0].numpy() & binaries[1].numpy(), "AND of the binary filters")
     _label_image(axes[3], pred_fixed.reshape(P, P), "fixed-attention model")
     r.figure(fig, caption="Filter images (E_A[a] + E_B[b] + c) . v over (A, B), their AND, and the model.")
