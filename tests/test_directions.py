@@ -53,3 +53,12 @@ def test_gradient_subspace_finds_what_the_readout_reads():
         m.W_U[3, 0] = -2.0
     basis, share = gradient_subspace(m, X.float(), "hook_input", k=1)
     assert abs(abs(float(basis[1, 0])) * 5**0.5 - 1) < 1e-6 and abs(float(share[0]) - 1) < 1e-9
+
+
+def test_angle_search_in_a_plane_finds_an_exact_wedge():
+    z = torch.randn(4000, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    a = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    b = torch.tensor([0.8, -0.6], dtype=torch.float64)
+    y = (z @ a > 0.1) & (z @ b > -0.2)
+    rule = fit_threshold_rule(z, y, restarts=1, steps=20, seed=0)  # a poor start; the angle search fixes it
+    assert rule.agreement(z, y) > 0.995

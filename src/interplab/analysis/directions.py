@@ -103,6 +103,45 @@ def rule_agreement(sides: Tensor, target: Tensor, op: str = "and") -> float:
     return (pred == target.reshape(-1).bool()).double().mean().item()
 
 
+def _best_thresholds(values: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Column-wise :func:`best_threshold`: ``values`` ``[M, C]``; returns thresholds and correct counts ``[C]``."""
+    vs, order = torch.sort(values, 0)
+    ys = y.double()[order]
+    zero = torch.zeros(1, values.shape[1], dtype=torch.float64)
+    neg_below = torch.cat([zero, torch.cumsum(1 - ys, 0)])
+    pos_above = ys.sum(0, keepdim=True) - torch.cat([zero, torch.cumsum(ys, 0)])
+    score = neg_below + pos_above
+    valid = torch.ones_like(score, dtype=torch.bool)
+    valid[1:-1] = vs[1:] > vs[:-1]
+    score = torch.where(valid, score, torch.full_like(score, -1))
+    best, i = score.max(0)
+    lo = vs.gather(0, (i - 1).clamp(min=0)[None])[0]
+    hi = vs.gather(0, i.clamp(max=len(vs) - 1)[None])[0]
+    t = torch.where(i == 0, vs[0] - 1.0, torch.where(i == len(vs), vs[-1] + 1.0, (lo + hi) / 2))
+    return t, best
+
+
+def _angle_search(x: Tensor, y: Tensor, dirs: Tensor, thr: Tensor, n_angles: int = 720,
+                  rounds: int = 2) -> tuple[Tensor, Tensor]:
+    """For 2-d ``x``: exact search over directions (angles) and thresholds of a 2-direction AND rule."""
+    angles = torch.arange(n_angles, dtype=torch.float64) * (2 * torch.pi / n_angles)
+    cand = torch.stack([angles.cos(), angles.sin()], 1)  # [n_angles, 2]
+    proj = x @ cand.T  # [N, n_angles]
+    dirs, thr = dirs.clone(), thr.clone()
+    for _ in range(rounds):
+        for i in range(2):
+            other = (x @ dirs[1 - i]) > thr[1 - i]
+            if not bool(other.any()):
+                continue
+            t, correct = _best_thresholds(proj[other], y[other])
+            j = int(correct.argmax())
+            old = rule_agreement(torch.stack([x @ dirs[0] > thr[0], x @ dirs[1] > thr[1]], 1), y)
+            new = float(correct[j] + (~y[~other]).sum()) / len(y)
+            if new > old:
+                dirs[i], thr[i] = cand[j], t[j]
+    return dirs, thr
+
+
 def _refine(values: Tensor, y: Tensor, thresholds: Tensor, rounds: int = 3) -> Tensor:
     """Exact coordinate-wise threshold search for an AND rule."""
     t = thresholds.clone()
@@ -134,7 +173,9 @@ def fit_threshold_rule(
     A soft rule ``prod_i sigmoid(w_i . z - b_i)`` on standardized ``x`` is trained with Adam
     from ``restarts`` seeded starts (on at most ``max_rows`` random rows); each is sharpened by an exact threshold search along its
     directions, and the best by agreement is returned (directions of unit norm in ``x``'s
-    space, sorted by decreasing threshold margin so the order is reproducible). An OR rule
+    space, sorted by decreasing threshold margin so the order is reproducible). For 2-d ``x``
+    and two directions, an exact search over angles (0.5 degree steps) and thresholds follows.
+    An OR rule
     is fitted as the negation of an AND of the negated half-spaces.
 
     Example: see the module docstring.
@@ -178,6 +219,8 @@ def fit_threshold_rule(
             best = (agree, dirs, thr)
     assert best is not None
     _, dirs, thr = best
+    if x.shape[1] == 2 and n_directions == 2:  # in a plane the directions can be searched exactly
+        dirs, thr = _angle_search(xd, y, dirs, thr)
     vals = xd @ dirs.T
     margin = ((vals - thr) / vals.std(0)).abs().mean(0)
     order = torch.argsort(margin, descending=True)
