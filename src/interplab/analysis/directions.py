@@ -307,6 +307,28 @@ def gradient_subspace(
     return evec[:, :k], ev[:k] / ev.sum().clamp(min=1e-30)
 
 
+def subspace_r2(x: Tensor, directions: Tensor, basis: Tensor) -> Tensor:
+    """How much of each readout ``x @ directions[i]`` a subspace explains: R^2 of a linear fit.
+
+    ``directions`` ``[m, d]``, ``basis`` ``[d, k]``; returns ``[m]`` values in [0, 1]. Unlike a
+    cosine, this weighs each part of a direction by the variance of ``x`` along it.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(100, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        >>> r2 = subspace_r2(x, torch.eye(3, dtype=torch.float64)[:2], torch.eye(3, dtype=torch.float64)[:, :1])
+        >>> round(r2[0].item(), 3), r2[1].item() < 0.1  # x[:, 1] is independent of x[:, 0]
+        (1.0, True)
+    """
+    xd = x.reshape(-1, x.shape[-1]).double()
+    xc = xd - xd.mean(0)
+    v = xc @ directions.double().T  # [N, m]
+    z = xc @ basis.double()  # [N, k]
+    coef = torch.linalg.lstsq(z, v).solution
+    resid = v - z @ coef
+    return (1 - resid.pow(2).sum(0) / v.pow(2).sum(0).clamp(min=1e-30)).clamp(0, 1)
+
+
 def readout_basis(readouts: Tensor, x: Tensor | None = None) -> Tensor:
     """A ``[d, d]`` basis whose coordinates are ``x @ readouts`` then an orthonormal complement.
 
@@ -337,4 +359,4 @@ def readout_basis(readouts: Tensor, x: Tensor | None = None) -> Tensor:
 
 
 __all__ = ["OPS", "best_threshold", "ThresholdRule", "rule_agreement", "fit_threshold_rule", "lift_rule", "logit_diff",
-           "gradient_subspace", "readout_basis"]
+           "gradient_subspace", "subspace_r2", "readout_basis"]

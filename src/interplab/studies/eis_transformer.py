@@ -35,7 +35,9 @@ import numpy as np
 import torch
 import typer
 
-from interplab.analysis.directions import ThresholdRule, fit_threshold_rule, gradient_subspace, lift_rule, readout_basis
+from interplab.analysis.directions import (
+    ThresholdRule, fit_threshold_rule, gradient_subspace, lift_rule, readout_basis, subspace_r2,
+)
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
 from interplab.analysis.pca import pca
 from interplab.errors import check
@@ -247,8 +249,9 @@ def run(
                                                     seed=seed), g_fixed.T, mid_fixed.mean(0))
     res["scrub_rule_agree_full"] = scrub_rule_full.agreement(mid, pred)
     res["scrub_rule_agree_fixed"] = scrub_rule_fixed.agreement(mid_fixed, pred_fixed)
-    res["two_dir_in_grad_subspace_full"] = float((rule_full.directions @ g_full).pow(2).sum(1).mean())
-    res["two_dir_in_grad_subspace_fixed"] = float((rule_fixed.directions @ g_fixed).pow(2).sum(1).mean())
+    # how much of each fitted readout the MLP's 2-d gradient subspace explains (R^2, mean over the two)
+    res["two_dir_grad_subspace_r2_full"] = float(subspace_r2(mid, rule_full.directions, g_full).mean())
+    res["two_dir_grad_subspace_r2_fixed"] = float(subspace_r2(mid_fixed, rule_fixed.directions, g_fixed).mean())
     res["two_dir_agree_full"] = rule_full.agreement(mid, pred)
     res["two_dir_agree_fixed"] = rule_fixed.agreement(mid_fixed, pred_fixed)
     res["two_dir_acc_fixed"] = rule_fixed.agreement(mid_fixed, truth)
@@ -384,7 +387,8 @@ def _report(res: dict[str, Any], source: str, train_info: dict[str, Any], task: 
            f"trained by gradient descent from several seeded starts, then an exact threshold search). The MLP's output "
            f"is sensitive to resid_mid almost only within a 2-d subspace (top-2 eigenvectors of the gradient covariance "
            f"of the logit difference: {res['grad_subspace_share_full']:.1%} of the sensitivity); "
-           f"{res['two_dir_in_grad_subspace_full']:.0%} of the fitted directions' norm lies in it. The same AND rule "
+           f"the readouts of the fitted directions are explained by it to R^2 = {res['two_dir_grad_subspace_r2_full']:.2f} "
+           f"(fixed: {res['two_dir_grad_subspace_r2_fixed']:.2f}). The same AND rule "
            f"fitted inside that subspace agrees with {res['scrub_rule_agree_full']:.1%} of the labels "
            f"({res['scrub_rule_agree_fixed']:.1%} fixed); it is the hypothesis tested by causal scrubbing below.")
     shown = torch.randperm(len(mid), generator=torch.Generator().manual_seed(0))[:5000]  # points drawn in scatters
