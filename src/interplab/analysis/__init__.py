@@ -1,0 +1,1 @@
+"""Analyses of activations and weights: PCA, directions, filters and more."""
