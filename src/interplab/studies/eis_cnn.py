@@ -54,6 +54,7 @@ from interplab.scrub import Group, Hypothesis, scrub_many
 from interplab.tasks.mnist import has_split, load_mnist
 
 SITE = "fc1.hook_post"
+PRE_SITE = "fc1.hook_pre"
 TOLERANCES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 MODEL_FILE = "eis-vii/mnist_model.pt"
 HINT_FILE = "eis-vii/mnist_example.png"
@@ -118,8 +119,8 @@ def run(
 
     # -- inputs ----------------------------------------------------------------------------
     model_file = Path(model_path) if model_path is not None else data.data_file(MODEL_FILE, data_dir)
-    hint_file = Path(hint_path) if hint_path is not None else data.data_file(HINT_FILE, data_dir)
     net = ConvNet.from_file(model_file)
+    hint_file = Path(hint_path) if hint_path is not None else data.data_file(HINT_FILE, data_dir)
     rendered = load_image(hint_file)
     hint = decode_rendered_digit(rendered)
     test_x, test_y = load_mnist("test", data_dir)
@@ -164,9 +165,11 @@ def run(
     timings["pca_arms"] = time.perf_counter() - t_start - sum(timings.values())
 
     # -- feature visualization: every unit and each arm direction ----------------------------
-    dirs = torch.cat([unit_directions(d_fc), arms.directions.float()])
-    fv = visualize(net, SITE, dirs, steps=featviz_steps, n_starts=1, seed=seed, quiet=quiet).numpy()
-    fv_units, fv_arms = fv[:d_fc], fv[d_fc:]
+    # units through their pre-activation (a ReLU unit that is off at the start has no gradient)
+    fv_units = visualize(net, PRE_SITE, unit_directions(d_fc), steps=featviz_steps, n_starts=1, seed=seed,
+                         quiet=quiet).numpy()
+    fv_arms = visualize(net, SITE, arms.directions.float(), steps=featviz_steps, n_starts=2, seed=seed,
+                        quiet=quiet).numpy()
     timings["featviz"] = time.perf_counter() - t_start - sum(timings.values())
 
     # -- candidate templates and the rule search --------------------------------------------
@@ -177,6 +180,7 @@ def run(
         templates[f"extreme arm {a}"] = to_template(fit_x[top].astype(np.float64).mean(0) / 255.0)
     rules = search_rules(fit_x, labels_np, templates)
     rule = rules[0]
+    from_network = [x for x in rules if not x.template_name.startswith("hint")]
     rule_agree = float((rule.predict(fit_x) == labels_np).mean())
     test_vs_rule = float((rule.predict(test_x) == test_labels).mean())
     source = rule.source()
@@ -208,7 +212,8 @@ def run(
 
     # -- ablations per group, split by region ------------------------------------------------
     ablation_rows, abl = [], {}
-    for name, own in (("a", rh), ("b", ~rh)):
+    everywhere = torch.ones_like(rh)
+    for name, own in (("a", rh), ("b", ~rh), ("other", everywhere)):
         units = groups[name]
         for method in ("zero", "min"):
             if len(units) == 0:
@@ -225,8 +230,9 @@ def run(
                 "other_dld": float(d_ld[~own].mean()) if (~own).any() else float("nan"),
             }
             abl[(name, method)] = row
-            ablation_rows.append([f"group {name} ({len(units)} units)", method, row["own_agree"], row["other_agree"],
-                                  row["own_dld"], row["other_dld"]])
+            ablation_rows.append([f"group {name} ({len(units)} units)", method, row["own_agree"],
+                                  row["other_agree"] if name != "other" else "-", row["own_dld"],
+                                  row["other_dld"] if name != "other" else "-"])
     timings["groups_ablation"] = time.perf_counter() - t_start - sum(timings.values())
 
     # -- causal scrubbing of the group hypothesis ---------------------------------------------
@@ -264,6 +270,8 @@ def run(
         "rule_lo": rule.lo,
         "rule_hi": rule.hi,
         "rule_source_test_agree": source_agree,
+        "rule_agree_network_templates_only": from_network[0].agree if from_network else float("nan"),
+        "rule_template_network_templates_only": from_network[0].template_name if from_network else "",
         "rule_agree_if_inputs_normalized": norm_agree,
         "n_fit_images": len(fit_x),
         "n_test_images": len(test_x),
@@ -290,6 +298,9 @@ def run(
         "seed": seed,
     }
     for (name, method), row in abl.items():
+        if name == "other":
+            results[f"{method}_ablate_agree_other"] = row["own_agree"]
+            continue
         results[f"{method}_ablate_own_region_agree_{name}"] = row["own_agree"]
         results[f"{method}_ablate_other_region_agree_{name}"] = row["other_agree"]
         results[f"{method}_ablate_own_region_dlogit_{name}"] = row["own_dld"]
@@ -361,9 +372,13 @@ def run(
     order_units = torch.cat([groups["a"], groups["b"], groups["other"], dead]).tolist()
     gname = {int(u): k for k, m in groups.items() for u in m.tolist()}
     r.figure(_image_grid(fv_units[order_units], [f"{u} {gname[u]}" for u in order_units]),
-             caption="Inputs that maximize each fc1 unit, by group (a, b, other, dead); dead units never "
-                     "fire on the data, so their optimization barely moves from its start.")
+             caption="Inputs that maximize each fc1 unit's pre-activation, by group (a, b, other, dead: never "
+                     "active on the data).")
     r.section("Rule search")
+    if from_network:
+        r.text(f"With the templates taken from the network alone (feature visualizations and extreme inputs "
+               f"of the arms, no hint), the best rule uses <i>{from_network[0].template_name}</i> and agrees "
+               f"on {from_network[0].agree:.4f}; the hint's template sharpens this to {rule.agree:.4f}.")
     r.figure(_image_grid(np.stack([t / 255.0 for t in templates.values()]), list(templates), cols=6, size=1.6),
              caption="Candidate templates: the hint, its inverse, and for each arm its feature visualization "
                      f"and the mean of the {n_extreme} inputs furthest along it.")
@@ -381,7 +396,8 @@ def run(
                     "detects it, group b the low-score region.")
     r.table(["ablated", "method", "agreement, own region", "agreement, other region", "mean d(logit diff), own",
              "mean d(logit diff), other"], ablation_rows,
-            caption="Zero and min (dataset minimum per unit) ablation of each detector group.")
+            caption="Zero and min (dataset minimum per unit) ablation of each group; the detector groups' "
+                    "own region is the side of the score they fire on; for the other group, all inputs.")
     r.section("Causal scrubbing")
     r.text("Hypothesis: each group's activations depend only on the region of the input and its score. Each "
            "group is resampled from inputs of the same region whose score is within the tolerance (a fraction "
