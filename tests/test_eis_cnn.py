@@ -62,8 +62,11 @@ def family(tmp_path_factory):
     train(net, task, TrainConfig(epochs=8, lr=3e-3, weight_decay=0.0, batch_size=64, log_every=8), quiet=True)
     root = tmp_path_factory.mktemp("family")
     (root / "mnist").mkdir()
-    write_idx(root / "mnist" / "t10k-images-idx3-ubyte.gz", images)
-    write_idx(root / "mnist" / "t10k-labels-idx1-ubyte.gz", digits[:5000])
+    # a training split too, so the study fits the rule on it and checks it on the test split
+    write_idx(root / "mnist" / "train-images-idx3-ubyte.gz", images)
+    write_idx(root / "mnist" / "train-labels-idx1-ubyte.gz", digits[:5000])
+    write_idx(root / "mnist" / "t10k-images-idx3-ubyte.gz", images[-1000:])
+    write_idx(root / "mnist" / "t10k-labels-idx1-ubyte.gz", digits[4000:5000])
     torch.save(net.state_dict(), root / "model.pt")
     render_hint(template, root / "hint.png")
     return {"root": root, "images": images, "hidden": hidden, "net": net, "template": template}
@@ -85,7 +88,9 @@ def test_study_recovers_a_hidden_rule_of_the_same_family(family, tmp_path):
     assert (recovered == truth).mean() >= 0.93
     with torch.no_grad():
         net_labels = family["net"](torch.as_tensor(images).float() / 255).argmax(-1).numpy()
+    assert results["used_train_set"] and results["n_fit_images"] == 5000 and results["n_test_images"] == 1000
     assert results["rule_agree"] == pytest.approx((recovered == net_labels).mean())
+    assert results["model_test_acc_vs_rule"] == pytest.approx((recovered == net_labels)[-1000:].mean())
     assert results["rule_agree"] >= 0.88
     assert results["n_units_group_a"] + results["n_units_group_b"] + results["n_units_other"] + \
         results["n_units_dead"] == 32

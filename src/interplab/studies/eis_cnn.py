@@ -95,7 +95,7 @@ def run(
     model_path: PathLike | None = None,
     hint_path: PathLike | None = None,
     seed: int = 0,
-    n_draws: int = 2,
+    n_draws: int = 5,
     featviz_steps: int = 96,
     n_extreme: int = 50,
     max_train: int = 20000,
@@ -136,12 +136,15 @@ def run(
                     f"evaluated on the {len(test_x)} test images.")
     say(fit_note)
     X = pixels_to_input(fit_x)
+    # every intervention below acts at fc1 or later: run them on the fc head from cached pool2 values
+    pool2 = site_values(net, X, "hook_pool2")
+    head = net.head()
     with torch.no_grad():
-        logits = net(X)
+        logits = head(pool2)
     labels = logits.argmax(-1)
     labels_np = labels.numpy()
     test_labels = labels_np if fit_x is test_x else _labels(net, test_x)
-    acts = site_values(net, X, SITE)
+    acts = site_values(head, pool2, SITE)
     d_fc = acts.shape[1]
     timings = {"load": time.perf_counter() - t_start}
 
@@ -219,7 +222,7 @@ def run(
             if len(units) == 0:
                 continue
             with torch.no_grad():
-                out_logits = ablate(net, X, SITE, method, units=units, reference=acts)
+                out_logits = ablate(head, pool2, SITE, method, units=units, reference=acts)
             pred = out_logits.argmax(-1)
             same = pred == labels
             d_ld = logit_diff(out_logits) - ld
@@ -253,7 +256,7 @@ def run(
 
     hyps = [hypothesis(t, f"tol={t:g}") for t in tolerances]
     hyps += [hypothesis(None, "same region only"), Hypothesis(SITE, groups=(), name="everything free")]
-    scrubbed = scrub_many(net, hyps, X, n_draws=n_draws, seed=seed, quiet=quiet)
+    scrubbed = scrub_many(head, hyps, pool2, n_draws=n_draws, seed=seed, quiet=quiet)
     curve = {f"{t:g}": r.agree for t, r in zip(tolerances, scrubbed)}
     at_1pct = next((r.agree for t, r in zip(tolerances, scrubbed) if abs(t - 0.01) < 1e-12), float("nan"))
     timings["scrub"] = time.perf_counter() - t_start - sum(timings.values())
@@ -442,7 +445,7 @@ def cli(
                                         "in the data directory)."),
     out: Path = typer.Option(Path("runs/eis-cnn"), "--out", help="Output directory."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random draw."),
-    draws: int = typer.Option(2, "--draws", help="Random draws per causal scrubbing setting."),
+    draws: int = typer.Option(5, "--draws", help="Random draws per causal scrubbing setting."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Recover the EIS VII challenge 1 labeling rule from the CNN's internals and test it causally."""
