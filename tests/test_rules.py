@@ -64,3 +64,19 @@ def test_search_picks_the_true_template_and_the_source_is_exact():
     exec(best.source(), ns)
     assert (ns["rule"](images) == best.predict(images)).all()
     assert ns["rule"](images).dtype == np.int64
+
+
+@pytest.mark.parametrize("center", ["none", "mean", "mid"])
+@pytest.mark.parametrize("kind,lo,hi", [("threshold", 3.0, None), ("threshold", None, 3.0), ("band", -2.0, 4.0),
+                                        ("two-sided", -2.0, 4.0)])
+def test_every_rule_form_prints_as_exact_source(kind, lo, hi, center):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(200, 28, 28)).astype(np.uint8)
+    template = rng.integers(0, 256, size=(28, 28)).astype(np.uint8)
+    s = similarity(images, template, center)
+    shift = float(np.median(s))
+    rule = Rule("t", template, center, kind, None if lo is None else lo + shift, None if hi is None else hi + shift)
+    ns = {}
+    exec(rule.source(), ns)
+    got = ns["rule"](images)
+    assert (got == rule.predict(images)).all() and 0 < got.mean() < 1
