@@ -89,6 +89,43 @@ def _image_grid(images: np.ndarray, titles: list[str], cols: int = 20, size: flo
     return fig
 
 
+def _mechanism(groups: dict[str, torch.Tensor], acts: torch.Tensor, rh: torch.Tensor, v: torch.Tensor,
+               abl: dict[tuple[str, str], dict[str, float]], cut: float, rule: Rule) -> str:
+    """A paragraph on how the groups produce the label, written from the measured numbers."""
+    def mean_act(m: torch.Tensor, where: torch.Tensor) -> float:
+        return float(acts[where][:, m].mean()) if len(m) and bool(where.any()) else 0.0
+
+    parts = []
+    for name, own, side in (("a", rh, "above"), ("b", ~rh, "below")):
+        m = groups[name]
+        if not len(m):
+            continue
+        w = float(v[m].mean())
+        line = (f"Group {name} ({len(m)} units) fires on inputs whose score is {side} {cut:.4g} (mean activation "
+                f"{mean_act(m, own):.3g} there, {mean_act(m, ~own):.3g} on the other side) and writes "
+                f"{'towards label 1' if w > 0 else 'towards label 0'} (mean weight {w:+.3g} on the logit difference)")
+        row = abl.get((name, "min"))
+        if row is not None:
+            line += (f"; min-ablating it keeps {row['own_agree']:.3f} of the labels on its side and "
+                     f"{row['other_agree']:.3f} on the other")
+        parts.append(line + ".")
+    m = groups["other"]
+    if len(m):
+        w = float(v[m].mean())
+        always = float((acts[:, m] > 0).float().mean())
+        parts.append(f"The other {len(m)} units are active on {always:.2f} of (input, unit) pairs and have mean "
+                     f"weight {w:+.3g}: {'a bias against label 1 that a detector group must overcome' if w < 0 else 'no threshold role'}.")
+    if len(groups["dead"]):
+        parts.append(f"{len(groups['dead'])} units are never active on the data.")
+    if rule.kind == "two-sided":
+        parts.append("So the network says 1 when either detector group fires strongly enough, that is when the "
+                     "score lies far enough from the middle on either side: a two-sided rule.")
+    elif rule.kind == "band":
+        parts.append("So the label depends on how far the score lies from the middle, with one detector group "
+                     "per side: a band on the score.")
+    return " ".join(parts)
+
+
 def run(
     out_dir: PathLike,
     data_dir: PathLike | None = None,
@@ -319,6 +356,8 @@ def run(
     r.text(f"<b>{rule.describe()}</b>. {fit_note} The function below (numpy only) gives these labels; run on "
            f"the test set it agrees with the network on {source_agree:.4f} of the images.")
     r.code(source)
+    r.section("How the network computes it")
+    r.text(_mechanism(groups, acts, rh, v, abl, cut, rule))
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     axes[0].imshow(rendered, cmap="gray")
     axes[0].set_title(f"hint as published {rendered.shape[1]}x{rendered.shape[0]}", fontsize=9)
@@ -397,6 +436,10 @@ def run(
             caption=f"Units clustered by activation profile (k-means, 3 groups) plus dead units. The "
                     f"high-score region is score > {cut:.4g} ({region_hi.mean():.3f} of the inputs); group a "
                     "detects it, group b the low-score region.")
+    same = [k for k in ("a", "b") if (k, "zero") in abl and abl[(k, "zero")] == abl[(k, "min")]]
+    if same:
+        r.text(f"For group{'s' if len(same) > 1 else ''} {' and '.join(same)} the dataset minimum of every unit is "
+               "0 (they are silent on the other side), so zero and min ablation coincide.")
     r.table(["ablated", "method", "agreement, own region", "agreement, other region", "mean d(logit diff), own",
              "mean d(logit diff), other"], ablation_rows,
             caption="Zero and min (dataset minimum per unit) ablation of each group; the detector groups' "
