@@ -85,6 +85,8 @@ def test_study_recovers_a_hidden_rule_of_the_same_family(family, tmp_path):
     recovered = np.asarray(ns["rule"](images))
     assert recovered.shape == (len(images),) and set(np.unique(recovered)) <= {0, 1}
     truth = family["hidden"](images)
+    print(f"family: recovered rule vs hidden rule {(recovered == truth).mean():.4f}, vs network "
+          f"{results['rule_agree']:.4f}; {results['rule_description']}")
     assert (recovered == truth).mean() >= 0.93
     with torch.no_grad():
         net_labels = family["net"](torch.as_tensor(images).float() / 255).argmax(-1).numpy()
