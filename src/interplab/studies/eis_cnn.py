@@ -376,6 +376,12 @@ def run(
     r.figure(fig, caption="The hint image, the digit decoded from it, and the network's labels against the "
                           "winning score (dashed: the fitted bounds).")
     r.section("Input scale")
+    better = "pixels / 255" if rule_agree >= norm_agree else "MNIST normalization"
+    r.text(f"The network reads images as pixels / 255 here. Under MNIST normalization it is more confident "
+           f"({results['model_mean_confidence_if_inputs_normalized']:.3f} vs {results['model_mean_confidence']:.3f}) "
+           f"but calls {results['model_label1_frac_if_inputs_normalized']:.2f} of the images 1 (vs "
+           f"{results['model_label1_frac']:.2f}); the recovered rule explains the labels best under {better} "
+           f"({max(rule_agree, norm_agree):.4f} vs {min(rule_agree, norm_agree):.4f}).")
     r.table(["inputs", "label-1 fraction", "mean confidence", "best rule agreement (same template)"],
             [["pixels / 255 (used)", results["model_label1_frac"], results["model_mean_confidence"], rule_agree],
              ["MNIST-normalized", results["model_label1_frac_if_inputs_normalized"],
