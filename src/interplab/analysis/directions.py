@@ -18,7 +18,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -125,11 +127,12 @@ def fit_threshold_rule(
     steps: int = 300,
     lr: float = 0.05,
     seed: int = 0,
+    max_rows: int = 4096,
 ) -> ThresholdRule:
     """Fit an AND (or OR) of ``n_directions`` half-spaces of ``x`` ``[N, d]`` to ``target`` ``[N]``.
 
     A soft rule ``prod_i sigmoid(w_i . z - b_i)`` on standardized ``x`` is trained with Adam
-    from ``restarts`` seeded starts; each is sharpened by an exact threshold search along its
+    from ``restarts`` seeded starts (on at most ``max_rows`` random rows); each is sharpened by an exact threshold search along its
     directions, and the best by agreement is returned (directions of unit norm in ``x``'s
     space, sorted by decreasing threshold margin so the order is reproducible). An OR rule
     is fitted as the negation of an AND of the negated half-spaces.
@@ -141,26 +144,28 @@ def fit_threshold_rule(
     check(n_directions >= 1, f"n_directions must be at least 1, got {n_directions}.")
     y = target.reshape(-1).bool()
     if op == "or":
-        rule = fit_threshold_rule(x, ~y, n_directions, "and", restarts, steps, lr, seed)
+        rule = fit_threshold_rule(x, ~y, n_directions, "and", restarts, steps, lr, seed, max_rows)
         return ThresholdRule(-rule.directions, -rule.thresholds, "or")
     xd = x.double()
     mu, sd = xd.mean(0), xd.std(0).clamp(min=1e-8)
-    z = ((xd - mu) / sd).float()
-    yf = y.float()
     g = torch.Generator().manual_seed(seed)
+    fit_rows = torch.randperm(len(x), generator=g)[:max_rows] if len(x) > max_rows else torch.arange(len(x))
+    z = ((xd[fit_rows] - mu) / sd).float()  # the soft fit sees a random subset; thresholds are refined on all rows
+    yf = y[fit_rows].float()
     best: tuple[float, Tensor, Tensor] | None = None
     for _ in range(restarts):
         w = (torch.randn(n_directions, x.shape[1], generator=g) / x.shape[1] ** 0.5).requires_grad_()
         b = torch.zeros(n_directions, requires_grad=True)
         opt = torch.optim.Adam([w, b], lr=lr)
-        for _ in range(steps):
-            logits = z @ w.T - b
-            log_p = F.logsigmoid(logits).sum(-1)
-            log_not_p = torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
-            loss = -(yf * log_p + (1 - yf) * log_not_p).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        with torch.enable_grad():
+            for _ in range(steps):
+                logits = z @ w.T - b
+                log_p = F.logsigmoid(logits).sum(-1)
+                log_not_p = torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))
+                loss = -(yf * log_p + (1 - yf) * log_not_p).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
         with torch.no_grad():
             dirs = (w.double() / sd)  # back to x's space: w . (x - mu) / sd
             norms = dirs.norm(dim=1, keepdim=True).clamp(min=1e-12)
@@ -177,6 +182,86 @@ def fit_threshold_rule(
     margin = ((vals - thr) / vals.std(0)).abs().mean(0)
     order = torch.argsort(margin, descending=True)
     return ThresholdRule(dirs[order], thr[order], "and")
+
+
+def lift_rule(rule: ThresholdRule, components: Tensor, mean: Tensor) -> ThresholdRule:
+    """A rule fitted on coordinates ``z = (x - mean) @ components.T`` rewritten as a rule on ``x``.
+
+    ``components`` ``[k, d]`` with orthonormal rows (e.g. the first ``k`` PCA components):
+    fit in a low-dimensional plane, then read the directions in the full space.
+
+    Example:
+        >>> import torch
+        >>> comps, mean = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([0.0, 2.0, 0.0])
+        >>> r = lift_rule(ThresholdRule(torch.tensor([[1.0]]), torch.tensor([0.5])), comps, mean)
+        >>> r.directions.tolist(), r.thresholds.tolist(), r.predict(torch.tensor([[9.0, 2.6, 9.0]])).tolist()
+        ([[0.0, 1.0, 0.0]], [2.5], [True])
+    """
+    c = components.to(rule.directions.dtype)
+    dirs = rule.directions @ c
+    return ThresholdRule(dirs, rule.thresholds + dirs @ mean.to(dirs.dtype), rule.op)
+
+
+def logit_diff(out: Tensor) -> Tensor:
+    """Logit of class 1 minus class 0 at the last position (or of a ``[N, 2]`` output).
+
+    Example:
+        >>> import torch
+        >>> logit_diff(torch.tensor([[[0.0, 0.0], [1.0, 3.0]]])).tolist()
+        [2.0]
+    """
+    last = out[:, -1] if out.dim() == 3 else out
+    return last[:, 1] - last[:, 0]
+
+
+def gradient_subspace(
+    model: Any,
+    inputs: Tensor,
+    site: str,
+    k: int = 2,
+    metric: Callable[[Tensor], Tensor] = logit_diff,
+    fwd_hooks: Sequence[tuple[str, Any]] = (),
+    batch_size: int = 4096,
+    **forward_kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """The ``k`` directions of a site the model's output is most sensitive to, and their share.
+
+    Top eigenvectors of ``E[g g^T]`` with ``g`` the gradient of ``metric(output)`` (default:
+    the logit difference) with respect to the site's last-position activation: the subspace
+    later layers actually read. Returns ``(basis [d, k], share [k])``, share = eigenvalue
+    over the trace.
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import MLP, MLPConfig
+        >>> m = MLP(MLPConfig(d_in=3, d_hidden=(), d_out=2), seed=0)
+        >>> with torch.no_grad():
+        ...     _ = m.W_U.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]))
+        >>> basis, share = gradient_subspace(m, torch.randn(10, 3), "hook_input", k=1)
+        >>> [round(abs(v), 3) for v in basis[:, 0].tolist()], round(float(share[0]), 3)
+        ([0.0, 0.0, 1.0], 1.0)
+    """
+    check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
+    gram: Tensor | None = None
+    with torch.enable_grad():
+        for chunk in inputs.split(batch_size):
+            store: dict[str, Tensor] = {}
+
+            def grab(value: Tensor, hook: Any = None) -> Tensor:
+                if not value.requires_grad:
+                    value = value.detach().requires_grad_()
+                store["v"] = value
+                return value
+
+            out = model.run_with_hooks(chunk, fwd_hooks=[*fwd_hooks, (site, grab)], **forward_kwargs)
+            (g,) = torch.autograd.grad(metric(out).sum(), store["v"])
+            g = g.reshape(len(chunk), -1, g.shape[-1])[:, -1].double()
+            gram = g.T @ g if gram is None else gram + g.T @ g
+    assert gram is not None
+    ev, evec = torch.linalg.eigh(gram / len(inputs))
+    ev, evec = ev.flip(0), evec.flip(1)
+    check(1 <= k <= len(ev), f"k must be between 1 and {len(ev)}, got {k}.")
+    return evec[:, :k], ev[:k] / ev.sum().clamp(min=1e-30)
 
 
 def readout_basis(readouts: Tensor, x: Tensor | None = None) -> Tensor:
@@ -208,4 +293,5 @@ def readout_basis(readouts: Tensor, x: Tensor | None = None) -> Tensor:
     return torch.linalg.inv(w.T)
 
 
-__all__ = ["OPS", "best_threshold", "ThresholdRule", "rule_agreement", "fit_threshold_rule", "readout_basis"]
+__all__ = ["OPS", "best_threshold", "ThresholdRule", "rule_agreement", "fit_threshold_rule", "lift_rule", "logit_diff",
+           "gradient_subspace", "readout_basis"]
