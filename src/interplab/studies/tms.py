@@ -60,11 +60,11 @@ class Settings:
     # 3. dimensions per feature, uniform importance, 1/(1-S) from 1 to dim_max_inv_density
     dim_features: int = 200
     dim_hidden: int = 20
-    dim_points: int = 24
+    dim_points: int = 20
     dim_max_inv_density: float = 20.0
-    dim_steps: int = 2000
+    dim_steps: int = 1500
     dim_batch: int = 256
-    dim_lr: float = 5e-3
+    dim_lr: float = 1e-2
     # 4. finite datasets of T points
     finite_features: int = 20
     finite_sparsity: float = 0.9
@@ -77,9 +77,9 @@ class Settings:
 
 FULL = Settings()
 QUICK = Settings(
-    geometry_steps=1500, geometry_batch=512,
-    phase_grid=12, phase_steps=600,
-    dim_features=100, dim_hidden=10, dim_points=16, dim_max_inv_density=8.0, dim_steps=1500, dim_lr=1e-2,
+    geometry_steps=1000, geometry_batch=512,
+    phase_grid=12, phase_steps=500,
+    dim_features=100, dim_hidden=10, dim_points=16, dim_max_inv_density=8.0,
     finite_T=(3, 5, 20, 100, 1000), finite_steps=1500,
 )
 
@@ -115,7 +115,7 @@ def geometry_by_sparsity(s: Settings, runs: Path, seed: int, quiet: bool) -> dic
     R, n = s.geometry_restarts, 5
     sparsity = [v for v in s.geometry_sparsity for _ in range(R)]
     obj = SparseFeatures(len(sparsity), n, sparsity=sparsity, importance=[0.9**i for i in range(n)],
-                         steps_per_epoch=s.steps_per_epoch, seed=seed)
+                         eval_batch=8192, steps_per_epoch=s.steps_per_epoch, seed=seed)
     model = ToyModelOfSuperposition(TMSConfig(len(sparsity), n, 2), seed=seed)
     _fit(model, obj, _config(s.geometry_steps, s, 1e-2, seed, s.geometry_batch), runs / "geometry", quiet)
     W = model.W.detach()
