@@ -1,1 +1,1 @@
-"""Studies: each reproduces a published result end to end by composing library calls."""
+"""Studies: end-to-end reproductions of published results; each composes library calls."""
