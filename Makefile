@@ -17,9 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	rm -rf $(DEMO_OUT)
-	$(VENV)/bin/interplab train modular-addition --p 23 --frac-train 0.5 --epochs 3000 --seed 0 --out $(DEMO_OUT)
-	$(VENV)/bin/interplab info $(DEMO_OUT)
+	$(VENV)/bin/interplab study eis-transformer --out $(DEMO_OUT)
 
 test: venv
 	$(PY) -m pytest -q -n 2 --durations=15

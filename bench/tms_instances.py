@@ -1,16 +1,19 @@
-"""Training K toy models as instances of one model vs K separate models, same steps each.
+"""Training K toy models as instances of one model vs as K separate models, same steps each.
 
-Runs both through ``interplab.train.train`` in one process and prints the per-instance cost of
-each and their ratio (wall clock and CPU time). Setting: the study's five features in two
-dimensions (importance 0.9^i, sparsity 0.9), batch 1024, 300 steps per model.
+For each training setting of the TMS study, times one K-instance model and a sample of
+separate one-instance models (same objective, batch size and number of steps), all through
+``interplab.train.train`` in this one process, and prints the cost per instance of each and
+their ratio, in wall-clock and CPU time. Separate runs all cost the same, so timing a sample
+of them gives their cost per instance without running all K.
 
-    python bench/tms_instances.py [--instances 40] [--steps 300]
+    python bench/tms_instances.py [--steps 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -18,17 +21,23 @@ from interplab.models import TMSConfig, ToyModelOfSuperposition
 from interplab.tasks.superposition import SparseFeatures
 from interplab.train import TrainConfig, train
 
+# name, instances K, features n, hidden m, batch, sparsity, separate runs timed
+SETTINGS = [
+    ("phase diagram (n=2, m=1)", 2400, 2, 1, 128, 0.9, 20),
+    ("five features (n=5, m=2)", 40, 5, 2, 1024, 0.9, 40),
+    ("finite data (n=20, m=2)", 10, 20, 2, 1024, 0.9, 10),
+    ("dimensionality (n=200, m=20)", 20, 200, 20, 256, 0.7, 5),
+]
 
-def fit(n_instances: int, steps: int, seed: int) -> None:
-    obj = SparseFeatures(n_instances, 5, sparsity=0.9, importance=[0.9**i for i in range(5)],
-                         steps_per_epoch=100, seed=seed)
-    model = ToyModelOfSuperposition(TMSConfig(n_instances, 5, 2), seed=seed)
-    cfg = TrainConfig(epochs=steps // 100, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), batch_size=1024,
-                      schedule="cosine", seed=seed, log_every=10**6)
+
+def fit(n_instances: int, n: int, m: int, batch: int, sparsity: float, steps: int, seed: int) -> None:
+    obj = SparseFeatures(n_instances, n, sparsity=sparsity, steps_per_epoch=steps, eval_batch=64, seed=seed)
+    model = ToyModelOfSuperposition(TMSConfig(n_instances, n, m), seed=seed)
+    cfg = TrainConfig(epochs=1, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), batch_size=batch, seed=seed)
     train(model, obj, cfg, quiet=True)
 
 
-def timed(fn) -> tuple[float, float]:
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
     w, c = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - w, time.process_time() - c
@@ -36,19 +45,19 @@ def timed(fn) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--instances", type=int, default=40)
-    ap.add_argument("--steps", type=int, default=300)
-    args = ap.parse_args()
-    K, steps = args.instances, args.steps
-    fit(2, 100, seed=99)  # warm-up: imports, first-call allocations
-    together = timed(lambda: fit(K, steps, seed=0))
-    separate = timed(lambda: [fit(1, steps, seed=k) for k in range(K)])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; K={K} instances, {steps} steps each, "
-          "n=5 features, m=2, batch 1024")
-    for name, i in (("wall", 0), ("cpu", 1)):
-        a, b = together[i] / K, separate[i] / K
-        print(f"{name:4s}: one {K}-instance model {together[i]:.2f} s ({1e3 * a:.1f} ms per instance); "
-              f"{K} separate models {separate[i]:.2f} s ({1e3 * b:.1f} ms per instance); ratio {b / a:.1f}x")
+    ap.add_argument("--steps", type=int, default=200)
+    steps = ap.parse_args().steps
+    fit(2, 5, 2, 64, 0.5, 10, seed=99)  # warm-up: first-call allocations
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {steps} steps per model")
+    print(f"{'setting':30s} {'K':>5s} {'batch':>5s}  {'together ms/inst':>16s}  {'separate ms/inst':>16s}  "
+          f"{'ratio wall':>10s}  {'ratio cpu':>9s}")
+    for name, K, n, m, batch, S, k in SETTINGS:
+        together = timed(lambda: fit(K, n, m, batch, S, steps, seed=0))
+        separate = timed(lambda: [fit(1, n, m, batch, S, steps, seed=s) for s in range(k)])
+        per_t = [t / K for t in together]
+        per_s = [t / k for t in separate]
+        print(f"{name:30s} {K:5d} {batch:5d}  {1e3 * per_t[0]:16.2f}  {1e3 * per_s[0]:16.2f}  "
+              f"{per_s[0] / per_t[0]:9.1f}x  {per_s[1] / per_t[1]:8.1f}x")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_quick_study_reproduces_the_known_pictures(quick):
     assert any(abs(p - 1) < 0.05 for p in res["plateaus"]) and any(abs(p - 0.5) < 0.05 for p in res["plateaus"])
     # 4. few points: the data points own large fractions of the plane; many: the features do
     dp, ft = res["finite_datapoint_dim_max"], res["finite_feature_dim_max"]
-    assert dp[0] > 0.3 > dp[-1] and ft[-1] > 0.3 and ft[-1] > 10 * dp[-1]
+    assert dp[0] > 0.3 > dp[-1] and ft[-1] > 0.25 and ft[-1] > 10 * dp[-1]
 
 
 def test_tiny_study_writes_the_contract_and_reuses_its_runs(tmp_path, capsys):

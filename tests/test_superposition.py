@@ -244,10 +244,10 @@ def test_bad_settings_are_one_sentence_errors():
 
 
 # -- trained models ----------------------------------------------------------------------------------
-def train_five_in_two(sparsity: list[float], restarts: int, steps: int, seed: int = 0):
+def train_five_in_two(sparsity: list[float], restarts: int, steps: int, seed: int = 0, relu: bool = True):
     S = [s for s in sparsity for _ in range(restarts)]
     obj = SparseFeatures(len(S), 5, sparsity=S, importance=[0.9**i for i in range(5)], steps_per_epoch=100, seed=seed)
-    model = ToyModelOfSuperposition(TMSConfig(len(S), 5, 2), seed=seed)
+    model = ToyModelOfSuperposition(TMSConfig(len(S), 5, 2, relu_output=relu), seed=seed)
     cfg = TrainConfig(epochs=steps // 100, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), batch_size=512,
                       schedule="cosine", seed=seed, log_every=1000)
     train(model, obj, cfg, quiet=True)
@@ -263,6 +263,12 @@ def test_trained_five_features_in_two_dimensions():
     norms = sp.feature_norms(W[0])
     assert norms[:2].min() > 0.9 and norms[2:].max() < 0.5  # the two most important features are kept
     assert sp.feature_dimensionality(W[1]).tolist() == pytest.approx([0.4] * 5, abs=0.1)
+
+
+def test_trained_linear_model_does_not_superpose():
+    (W,) = train_five_in_two([0.9], restarts=2, steps=1000, relu=False)
+    assert sp.classify_geometry(W) == "2 orthogonal, 3 absent"
+    assert sp.dimensions_per_feature(W).item() == pytest.approx(1.0, abs=0.05)
 
 
 def test_trained_phase_diagram_corners():

@@ -80,3 +80,11 @@ def test_make_task_round_trips_and_rejects_unknown() -> None:
     assert torch.equal(t.inputs, again.inputs) and torch.equal(t.train_idx, again.train_idx)
     with pytest.raises(InterplabError, match="Unknown task"):
         make_task({"name": "nope"})
+
+
+def test_make_task_rebuilds_the_superposition_objective() -> None:
+    from interplab.tasks.superposition import SparseFeatures
+
+    obj = SparseFeatures(n_instances=2, n_features=3, sparsity=[0.1, 0.2], n_samples=4)
+    again = make_task(obj.describe())
+    assert isinstance(again, SparseFeatures) and torch.equal(again.data, obj.data)

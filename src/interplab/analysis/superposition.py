@@ -14,22 +14,19 @@ model at once. Writing ``W_i`` for a column and ``W_i_hat`` for its unit vector:
 - data-point dimensionality for a finite dataset: the same formula on the hidden vectors
   ``h_t = W x_t`` of the data points (:func:`hidden_vectors`).
 
-:func:`classify_geometry` names what an instance shows, from these numbers alone. The result
-is one of the parts below, or several joined by ``", "`` in this order (counts first):
+:func:`classify_geometry` names what an instance shows, from these numbers alone: features
+with norm above :data:`REPRESENTED` are split into groups linked by ``|cos| >=``
+:data:`ORTHOGONAL_COS`, and each group is named by its cosines, its ``D_i`` and, in a plane,
+its angular gaps. The answer is one part, or several joined by ``", "`` in this order:
 
-====================  =============================================================
-part                  meaning
-====================  =============================================================
-``"{k} orthogonal"``  k features each with a direction no other feature interferes with
-``"{k} antipodal      pairs ``(W_i, W_j)`` with cosine near -1, orthogonal to the rest
-pair(s)"``            (a regular 4-gon in a plane counts as 2 antipodal pairs)
-``"triangle"``,       a regular k-gon in a plane (equal angles, ``D_i`` near ``2/k``);
-``"pentagon"``, ...   names in :data:`POLYGON_NAMES`, ``"regular {k}-gon"`` beyond;
-                      several are counted: ``"2 triangles"``
-``"tetrahedron"``     4 features with pairwise cosines near -1/3 spanning 3 dimensions
-``"{k} irregular"``   k represented features that interfere but form none of the above
-``"{k} absent"``      k features with norm at most the threshold (not represented)
-====================  =============================================================
+- ``"{k} orthogonal"``: k features each with a direction no other feature interferes with;
+- ``"1 antipodal pair"`` / ``"{k} antipodal pairs"``: two features with cosine near -1, alone
+  in their direction (a regular 4-gon in a plane counts as 2 antipodal pairs);
+- ``"triangle"``, ``"pentagon"``, ``"hexagon"``, ``"heptagon"``, ``"octagon"``, ``"regular {k}-gon"``:
+  k features in a plane at equal angles with ``D_i`` near ``2/k`` (several: ``"2 triangles"``);
+- ``"tetrahedron"``: 4 features with pairwise cosines near -1/3 and ``D_i`` near 3/4;
+- ``"{k} irregular"``: k represented features that interfere but form none of the above;
+- ``"{k} absent"``: k features with norm at most the threshold (not represented);
 
 for example ``"2 orthogonal, 3 absent"``, ``"2 antipodal pairs, 1 absent"`` or ``"pentagon"``
 (:data:`GEOMETRY_VOCABULARY` lists the templates). For the two-feature phase diagram,
@@ -290,6 +287,16 @@ def _pairs_by_cosine(W: Tensor, group: list[int]) -> list[list[int]]:
     return [[group[first], group[partner]], [group[r] for r in rest]]
 
 
+def _sides(shape: str) -> int | None:
+    """The k of a polygon name (``"pentagon"`` -> 5, ``"regular 9-gon"`` -> 9), else None."""
+    named = {v: k for k, v in POLYGON_NAMES.items()}
+    if shape in named:
+        return named[shape]
+    if shape.startswith("regular ") and shape.endswith("-gon"):
+        return int(shape[len("regular "):-len("-gon")])
+    return None
+
+
 def _plural(name: str, c: int) -> str:
     if c == 1:
         return name
@@ -315,10 +322,8 @@ def geometry_string(groups: Sequence[tuple[str, Sequence[int]]]) -> str:
     if "antipodal pair" in counts:
         c = counts["antipodal pair"]
         parts.append("1 antipodal pair" if c == 1 else f"{c} antipodal pairs")
-    polygons = sorted((int(s.split()[1].split("-")[0]) if s.startswith("regular") else
-                       next(k for k, v in POLYGON_NAMES.items() if v == s), s)
-                      for s in counts if s in POLYGON_NAMES.values() or s.startswith("regular "))
-    parts.extend(_plural(s, counts[s]) for _, s in polygons)
+    polygons = sorted((k, shape) for shape in counts if (k := _sides(shape)))
+    parts.extend(_plural(shape, counts[shape]) for _, shape in polygons)
     if "tetrahedron" in counts:
         parts.append(_plural("tetrahedron", counts["tetrahedron"]))
     if "irregular" in counts:
@@ -538,7 +543,7 @@ def plot_dimensionality(inv_density: Sequence[float] | Tensor, dims_per_feature:
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("1 / (1 - S)")
     ax.set_ylabel("dimensions per feature")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower left")
     return fig
 
 

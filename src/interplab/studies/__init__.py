@@ -1,1 +1,1 @@
-"""Studies: each reproduces a published result end to end with calls into the library."""
+"""Studies: end-to-end reproductions of published results; each composes library calls."""

@@ -60,11 +60,11 @@ class Settings:
     # 3. dimensions per feature, uniform importance, 1/(1-S) from 1 to dim_max_inv_density
     dim_features: int = 200
     dim_hidden: int = 20
-    dim_points: int = 24
+    dim_points: int = 20
     dim_max_inv_density: float = 20.0
-    dim_steps: int = 2000
+    dim_steps: int = 1500
     dim_batch: int = 256
-    dim_lr: float = 5e-3
+    dim_lr: float = 1e-2
     # 4. finite datasets of T points
     finite_features: int = 20
     finite_sparsity: float = 0.9
@@ -77,9 +77,9 @@ class Settings:
 
 FULL = Settings()
 QUICK = Settings(
-    geometry_steps=1500, geometry_batch=512,
-    phase_grid=12, phase_steps=600,
-    dim_features=100, dim_hidden=10, dim_points=16, dim_max_inv_density=8.0, dim_steps=1500, dim_lr=1e-2,
+    geometry_steps=1000, geometry_batch=512,
+    phase_grid=12, phase_steps=500,
+    dim_features=100, dim_hidden=10, dim_points=16, dim_max_inv_density=8.0, dim_steps=1000,
     finite_T=(3, 5, 20, 100, 1000), finite_steps=1500,
 )
 
@@ -115,15 +115,23 @@ def geometry_by_sparsity(s: Settings, runs: Path, seed: int, quiet: bool) -> dic
     R, n = s.geometry_restarts, 5
     sparsity = [v for v in s.geometry_sparsity for _ in range(R)]
     obj = SparseFeatures(len(sparsity), n, sparsity=sparsity, importance=[0.9**i for i in range(n)],
-                         steps_per_epoch=s.steps_per_epoch, seed=seed)
+                         eval_batch=8192, steps_per_epoch=s.steps_per_epoch, seed=seed)
     model = ToyModelOfSuperposition(TMSConfig(len(sparsity), n, 2), seed=seed)
     _fit(model, obj, _config(s.geometry_steps, s, 1e-2, seed, s.geometry_batch), runs / "geometry", quiet)
     W = model.W.detach()
     best = obj.best_instances(model, R)
     names = sp.classify_geometry(W)
+    # the control: a linear-output model (no ReLU) at the same sparsities, 2 initialisations each
+    lin_sparsity = [v for v in s.geometry_sparsity for _ in range(2)]
+    lin_obj = SparseFeatures(len(lin_sparsity), n, sparsity=lin_sparsity, importance=[0.9**i for i in range(n)],
+                             eval_batch=8192, steps_per_epoch=s.steps_per_epoch, seed=seed)
+    linear = ToyModelOfSuperposition(TMSConfig(len(lin_sparsity), n, 2, relu_output=False), seed=seed)
+    _fit(linear, lin_obj, _config(s.geometry_steps, s, 1e-2, seed, s.geometry_batch), runs / "geometry_linear", quiet)
+    W_lin = linear.W.detach()[lin_obj.best_instances(linear, 2)]
     return {"sparsity": list(s.geometry_sparsity), "W": W[best], "names": [names[i] for i in best],
             "all_names": [names[k * R:(k + 1) * R] for k in range(len(s.geometry_sparsity))],
-            "W_all": W, "D": sp.feature_dimensionality(W[best]), "norms": sp.feature_norms(W[best])}
+            "W_all": W, "D": sp.feature_dimensionality(W[best]), "norms": sp.feature_norms(W[best]),
+            "W_linear": W_lin, "linear_names": sp.classify_geometry(W_lin)}
 
 
 # -- 2. phase diagram --------------------------------------------------------------------------------
@@ -168,7 +176,8 @@ def finite_data(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, An
     obj = SparseFeatures(len(T), s.finite_features, sparsity=s.finite_sparsity, importance=1.0, n_samples=T,
                          normalize=True, eval_batch=1024, steps_per_epoch=s.steps_per_epoch, seed=seed)
     model = ToyModelOfSuperposition(TMSConfig(len(T), s.finite_features, 2), seed=seed)
-    _fit(model, obj, _config(s.finite_steps, s, 1e-2, seed, s.finite_batch, weight_decay=s.finite_weight_decay), runs / "finite", quiet)
+    cfg = _config(s.finite_steps, s, 1e-2, seed, s.finite_batch, weight_decay=s.finite_weight_decay)
+    _fit(model, obj, cfg, runs / "finite", quiet)
     W = model.W.detach()
     H = [sp.hidden_vectors(W[k], obj.dataset(k)) for k in range(len(T))]
     feature_D = sp.feature_dimensionality(W)
@@ -187,7 +196,8 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     runs = out / "runs"
     t0 = time.perf_counter()
     # These models are small: one thread does the work, and on a busy machine more threads
-    # mostly wait for each other (measured: 10x the CPU time for the same steps).
+    # mostly wait for each other (measured on a loaded 2-core machine: 2 threads took over
+    # 10x the CPU time of 1 for the same steps).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -198,6 +208,8 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     finally:
         torch.set_num_threads(threads)
     results: dict[str, Any] = {_key(v): name for v, name in zip(geo["sparsity"], geo["names"])}
+    results["geometry_sparsity"] = geo["sparsity"]
+    results["linear_geometry"] = geo["linear_names"]
     results["phase_diagram"] = phase
     results["plateaus"] = dim["plateaus"]
     results["inv_density"] = [round(v, 4) for v in dim["inv_density"]]
@@ -241,6 +253,10 @@ def _report(out: Path, s: Settings, quick: bool, seed: int, results: dict[str, A
     for ax, v, w, name in zip(axes, geo["sparsity"], geo["W"], geo["names"]):
         sp.plot_vectors_2d(w, ax, title=f"S = {v:g}\n{name}", limit=1.5)
     r.figure(fig, caption="Feature directions W_i of the best instance per sparsity, with the named geometry.")
+    fig, axes = plt.subplots(1, k, figsize=(2.6 * k, 2.9))
+    for ax, v, w, name in zip(axes, geo["sparsity"], geo["W_linear"], geo["linear_names"]):
+        sp.plot_vectors_2d(w, ax, title=f"linear, S = {v:g}\n{name}", limit=1.5)
+    r.figure(fig, caption="Control: the same features through a linear-output model (no ReLU) never superpose.")
     rows = [[f"{v:g}", name, " ".join(f"{x:.2f}" for x in norms.tolist()), " ".join(f"{x:.2f}" for x in D.tolist()),
              f"{names.count(name)}/{len(names)}"]
             for v, name, norms, D, names in zip(geo["sparsity"], geo["names"], geo["norms"], geo["D"], geo["all_names"])]

@@ -132,8 +132,11 @@ class Task:
         return factory()
 
 
-def make_task(description: dict[str, Any], data_dir: Any = None) -> Task:
-    """Rebuild a task from :meth:`Task.describe` output (used by resume and ``load``).
+def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
+    """Rebuild a task or training objective from its ``describe()`` output (used by resume).
+
+    Finite tasks come back as :class:`Task`; ``sparse-features`` (toy models of
+    superposition) as :class:`interplab.tasks.superposition.SparseFeatures`.
 
     Example:
         >>> t = make_task({"name": "modular-addition", "p": 5, "op": "+", "frac_train": 0.5, "seed": 1})
@@ -144,6 +147,10 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Task:
 
     d = dict(description)
     name = d.pop("name", None)
+    if name == "sparse-features":
+        from interplab.tasks.superposition import from_description
+
+        return from_description(description)
     builders = {
         "modular-addition": modular.modular_task,
         "modular-subtraction": modular.modular_task,

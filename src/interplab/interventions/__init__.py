@@ -1,0 +1,1 @@
+"""Interventions on a model's activations: ablations, fixed attention, patching."""
