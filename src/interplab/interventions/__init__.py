@@ -1,0 +1,1 @@
+"""Interventions on activations: ablation, patching and attribution."""

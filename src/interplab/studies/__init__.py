@@ -1,0 +1,1 @@
+"""Studies: each reproduces a published result by composing library calls."""
