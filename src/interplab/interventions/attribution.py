@@ -171,6 +171,49 @@ def atp_star(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric: M
                       grad_drop=grad_drop)
 
 
+# -- agreement with exhaustive patching -------------------------------------------------------
+
+def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Tensor], k: int = 10,
+              threshold: float = 0.1) -> dict[str, float]:
+    """How well estimated effects match exhaustive patching, over all components together.
+
+    ``true`` and ``estimate``: grids (or dicts of grids by kind) of the same shapes. Returns
+    ``spearman`` (rank correlation of the magnitudes), ``recall`` (share of the top-``k``
+    components by true magnitude that are also in the estimate's top ``k``) and
+    ``false_negatives`` (components whose true magnitude is at least ``threshold`` times the
+    largest but whose estimate's magnitude is below that level), with ``n_components``.
+
+    Example:
+        >>> t = torch.tensor([5.0, 3.0, 0.1, 0.0])
+        >>> agreement(t, torch.tensor([4.0, 0.2, 0.1, 0.0]), k=2)["false_negatives"]
+        1
+        >>> agreement(t, t * 2, k=2)["recall"], agreement(t, t * 2, k=2)["spearman"]
+        (1.0, 1.0)
+    """
+    from scipy.stats import spearmanr
+
+    if isinstance(true, dict):
+        check(isinstance(estimate, dict) and set(true) == set(estimate), "true and estimate must have the same kinds.")
+        keys = sorted(true)
+        t = torch.cat([true[key].flatten() for key in keys])
+        e = torch.cat([estimate[key].flatten() for key in keys])
+    else:
+        check(isinstance(estimate, Tensor) and estimate.shape == true.shape, "true and estimate must have the same shape.")
+        t, e = true.flatten(), estimate.flatten()
+    t, e = t.abs().double(), e.abs().double()
+    k = min(k, t.numel())
+    top_t = set(t.topk(k).indices.tolist())
+    top_e = set(e.topk(k).indices.tolist())
+    level = threshold * t.max()
+    rho = spearmanr(t.numpy(), e.numpy()).statistic
+    return {
+        "spearman": float(rho),
+        "recall": len(top_t & top_e) / k,
+        "false_negatives": int(((t >= level) & (e < level)).sum()),
+        "n_components": int(t.numel()),
+    }
+
+
 # -- direct logit attribution ---------------------------------------------------------------
 
 def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: Tensor, kind: str = "head",
@@ -237,4 +280,4 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
     return result
 
 
-__all__ = ["atp", "atp_star", "direct_logit_attribution"]
+__all__ = ["atp", "atp_star", "agreement", "direct_logit_attribution"]
