@@ -33,8 +33,8 @@ from interplab.runs import load_tensors, load_state_into, read_json, write_resul
 from interplab.tasks.modular import modular_task
 from interplab.train import TrainConfig, train
 
-FULL = {"p": 113, "max_epochs": 20000, "checkpoint_every": 200}
-QUICK = {"p": 53, "max_epochs": 6000, "checkpoint_every": 100}
+FULL = {"p": 113, "frac_train": 0.3, "max_epochs": 20000, "checkpoint_every": 200}
+QUICK = {"p": 53, "frac_train": 0.5, "max_epochs": 5000, "checkpoint_every": 50}
 
 
 class _StopAfterCleanup:
@@ -61,13 +61,14 @@ def _logits_table(model: Transformer, task: Any) -> tuple[torch.Tensor, torch.Te
     return logits[:, 0].reshape(p, p, p), acts["blocks.0.mlp.hook_post"][:, 0].reshape(p, p, -1)
 
 
-def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None, frac_train: float = 0.3,
+def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None, frac_train: float | None = None,
         seed: int = 0, checkpoint_every: int | None = None, quick: bool = False, quiet: bool = False
         ) -> dict[str, Any]:
     """Train (or reuse) the grokking run in ``out_dir``, analyse it, write results.json and report.html."""
     t0 = time.perf_counter()
     preset = QUICK if quick else FULL
     p = p if p is not None else preset["p"]
+    frac_train = frac_train if frac_train is not None else preset["frac_train"]
     max_epochs = max_epochs if max_epochs is not None else preset["max_epochs"]
     checkpoint_every = checkpoint_every if checkpoint_every is not None else preset["checkpoint_every"]
     out = Path(out_dir)
