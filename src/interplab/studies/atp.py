@@ -177,7 +177,7 @@ def _scatter(ax: Any, r: dict[str, Any], title: str) -> None:
     true = torch.cat([r["true"][k].flatten() for k in KINDS])
     for method, color in (("atp", "tab:orange"), ("atpstar", "tab:blue")):
         est = torch.cat([r[method][k].flatten() for k in KINDS])
-        ax.scatter(true, est, s=8, alpha=0.6, color=color, label="AtP" if method == "atp" else "AtP*")
+        ax.scatter(true.numpy(), est.numpy(), s=8, alpha=0.6, color=color, label="AtP" if method == "atp" else "AtP*")
     lim = float(max(true.abs().max(), 1e-6))
     ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
     ax.set(xlabel="activation patching effect", ylabel="estimate", title=title)
@@ -201,7 +201,7 @@ def _report(results: dict[str, Any], ind_info: dict[str, Any], ind: dict[str, An
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     for ax, scores, title in ((axes[0], ind_info["prev_token_scores"], "previous-token score"),
                               (axes[1], ind_info["induction_scores"], "induction score")):
-        im = ax.imshow(scores, vmin=0, vmax=1, cmap="Blues")
+        im = ax.imshow(scores.numpy(), vmin=0, vmax=1, cmap="Blues")
         ax.set(xlabel="head", ylabel="layer", title=title, xticks=range(scores.shape[1]), yticks=range(scores.shape[0]))
         fig.colorbar(im, ax=ax)
     r.figure(fig, caption="Mean attention along the previous-token and induction offsets on repeated random tokens.")

@@ -210,15 +210,15 @@ def _report(results: dict[str, Any], metrics: list[dict[str, Any]], emb_norms: t
     r.section("Fourier structure of the final model")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     k = torch.arange(1, len(emb_norms) + 1)
-    axes[0].bar(k, emb_norms, color=["tab:red" if int(f) in keys else "tab:blue" for f in k])
+    axes[0].bar(k.numpy(), emb_norms.numpy(), color=["tab:red" if int(f) in keys else "tab:blue" for f in k])
     axes[0].set(xlabel="frequency k", ylabel="norm", title="Embedding norm per frequency")
     live = alive & (neuron_share > 0.5)
     counts = torch.bincount(neuron_freq[live], minlength=len(emb_norms) + 1)[1:]
-    axes[1].bar(k, counts)
+    axes[1].bar(k.numpy(), counts.numpy())
     axes[1].set(xlabel="frequency k", ylabel="neurons", title="Neurons by dominant frequency (share > 50%)")
     coef = fourier_2d(logits).pow(2).sum(-1).sqrt()
     _, names = fourier_basis(p)
-    im = axes[2].imshow(coef[: min(p, 41), : min(p, 41)], cmap="viridis")
+    im = axes[2].imshow(coef[: min(p, 41), : min(p, 41)].numpy(), cmap="viridis")
     axes[2].set(title="Logits in the 2D Fourier basis (norm over c)", xlabel="b component", ylabel="a component")
     fig.colorbar(im, ax=axes[2])
     r.figure(fig, caption=f"Key frequencies (red) found automatically: {keys}. Components are ordered const, "

@@ -5,8 +5,6 @@
 - ``min-max``: ``[a, b, OP]`` with OP = MIN or MAX; predict ``min(a, b)`` or ``max(a, b)``.
 - ``induction`` (repeated random subsequences): ``[BOS, r_1..r_L, r_1..r_L]``; in the second
   copy each token predicts the next one, which only an induction circuit can do.
-- ``repeated-subsequences``: ``[BOS, r, r, r, ...]`` with a random period; next-token labels
-  everywhere. Unlike ``induction`` (fixed period), a fixed-offset head cannot solve it.
 - ``previous-token``: random tokens; predict at each position ``i >= 1`` the token at ``i - 1``.
 
 Example:
@@ -103,38 +101,6 @@ def induction_task(n_values: int = 30, length: int = 10, n_examples: int = 4000,
     )
 
 
-def repeated_subsequence_task(n_values: int = 20, min_period: int = 3, max_period: int = 8, n_examples: int = 4000,
-                               frac_train: float = 0.9, seed: int = 0) -> Task:
-    """``[BOS, r, r, r, ...]``: a random subsequence ``r`` of random length (the period, in
-    ``min_period..max_period``) tiled to ``2 * max_period + 1`` tokens; BOS is token ``n_values``.
-
-    Labels are the next token at every position but the last. Because the period varies, a
-    head attending at a fixed offset cannot solve it: only an induction circuit can.
-
-    Example:
-        >>> t = repeated_subsequence_task(n_values=10, min_period=2, max_period=4, n_examples=8, seed=0)
-        >>> x, y = t.inputs[0], t.labels[0]
-        >>> x.shape, y.tolist() == x[1:].tolist(), t.positions == list(range(8))
-        (torch.Size([9]), True, True)
-    """
-    check(n_values >= 2 and 1 <= min_period <= max_period, "repeated subsequences need n_values >= 2 and "
-                                                          "1 <= min_period <= max_period.")
-    g = _gen(seed)
-    n = 2 * max_period + 1
-    periods = torch.randint(min_period, max_period + 1, (n_examples,), generator=g)
-    r = torch.randint(n_values, (n_examples, max_period), generator=g)
-    idx = torch.arange(n - 1)[None, :] % periods[:, None]
-    inputs = torch.cat([torch.full((n_examples, 1), n_values), r.gather(1, idx)], dim=1)
-    tr, te = split_indices(n_examples, frac_train, seed)
-    return Task(
-        name="repeated-subsequences", inputs=inputs, labels=inputs[:, 1:], train_idx=tr, test_idx=te,
-        n_classes=n_values, positions=list(range(n - 1)),
-        params={"n_values": n_values, "min_period": min_period, "max_period": max_period, "n_examples": n_examples,
-                "frac_train": frac_train, "seed": seed},
-        extras={"default_model": _model(n_values + 1, n, n_values, attn_only=True), "periods": periods},
-    )
-
-
 def previous_token_task(n_values: int = 30, length: int = 8, n_examples: int = 4000, frac_train: float = 0.9,
                         seed: int = 0) -> Task:
     """Random tokens; at each position ``i >= 1`` predict the token at ``i - 1``.
@@ -160,6 +126,5 @@ BUILDERS: dict[str, Callable[..., Task]] = {
     "sorting": sorting_task,
     "min-max": min_max_task,
     "induction": induction_task,
-    "repeated-subsequences": repeated_subsequence_task,
     "previous-token": previous_token_task,
 }
