@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(VENV)/bin/interplab train modular-addition --p 53 --frac-train 0.4 --epochs 4000 --seed 0 --out $(DEMO_OUT)
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/interplab train modular-addition --p 23 --frac-train 0.5 --epochs 3000 --seed 0 --out $(DEMO_OUT)
 	$(VENV)/bin/interplab info $(DEMO_OUT)
 
 test: venv

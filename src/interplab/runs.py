@@ -171,6 +171,26 @@ def load_tensors(path: PathLike) -> dict[str, torch.Tensor]:
         raise InterplabError(f"Weights file {path} is corrupt or not a safetensors file ({e}).") from None
 
 
+def load_torch(path: PathLike, what: str = "File") -> Any:
+    """``torch.load`` that unpickles tensors and plain containers only, on the CPU.
+
+    Missing or corrupt files raise a one-sentence :class:`InterplabError` naming ``what``.
+
+    Example:
+        >>> load_torch("/nonexistent/state.pt", "Checkpoint")
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: Checkpoint /nonexistent/state.pt does not exist.
+    """
+    path = Path(path)
+    check(path.is_file(), f"{what} {path} does not exist.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises many exception types on a corrupt file
+        reason = (str(e).splitlines() or [""])[0][:100] or e.__class__.__name__
+        raise InterplabError(f"{what} {path} is corrupt or not a PyTorch file ({reason}).") from None
+
+
 def save_model(run_dir: PathLike, model: torch.nn.Module, extra_config: dict[str, Any] | None = None) -> None:
     """Save ``model`` into ``run_dir``: weights to ``model.safetensors``, config to ``config.json``.
 

@@ -31,9 +31,7 @@ import dataclasses
 import io
 import json
 import math
-import pickle
 import time
-import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interplab.errors import InterplabError, check
-from interplab.runs import PathLike, atomic_write_bytes, atomic_write_json, read_json, save_model, save_tensors
+from interplab.runs import PathLike, atomic_write_bytes, load_torch, read_json, save_model, save_tensors
 
 SCHEDULES = ("constant", "warmup", "cosine", "linear")
 
@@ -150,12 +148,7 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
         interplab.errors.InterplabError: Checkpoint /nonexistent/state.pt does not exist.
     """
     path = Path(path)
-    check(path.is_file(), f"Checkpoint {path} does not exist.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = (str(e).splitlines() or [e.__class__.__name__])[0][:100]
-        raise InterplabError(f"Checkpoint {path} is corrupt ({reason}); delete it to start over.") from None
+    state = load_torch(path, "Checkpoint")
     keys = {"epoch", "model", "optimizer", "generator"}
     check(isinstance(state, dict) and keys <= set(state), f"Checkpoint {path} is incomplete; delete it to start over.")
     return state

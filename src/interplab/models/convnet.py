@@ -20,8 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from interplab.errors import InterplabError, check
+from interplab.errors import check
 from interplab.models.base import HookedModel, register
-from interplab.runs import PathLike, load_state_into
+from interplab.runs import PathLike, load_state_into, load_torch
 
 
 @dataclass(frozen=True)
@@ -138,12 +136,7 @@ class ConvNet(HookedModel):
             interplab.errors.InterplabError: Model file /nonexistent/model.pt does not exist.
         """
         path = Path(path)
-        check(path.is_file(), f"Model file {path} does not exist.")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-            reason = str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__
-            raise InterplabError(f"Model file {path} is corrupt or not a PyTorch state dict ({reason}).") from None
+        state = load_torch(path, "Model file")
         check(isinstance(state, dict), f"Model file {path} does not hold a state dict.")
         w1, w2, f1 = (state.get(k) for k in ("conv1.weight", "conv2.weight", "fc1.weight"))
         check(

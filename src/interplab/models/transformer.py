@@ -42,6 +42,7 @@ from interplab.errors import check
 from interplab.models.base import HookedModel, register
 
 ACTIVATIONS = ("relu", "gelu", "solu")
+SHORT_CONTEXT = 8  # up to this many positions, attention uses broadcast products instead of batched matmuls
 NORMALIZATIONS = ("none", "LN")
 
 
@@ -138,8 +139,9 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()
 
     def _proj(self, x: Tensor, W: Tensor, b: str) -> Tensor:
-        # [batch, pos, d_model] @ [head, d_model, d_head] -> [batch, pos, head, d_head]
-        out = torch.einsum("bpd,hdk->bphk", x, W)
+        # [batch, pos, d_model] @ [head, d_model, d_head] -> [batch, pos, head, d_head], as one matmul
+        H, D, Dh = W.shape
+        out = (x @ W.transpose(0, 1).reshape(D, H * Dh)).unflatten(-1, (H, Dh))
         return out + getattr(self, b) if self.bias else out
 
     def forward(self, x: Tensor, q_pos: Tensor | None = None) -> Tensor:
@@ -149,13 +151,20 @@ class Attention(nn.Module):
         q = self.hook_q(self._proj(x_q, self.W_Q, "b_Q"))
         k = self.hook_k(self._proj(x, self.W_K, "b_K"))
         v = self.hook_v(self._proj(x, self.W_V, "b_V"))
-        scores = torch.einsum("bqhk,bphk->bhqp", q, k) * self.scale
+        if n <= SHORT_CONTEXT:  # broadcast products beat many tiny batched matmuls here
+            scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1).permute(0, 3, 1, 2) * self.scale
+        else:
+            scores = torch.einsum("bqhk,bphk->bhqp", q, k) * self.scale
         qp = torch.arange(n, device=x.device) if q_pos is None else q_pos
         future = torch.arange(n, device=x.device)[None, :] > qp[:, None]  # [q, k]
         scores = self.hook_attn_scores(scores.masked_fill(future, float("-inf")))
         pattern = self.hook_pattern(scores.softmax(-1))
-        z = self.hook_z(torch.einsum("bhqp,bphk->bqhk", pattern, v))
-        out = torch.einsum("bqhk,hkd->bqd", z, self.W_O)
+        if n <= SHORT_CONTEXT:
+            z = (pattern.permute(0, 2, 3, 1).unsqueeze(-1) * v.unsqueeze(1)).sum(2)
+        else:
+            z = torch.einsum("bhqp,bphk->bqhk", pattern, v)
+        z = self.hook_z(z)
+        out = z.flatten(-2) @ self.W_O.flatten(0, 1)
         return out + self.b_O if self.bias else out
 
 
