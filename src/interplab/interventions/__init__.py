@@ -1,1 +1,1 @@
-"""Interventions on activations: ablation, patching and attribution."""
+"""Interventions on a model's activations: ablations, fixed attention, patching."""

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from interplab.errors import check
@@ -122,6 +123,23 @@ class ConvNet(HookedModel):
         x = self.fc1(x.flatten(1))
         return self.hook_logits(self.fc2(x))
 
+    def head(self) -> ConvNetHead:
+        """The network from ``hook_pool2`` on (fc1, fc2), sharing this network's weights and sites.
+
+        Its input is the ``hook_pool2`` activation ``[batch, channels2, 5, 5]``; ``fc1.hook_pre``,
+        ``fc1.hook_post`` and ``hook_logits`` keep their names, so ablations and scrubbing at those
+        sites can run on cached pool2 activations without recomputing the convolutions.
+
+        Example:
+            >>> import torch
+            >>> net = ConvNet(ConvNetConfig(channels1=2, channels2=3, d_fc=4), seed=0)
+            >>> x = torch.rand(5, 28, 28)
+            >>> logits, cache = net.run_with_cache(x)
+            >>> torch.allclose(net.head()(cache["hook_pool2"]), logits)
+            True
+        """
+        return ConvNetHead(self.fc1, self.fc2)
+
     @classmethod
     def from_file(cls, path: PathLike) -> ConvNet:
         """Load a published PyTorch state dict (e.g. ``eis-vii/mnist_model.pt``) safely.
@@ -148,3 +166,18 @@ class ConvNet(HookedModel):
         load_state_into(net, {k: v.float() for k, v in state.items()}, path)
         net.eval()
         return net
+
+
+class ConvNetHead(HookedRootModule):
+    """The fully connected part of a :class:`ConvNet` (see :meth:`ConvNet.head`)."""
+
+    def __init__(self, fc1: Linear, fc2: Linear) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = fc1, fc2
+        self.hook_pool2, self.hook_logits = HookPoint(), HookPoint()
+        self.setup()
+
+    def forward(self, pool2: Tensor) -> Tensor:
+        """Logits [batch, n_classes] from pool2 activations [batch, channels2, 5, 5]."""
+        x = self.fc1(self.hook_pool2(pool2).flatten(1))
+        return self.hook_logits(self.fc2(x))

@@ -1,1 +1,1 @@
-"""Studies: each reproduces a published result by composing library calls."""
+"""Studies: each reproduces a published result end to end by composing library calls."""

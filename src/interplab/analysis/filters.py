@@ -1,0 +1,178 @@
+"""Effective embeddings and filters of a fixed-attention 1-layer transformer.
+
+With attention fixed to its dataset mean ``A_h`` (query at the readout position ``q``), the
+residual stream after attention at ``q`` is a sum of one term per input position:
+
+    resid_mid = sum_k E_k[token_k] + c,
+    E_k[t] = [k == q] W_E[t] + sum_h A_h[q, k] (W_E[t] + W_pos[k]) W_V^h W_O^h,
+
+with ``c`` collecting ``W_pos[q]``, the biases and the terms of positions whose token is
+fixed (e.g. the ``=`` token). These *effective embeddings* are tables like an embedding.
+Projecting them on a direction ``v`` gives a value per token for each position; for two
+variable positions their outer sum ``(E_A[a] + E_B[b] + c) . v`` is a ``p x p`` *filter
+image*, thresholded into a *binary filter*; rules over binary filters are scored against
+a model's labels.
+
+Example:
+    >>> import torch
+    >>> from interplab.models import Transformer, TransformerConfig
+    >>> from interplab.interventions.fixed_attention import mean_patterns, fixed_attention_hooks
+    >>> from interplab.interventions.ablate import site_values
+    >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=3, d_model=8, n_heads=2, d_mlp=16), seed=0)
+    >>> a, b = torch.meshgrid(torch.arange(5), torch.arange(5), indexing="ij")
+    >>> toks = torch.stack([a.flatten(), b.flatten(), torch.full((25,), 5)], 1)
+    >>> means = mean_patterns(m, toks, positions=[-1])
+    >>> eff = effective_embeddings(m, means["blocks.0.attn.hook_pattern"], fixed_tokens={2: 5})
+    >>> mid = site_values(m, toks, "blocks.0.hook_resid_mid", fwd_hooks=fixed_attention_hooks(means), positions=[-1])
+    >>> bool(torch.allclose(eff.resid(toks), mid[:, -1].double(), atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from interplab.analysis.directions import OPS
+from interplab.errors import check
+
+
+@dataclass
+class EffectiveEmbeddings:
+    """``tables[k]`` ``[d_vocab, d_model]`` for each variable position ``k``, and the constant ``c``."""
+
+    tables: dict[int, Tensor]
+    constant: Tensor
+
+    def resid(self, tokens: Tensor) -> Tensor:
+        """``sum_k tables[k][tokens[:, k]] + c`` for each row of ``tokens``: ``[N, d_model]``."""
+        out = self.constant.expand(len(tokens), -1).clone()
+        for k, table in self.tables.items():
+            out = out + table[tokens[:, k]]
+        return out
+
+
+@torch.no_grad()
+def effective_embeddings(model: torch.nn.Module, mean_pattern: Tensor, fixed_tokens: dict[int, int] | None = None,
+                         query: int = -1, layer: int = 0) -> EffectiveEmbeddings:
+    """Effective embeddings of a 1-layer, LayerNorm-free transformer at query position ``query``.
+
+    ``mean_pattern``: ``[head, query_positions, key_positions]`` (e.g. from
+    :func:`interplab.interventions.fixed_attention.mean_patterns`); its last query row is the
+    readout row when it has one query row (``positions=[-1]``), else row ``query``.
+    ``fixed_tokens``: positions whose token never changes, folded into the constant.
+
+    Example: see the module docstring.
+    """
+    cfg = model.cfg  # type: ignore[attr-defined]
+    check(getattr(cfg, "normalization", "none") == "none", "Effective embeddings need a model without LayerNorm.")
+    check(getattr(cfg, "n_layers", 1) == 1 and layer == 0, "Effective embeddings are defined for 1-layer models.")
+    fixed = dict(fixed_tokens or {})
+    n = mean_pattern.shape[-1]
+    q = query % n
+    A = (mean_pattern[:, -1] if mean_pattern.shape[1] == 1 else mean_pattern[:, q]).double()  # [H, K]
+    attn = model.blocks[layer].attn  # type: ignore[attr-defined]
+    W_E, W_pos = model.W_E.double(), model.W_pos.double()  # type: ignore[attr-defined]
+    OV = torch.einsum("hdk,hke->hde", attn.W_V.double(), attn.W_O.double())  # [H, D, D]
+    const = W_pos[q].clone()
+    if attn.bias:
+        const += attn.b_O.double() + torch.einsum("h,hk,hke->e", A.sum(-1), attn.b_V.double(), attn.W_O.double())
+    tables: dict[int, Tensor] = {}
+    for k in range(n):
+        # table over the whole vocabulary: sum_h A[h, k] (W_E + W_pos[k]) OV_h
+        ov_k = torch.einsum("h,hde->de", A[:, k], OV)
+        table = (W_E + W_pos[k]) @ ov_k
+        if k == q:
+            table = table + W_E
+        if k in fixed:
+            const += table[fixed[k]]
+        else:
+            tables[k] = table
+    return EffectiveEmbeddings(tables, const)
+
+
+def filter_image(eff: EffectiveEmbeddings, direction: Tensor, positions: tuple[int, int] = (0, 1),
+                 n_values: int | None = None) -> Tensor:
+    """``F[a, b] = (E_x[a] + E_y[b] + c) . direction`` for positions ``(x, y)``, a ``p x p`` image.
+
+    Example:
+        >>> import torch
+        >>> eff = EffectiveEmbeddings({0: torch.eye(3, 2).double(), 1: torch.zeros(3, 2).double()}, torch.zeros(2).double())
+        >>> filter_image(eff, torch.tensor([1.0, 0.0])).tolist()
+        [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+    x, y = positions
+    check(x in eff.tables and y in eff.tables, f"positions {positions} are not both variable positions.")
+    v = direction.double().reshape(-1)
+    fa, fb = eff.tables[x] @ v, eff.tables[y] @ v
+    if n_values is not None:
+        fa, fb = fa[:n_values], fb[:n_values]
+    return fa[:, None] + fb[None, :] + eff.constant @ v
+
+
+def binary_filter(image: Tensor, threshold: float) -> Tensor:
+    """``image > threshold`` as a boolean image.
+
+    Example:
+        >>> import torch
+        >>> binary_filter(torch.tensor([[0.0, 2.0]]), 1.0).tolist()
+        [[False, True]]
+    """
+    return image > threshold
+
+
+def combine(filters: list[Tensor], op: str = "and") -> Tensor:
+    """AND (or OR) of binary filters.
+
+    Example:
+        >>> import torch
+        >>> combine([torch.tensor([True, True]), torch.tensor([True, False])]).tolist()
+        [True, False]
+    """
+    check(op in OPS, f"op must be and or or, got {op!r}.")
+    stack = torch.stack([f.bool() for f in filters])
+    return stack.all(0) if op == "and" else stack.any(0)
+
+
+def best_rule(filters: list[Tensor], labels: Tensor) -> tuple[str, tuple[bool, ...], float]:
+    """The AND/OR of the filters, each possibly negated, that best matches ``labels``.
+
+    Returns ``(op, negated, agreement)``.
+
+    Example:
+        >>> import torch
+        >>> f1, f2 = torch.tensor([True, True, False, False]), torch.tensor([True, False, True, False])
+        >>> best_rule([f1, f2], torch.tensor([0, 1, 0, 0]))
+        ('and', (False, True), 1.0)
+    """
+    import itertools
+
+    y = labels.reshape(-1).bool()
+    best = ("and", tuple(False for _ in filters), -1.0)
+    for op in OPS:
+        for neg in itertools.product((False, True), repeat=len(filters)):
+            fs = [~f if n else f for f, n in zip(filters, neg)]
+            agree = (combine(fs, op).reshape(-1) == y).double().mean().item()
+            if agree > best[2] + 1e-12:
+                best = (op, neg, agree)
+    return best
+
+
+def near_threshold(images: list[Tensor], thresholds: list[float], width: float) -> Tensor:
+    """Points whose value in any image lies within ``width`` standard deviations of its threshold.
+
+    Example:
+        >>> import torch
+        >>> near_threshold([torch.tensor([0.0, 1.0, 2.0, 3.0])], [1.1], 0.2).tolist()
+        [False, True, False, False]
+    """
+    out = torch.zeros_like(images[0], dtype=torch.bool)
+    for img, t in zip(images, thresholds):
+        out |= (img - t).abs() <= width * img.double().std()
+    return out
+
+
+__all__ = ["EffectiveEmbeddings", "effective_embeddings", "filter_image", "binary_filter", "combine", "best_rule",
+           "near_threshold"]

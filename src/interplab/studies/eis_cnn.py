@@ -1,0 +1,455 @@
+"""Recover the EIS VII challenge 1 labeling rule from the CNN's internals and test it causally.
+
+The challenge gives a small CNN trained on a secret binary labeling of MNIST and a hint
+image. This study finds the rule from the network itself, with no template, threshold or
+formula typed in:
+
+1. the logit-difference direction ``fc2[1] - fc2[0]`` in the 200 fc1 units and each unit's
+   direct logit attribution;
+2. PCA of the fc1 activations (two arms of a V) and one fitted direction per arm;
+3. feature visualization of every fc1 unit and of each arm direction;
+4. candidate templates from the hint image (decoded from its 213x214 rendering), its inverse,
+   the arms' feature visualizations and the mean of the inputs furthest along each arm; the
+   rule search scores images by similarity to each template (plain, mean- or
+   mid-centered) and fits threshold / band / two-sided rules to the network's labels;
+5. unit groups (detectors of each side of the recovered score, the rest, dead units), zero
+   and min ablation per group split by region, and causal scrubbing of the group hypothesis
+   with a tolerance on the score swept from 0.01% to 10% of its range.
+
+``--model`` and ``--hint`` point it at another challenge of the same form (a state dict of
+the same architecture, any sizes, and a hint image). Writes ``results.json`` and
+``report.html``; prints the recovered rule as a Python function and its agreement.
+
+Example (a doctest would take too long; see tests/test_eis_cnn.py)::
+
+    from interplab.studies.eis_cnn import run
+    results = run("runs/eis-cnn")
+    results["rule_agree"]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import typer
+
+from interplab import data
+from interplab.analysis.arms import fit_arms
+from interplab.analysis.featviz import unit_directions, visualize
+from interplab.analysis.grouping import group_units
+from interplab.analysis.logit_attribution import (direct_logit_attribution, logit_diff, logit_diff_bias,
+                                                  logit_diff_direction)
+from interplab.analysis.pca import pca
+from interplab.analysis.rules import Rule, fit_score_rule, search_rules
+from interplab.analysis.templates import decode_rendered_digit, load_image, to_template
+from interplab.interventions.ablate import ablate, site_values
+from interplab.models import ConvNet, pixels_to_input
+from interplab.report import Report
+from interplab.runs import PathLike, write_results
+from interplab.scrub import Group, Hypothesis, scrub_many
+from interplab.tasks.mnist import has_split, load_mnist
+
+SITE = "fc1.hook_post"
+PRE_SITE = "fc1.hook_pre"
+TOLERANCES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+MODEL_FILE = "eis-vii/mnist_model.pt"
+HINT_FILE = "eis-vii/mnist_example.png"
+
+
+@torch.no_grad()
+def _labels(net: ConvNet, images: np.ndarray) -> np.ndarray:
+    return net(pixels_to_input(images)).argmax(-1).numpy()
+
+
+def _regions(rule: Rule, scores: np.ndarray) -> tuple[np.ndarray, float]:
+    """Region "hi" (True) / "lo" of each input: which side of the rule's middle its score lies."""
+    if rule.kind == "threshold":
+        cut = rule.lo if rule.lo is not None else rule.hi
+    else:
+        cut = (rule.lo + rule.hi) / 2.0  # type: ignore[operator]
+    return scores > cut, float(cut)
+
+
+def _image_grid(images: np.ndarray, titles: list[str], cols: int = 20, size: float = 0.75,
+                cmap: str = "gray") -> Any:
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.15), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], cmap=cmap, vmin=0, vmax=1)
+            ax.set_title(titles[i], fontsize=6)
+    return fig
+
+
+def run(
+    out_dir: PathLike,
+    data_dir: PathLike | None = None,
+    model_path: PathLike | None = None,
+    hint_path: PathLike | None = None,
+    seed: int = 0,
+    n_draws: int = 5,
+    featviz_steps: int = 96,
+    n_extreme: int = 50,
+    max_train: int = 20000,
+    tolerances: tuple[float, ...] = TOLERANCES,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run the study; writes ``out_dir/results.json`` and ``out_dir/report.html``; returns the results.
+
+    ``n_draws``: random draws per scrubbing setting; ``featviz_steps``: optimization steps of
+    the feature visualizations; ``n_extreme``: inputs averaged into an arm's extreme template;
+    ``max_train``: at most this many MNIST training images are used when the data directory
+    has the training set (the rule is then fitted on them and checked on the test set).
+    """
+    import matplotlib.pyplot as plt
+
+    t_start = time.perf_counter()
+    say = (lambda *a: None) if quiet else print
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+
+    # -- inputs ----------------------------------------------------------------------------
+    model_file = Path(model_path) if model_path is not None else data.data_file(MODEL_FILE, data_dir)
+    net = ConvNet.from_file(model_file)
+    hint_file = Path(hint_path) if hint_path is not None else data.data_file(HINT_FILE, data_dir)
+    rendered = load_image(hint_file)
+    hint = decode_rendered_digit(rendered)
+    test_x, test_y = load_mnist("test", data_dir)
+    if has_split("train", data_dir):
+        train_x = load_mnist("train", data_dir)[0]
+        pick = torch.randperm(len(train_x), generator=g)[:max_train].sort().values.numpy()
+        fit_x = train_x[pick]
+        fit_note = (f"The rule is fitted on {len(fit_x)} MNIST training images and checked on the "
+                    f"{len(test_x)} test images.")
+    else:
+        fit_x = test_x
+        fit_note = ("The MNIST training set is not in the data directory, so the rule is fitted and "
+                    f"evaluated on the {len(test_x)} test images.")
+    say(fit_note)
+    X = pixels_to_input(fit_x)
+    # every intervention below acts at fc1 or later: run them on the fc head from cached pool2 values
+    pool2 = site_values(net, X, "hook_pool2")
+    head = net.head()
+    with torch.no_grad():
+        logits = head(pool2)
+    labels = logits.argmax(-1)
+    labels_np = labels.numpy()
+    test_labels = labels_np if fit_x is test_x else _labels(net, test_x)
+    acts = site_values(head, pool2, SITE)
+    d_fc = acts.shape[1]
+    timings = {"load": time.perf_counter() - t_start}
+
+    # -- input scale check: [0, 1] vs MNIST-normalized -------------------------------------
+    with torch.no_grad():
+        probs = logits.softmax(-1)
+        probs_norm = net((X - 0.1307) / 0.3081).softmax(-1)
+
+    # -- logit difference and direct logit attribution ---------------------------------------
+    W = net.fc2.weight.detach().T  # [d_fc, 2]
+    v = logit_diff_direction(W, pos=1, neg=0)
+    dla = direct_logit_attribution(acts, v)
+    ld = logit_diff(logits)
+    dla_error = float((dla.sum(1) + logit_diff_bias(net.fc2.bias.detach()) - ld).abs().max())
+
+    # -- PCA and arms ------------------------------------------------------------------------
+    p = pca(acts)
+    pcs = p.transform(acts, 2).float().numpy()
+    arms = fit_arms(acts, n_arms=2, seed=seed)
+    arm_pos = arms.project(acts).float()
+    timings["pca_arms"] = time.perf_counter() - t_start - sum(timings.values())
+
+    # -- feature visualization: every unit and each arm direction ----------------------------
+    # units through their pre-activation (a ReLU unit that is off at the start has no gradient)
+    fv_units = visualize(net, PRE_SITE, unit_directions(d_fc), steps=featviz_steps, n_starts=1, seed=seed,
+                         quiet=quiet).numpy()
+    fv_arms = visualize(net, SITE, arms.directions.float(), steps=featviz_steps, n_starts=2, seed=seed,
+                        quiet=quiet).numpy()
+    timings["featviz"] = time.perf_counter() - t_start - sum(timings.values())
+
+    # -- candidate templates and the rule search --------------------------------------------
+    templates: dict[str, np.ndarray] = {"hint": hint, "hint inverse": 255 - hint}
+    for a in range(2):
+        templates[f"featviz arm {a}"] = to_template(fv_arms[a])
+        top = arm_pos[:, a].argsort(descending=True)[:n_extreme].numpy()
+        templates[f"extreme arm {a}"] = to_template(fit_x[top].astype(np.float64).mean(0) / 255.0)
+    rules = search_rules(fit_x, labels_np, templates)
+    rule = rules[0]
+    from_network = [x for x in rules if not x.template_name.startswith("hint")]
+    rule_agree = float((rule.predict(fit_x) == labels_np).mean())
+    test_vs_rule = float((rule.predict(test_x) == test_labels).mean())
+    source = rule.source()
+    ns: dict[str, Any] = {}
+    exec(compile(source, "<rule>", "exec"), ns)  # the printed source gives the same labels
+    source_agree = float((np.asarray(ns["rule"](test_x)) == test_labels).mean())
+    # the same template under MNIST-normalized inputs, thresholds refitted
+    labels_norm = probs_norm.argmax(-1).numpy()
+    norm_agree = fit_score_rule(rule.scores(fit_x), labels_norm)[3]
+    timings["rule_search"] = time.perf_counter() - t_start - sum(timings.values())
+
+    # -- unit groups and regions -------------------------------------------------------------
+    score = rule.scores(fit_x)
+    region_hi, cut = _regions(rule, score)
+    gid = group_units(acts, n_groups=3, seed=seed)
+    rh = torch.as_tensor(region_hi)
+    stats = []
+    for k in range(3):
+        members = (gid == k).nonzero().reshape(-1)
+        m_hi = float(acts[rh][:, members].mean()) if rh.any() and len(members) else 0.0
+        m_lo = float(acts[~rh][:, members].mean()) if (~rh).any() and len(members) else 0.0
+        sel = (m_hi - m_lo) / (m_hi + m_lo + 1e-9)
+        stats.append((k, members, m_hi, m_lo, sel))
+    by_sel = sorted(stats, key=lambda s: s[4])
+    group_b, group_a = by_sel[0], by_sel[-1]  # a: detectors of the high-score side, b: of the low side
+    group_other = by_sel[1]
+    dead = (gid == -1).nonzero().reshape(-1)
+    groups = {"a": group_a[1], "b": group_b[1], "other": group_other[1], "dead": dead}
+
+    # -- ablations per group, split by region ------------------------------------------------
+    ablation_rows, abl = [], {}
+    everywhere = torch.ones_like(rh)
+    for name, own in (("a", rh), ("b", ~rh), ("other", everywhere)):
+        units = groups[name]
+        for method in ("zero", "min"):
+            if len(units) == 0:
+                continue
+            with torch.no_grad():
+                out_logits = ablate(head, pool2, SITE, method, units=units, reference=acts)
+            pred = out_logits.argmax(-1)
+            same = pred == labels
+            d_ld = logit_diff(out_logits) - ld
+            row = {
+                "own_agree": float(same[own].float().mean()) if own.any() else float("nan"),
+                "other_agree": float(same[~own].float().mean()) if (~own).any() else float("nan"),
+                "own_dld": float(d_ld[own].mean()) if own.any() else float("nan"),
+                "other_dld": float(d_ld[~own].mean()) if (~own).any() else float("nan"),
+            }
+            abl[(name, method)] = row
+            ablation_rows.append([f"group {name} ({len(units)} units)", method, row["own_agree"],
+                                  row["other_agree"] if name != "other" else "-", row["own_dld"],
+                                  row["other_dld"] if name != "other" else "-"])
+    timings["groups_ablation"] = time.perf_counter() - t_start - sum(timings.values())
+
+    # -- causal scrubbing of the group hypothesis ---------------------------------------------
+    span = float(score.max() - score.min()) or 1.0
+    score_n = torch.as_tensor((score - score.min()) / span)
+    key = rh.long()
+
+    def hypothesis(tol: float | None, name: str) -> Hypothesis:
+        gs = []
+        for gname in ("a", "b", "other"):
+            units = groups[gname].tolist()
+            if units:
+                gs.append(Group(units, "same", key=key, score=None if tol is None else score_n,
+                                tol=0.0 if tol is None else tol, name=gname))
+        if len(dead):
+            gs.append(Group(dead.tolist(), "free", name="dead"))
+        return Hypothesis(SITE, groups=tuple(gs), name=name)
+
+    hyps = [hypothesis(t, f"tol={t:g}") for t in tolerances]
+    hyps += [hypothesis(None, "same region only"), Hypothesis(SITE, groups=(), name="everything free")]
+    scrubbed = scrub_many(head, hyps, pool2, n_draws=n_draws, seed=seed, quiet=quiet)
+    curve = {f"{t:g}": r.agree for t, r in zip(tolerances, scrubbed)}
+    at_1pct = next((r.agree for t, r in zip(tolerances, scrubbed) if abs(t - 0.01) < 1e-12), float("nan"))
+    timings["scrub"] = time.perf_counter() - t_start - sum(timings.values())
+
+    # -- results ---------------------------------------------------------------------------
+    results: dict[str, Any] = {
+        "model_test_acc_vs_rule": test_vs_rule,
+        "rule_agree": rule_agree,
+        "rule_source": source,
+        "rule_description": rule.describe(),
+        "rule_template": rule.template_name,
+        "rule_center": rule.center,
+        "rule_kind": rule.kind,
+        "rule_lo": rule.lo,
+        "rule_hi": rule.hi,
+        "rule_source_test_agree": source_agree,
+        "rule_agree_network_templates_only": from_network[0].agree if from_network else float("nan"),
+        "rule_template_network_templates_only": from_network[0].template_name if from_network else "",
+        "rule_agree_if_inputs_normalized": norm_agree,
+        "n_fit_images": len(fit_x),
+        "n_test_images": len(test_x),
+        "used_train_set": fit_x is not test_x,
+        "model_label1_frac": float(labels.float().mean()),
+        "model_mean_confidence": float(probs.max(-1).values.mean()),
+        "model_mean_confidence_if_inputs_normalized": float(probs_norm.max(-1).values.mean()),
+        "model_label1_frac_if_inputs_normalized": float(labels_norm.mean()),
+        "model_acc_vs_digit_is_1": float((test_labels == (test_y == 1)).mean()),
+        "dla_reconstruction_max_error": dla_error,
+        "pca_var_explained_1": p.explained(1),
+        "pca_var_explained_2": p.explained(2),
+        "arm_logit_diff_weights": (arms.directions.float() @ v).tolist(),
+        "n_units_group_a": len(groups["a"]),
+        "n_units_group_b": len(groups["b"]),
+        "n_units_other": len(groups["other"]),
+        "n_units_dead": len(dead),
+        "region_cut": cut,
+        "region_hi_frac": float(region_hi.mean()),
+        "scrub_agree_at_1pct": at_1pct,
+        "scrub_curve": curve,
+        "scrub_agree_same_region_only": scrubbed[len(tolerances)].agree,
+        "scrub_agree_everything_free": scrubbed[len(tolerances) + 1].agree,
+        "seed": seed,
+    }
+    for (name, method), row in abl.items():
+        if name == "other":
+            results[f"{method}_ablate_agree_other"] = row["own_agree"]
+            continue
+        results[f"{method}_ablate_own_region_agree_{name}"] = row["own_agree"]
+        results[f"{method}_ablate_other_region_agree_{name}"] = row["other_agree"]
+        results[f"{method}_ablate_own_region_dlogit_{name}"] = row["own_dld"]
+        results[f"{method}_ablate_other_region_dlogit_{name}"] = row["other_dld"]
+
+    # -- report -----------------------------------------------------------------------------
+    r = Report("EIS VII challenge 1: the CNN's labeling rule, recovered from its internals",
+               subtitle=f"model {model_file.name}, hint {hint_file.name}, seed {seed}")
+    r.numbers({"rule agrees with the network": rule_agree, "network accuracy vs the rule (test)": test_vs_rule,
+               "PCA variance in 2 components": p.explained(2), "scrubbing agreement at 1%": at_1pct,
+               "units in group a / b / dead": f"{len(groups['a'])} / {len(groups['b'])} / {len(dead)}"})
+    r.section("The recovered rule")
+    r.text(f"<b>{rule.describe()}</b>. {fit_note} The function below (numpy only) gives these labels; run on "
+           f"the test set it agrees with the network on {source_agree:.4f} of the images.")
+    r.code(source)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    axes[0].imshow(rendered, cmap="gray")
+    axes[0].set_title(f"hint as published {rendered.shape[1]}x{rendered.shape[0]}", fontsize=9)
+    axes[1].imshow(hint, cmap="gray", vmin=0, vmax=255)
+    axes[1].set_title("decoded 28x28 digit", fontsize=9)
+    for ax in axes[:2]:
+        ax.axis("off")
+    bins = np.linspace(score.min(), score.max(), 80)
+    for lab, color in ((0, "tab:blue"), (1, "tab:orange")):
+        axes[2].hist(score[labels_np == lab], bins=bins, alpha=0.6, color=color, label=f"network label {lab}")
+    for b in (rule.lo, rule.hi):
+        if b is not None:
+            axes[2].axvline(b, color="k", ls="--", lw=1)
+    axes[2].set_xlabel(f"similarity to {rule.template_name} ({rule.center}-centered)")
+    axes[2].legend(fontsize=7)
+    r.figure(fig, caption="The hint image, the digit decoded from it, and the network's labels against the "
+                          "winning score (dashed: the fitted bounds).")
+    r.section("Input scale")
+    r.table(["inputs", "label-1 fraction", "mean confidence", "best rule agreement (same template)"],
+            [["pixels / 255 (used)", results["model_label1_frac"], results["model_mean_confidence"], rule_agree],
+             ["MNIST-normalized", results["model_label1_frac_if_inputs_normalized"],
+              results["model_mean_confidence_if_inputs_normalized"], norm_agree]],
+            caption="Which preprocessing the network was trained with: the one under which one sentence "
+                    "explains its labels best.")
+    r.section("Logit difference and direct logit attribution")
+    r.text(f"The logit difference (class 1 minus class 0) is <code>fc1 . (fc2[1] - fc2[0]) + bias</code>; "
+           f"per-unit direct logit attributions sum back to it (max error {dla_error:.2e}).")
+    mean_dla = dla.mean(0).numpy()
+    order = np.argsort(-np.abs(mean_dla))[:12]
+    r.table(["unit", "weight on logit diff", "mean DLA", "mean |DLA|", "group"],
+            [[int(u), float(v[u]), float(mean_dla[u]), float(dla[:, u].abs().mean()),
+              next(k for k, m in groups.items() if int(u) in set(m.tolist()))] for u in order],
+            caption="Units with the largest mean direct logit attribution.")
+    r.section("PCA of fc1 and the arms")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].bar(range(1, 11), p.ratio[:10].numpy())
+    axes[0].set_xlabel("component")
+    axes[0].set_ylabel("variance explained")
+    axes[1].scatter(pcs[:, 0], pcs[:, 1], c=labels_np, s=2, cmap="coolwarm", alpha=0.5)
+    origin2 = p.transform(arms.origin[None].to(p.mean.dtype), 2)[0].numpy()
+    for a in range(2):
+        tip = p.transform((arms.origin + arms.directions[a] * float(arm_pos[:, a].quantile(0.99)))[None], 2)[0].numpy()
+        axes[1].annotate("", xy=tip, xytext=origin2, arrowprops={"arrowstyle": "->", "lw": 2})
+        axes[1].text(*tip, f" arm {a}", fontsize=9)
+    axes[1].set_xlabel("PC1")
+    axes[1].set_ylabel("PC2")
+    axes[1].set_title("fc1 activations, colored by the network's label", fontsize=9)
+    r.figure(fig, caption=f"The first two components explain {p.explained(2):.3f} of the variance; the "
+                          f"fitted arm directions (arrows) have weights {results['arm_logit_diff_weights']} on the "
+                          "logit difference.")
+    r.section("Feature visualization")
+    r.figure(_image_grid(fv_arms, [f"arm {a}" for a in range(2)], cols=2, size=2.0),
+             caption="Inputs that maximize each arm direction.")
+    order_units = torch.cat([groups["a"], groups["b"], groups["other"], dead]).tolist()
+    gname = {int(u): k for k, m in groups.items() for u in m.tolist()}
+    r.figure(_image_grid(fv_units[order_units], [f"{u} {gname[u]}" for u in order_units]),
+             caption="Inputs that maximize each fc1 unit's pre-activation, by group (a, b, other, dead: never "
+                     "active on the data).")
+    r.section("Rule search")
+    if from_network:
+        r.text(f"With the templates taken from the network alone (feature visualizations and extreme inputs "
+               f"of the arms, no hint), the best rule uses <i>{from_network[0].template_name}</i> and agrees "
+               f"on {from_network[0].agree:.4f}; the hint's template sharpens this to {rule.agree:.4f}.")
+    r.figure(_image_grid(np.stack([t / 255.0 for t in templates.values()]), list(templates), cols=6, size=1.6),
+             caption="Candidate templates: the hint, its inverse, and for each arm its feature visualization "
+                     f"and the mean of the {n_extreme} inputs furthest along it.")
+    r.table(["template", "centering", "form", "lo", "hi", "agreement"],
+            [[x.template_name, x.center, x.kind, x.lo if x.lo is not None else "-",
+              x.hi if x.hi is not None else "-", x.agree] for x in rules[:12]],
+            caption="Best rules per (template, centering), by agreement with the network's labels.")
+    r.section("Unit groups and ablations")
+    r.table(["group", "units", "mean act, high-score region", "mean act, low-score region", "mean weight on logit diff"],
+            [[k, len(m), float(acts[rh][:, m].mean()) if len(m) and rh.any() else 0.0,
+              float(acts[~rh][:, m].mean()) if len(m) and (~rh).any() else 0.0,
+              float(v[m].mean()) if len(m) else 0.0] for k, m in groups.items()],
+            caption=f"Units clustered by activation profile (k-means, 3 groups) plus dead units. The "
+                    f"high-score region is score > {cut:.4g} ({region_hi.mean():.3f} of the inputs); group a "
+                    "detects it, group b the low-score region.")
+    r.table(["ablated", "method", "agreement, own region", "agreement, other region", "mean d(logit diff), own",
+             "mean d(logit diff), other"], ablation_rows,
+            caption="Zero and min (dataset minimum per unit) ablation of each group; the detector groups' "
+                    "own region is the side of the score they fire on; for the other group, all inputs.")
+    r.section("Causal scrubbing")
+    r.text("Hypothesis: each group's activations depend only on the region of the input and its score. Each "
+           "group is resampled from inputs of the same region whose score is within the tolerance (a fraction "
+           "of the score's range); dead units are resampled freely.")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.semilogx(list(tolerances), [c for c in curve.values()], "o-")
+    ax.axhline(scrubbed[len(tolerances)].agree, color="gray", ls=":", label="same region only")
+    ax.axhline(scrubbed[len(tolerances) + 1].agree, color="k", ls="--", label="everything free")
+    ax.set_xlabel("tolerance (fraction of the score range)")
+    ax.set_ylabel("agreement with the network")
+    ax.legend(fontsize=8)
+    r.figure(fig, caption="Fraction of the network's labels that survive scrubbing.")
+    r.table(["setting", "agreement", "95% interval", "unmatched draws"],
+            [[h.name, s.agree, f"{s.agree_ci[0]:.4f} to {s.agree_ci[1]:.4f}", s.unmatched]
+             for h, s in zip(hyps, scrubbed)], caption=f"{n_draws} draws each.")
+    timings["total"] = time.perf_counter() - t_start
+    results["wall_time_s"] = timings["total"]
+    r.text("Wall time per stage (s): " + ", ".join(f"{k} {v_:.1f}" for k, v_ in timings.items()))
+    report_path = r.save(out / "report.html")
+    write_results(out, results)
+
+    say("recovered rule:")
+    say(source)
+    say(f"rule agrees with the network on {rule_agree:.4f} of {len(fit_x)} images "
+        f"(network accuracy against the rule on the test set: {test_vs_rule:.4f})")
+    say(f"groups: a {len(groups['a'])}, b {len(groups['b'])}, other {len(groups['other'])}, dead {len(dead)}; "
+        f"min-ablating a: own region {results.get('min_ablate_own_region_agree_a', float('nan')):.3f}, "
+        f"other {results.get('min_ablate_other_region_agree_a', float('nan')):.3f}; "
+        f"b: own {results.get('min_ablate_own_region_agree_b', float('nan')):.3f}, "
+        f"other {results.get('min_ablate_other_region_agree_b', float('nan')):.3f}")
+    say(f"causal scrubbing agreement at 1% tolerance: {at_1pct:.4f}; curve {', '.join(f'{k}: {v_:.3f}' for k, v_ in curve.items())}")
+    say(f"report: {report_path}")
+    return results
+
+
+def cli(
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (default: $INTERPLAB_DATA or "
+                                            "../shared/data)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A state dict of the challenge architecture "
+                                         "(default: eis-vii/mnist_model.pt in the data directory)."),
+    hint: Optional[Path] = typer.Option(None, "--hint", help="The hint image (default: eis-vii/mnist_example.png "
+                                        "in the data directory)."),
+    out: Path = typer.Option(Path("runs/eis-cnn"), "--out", help="Output directory."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random draw."),
+    draws: int = typer.Option(5, "--draws", help="Random draws per causal scrubbing setting."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Recover the EIS VII challenge 1 labeling rule from the CNN's internals and test it causally."""
+    run(out, data_dir=data_dir, model_path=model, hint_path=hint, seed=seed, n_draws=draws, quiet=quiet)
+
+
+__all__ = ["run", "cli", "SITE", "TOLERANCES"]
