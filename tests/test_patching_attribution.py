@@ -130,3 +130,16 @@ def test_agreement_counts():
     e = {"a": torch.tensor([[9.0, 0.1], [0.4, 0.2]])}
     r = agreement(t, e, k=2, threshold=0.1)
     assert r["recall"] == 0.5 and r["false_negatives"] == 1 and r["n_components"] == 4
+
+
+def test_dla_with_layernorm_sums_to_the_logits():
+    m = _model(n_layers=2, normalization="LN", bias=True)
+    x, _ = _pair()
+    d = torch.eye(7)[2] - torch.eye(7)[5]
+    dla = direct_logit_attribution(m, x, d)
+    logits, acts = m.run_with_cache(x)
+    scale = acts["ln_final.hook_scale"]
+    read = (m.W_U @ d) * m.ln_final.w
+    rest = acts["hook_embed"] + acts["hook_pos_embed"] + sum(m.blocks[i].attn.b_O for i in range(2))
+    rest_term = ((rest - rest.mean(-1, keepdim=True)) / scale) @ read + m.ln_final.b @ (m.W_U @ d) + m.b_U @ d
+    assert torch.allclose(dla.sum((2, 3)) + rest_term, logits @ d, atol=1e-4)

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interplab.analysis.logit_attribution import direct_logit_attribution as unit_attribution
+from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
 from interplab.instrument import cache
 from interplab.interventions.patching import Metric, NodeKind, _as_kinds, _scalar, node_kind
@@ -222,8 +224,9 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
 
     ``direction``: weights over the output vocabulary, ``[d_vocab_out]`` or one per example
     ``[batch, d_vocab_out]`` (e.g. +1 on the answer, -1 on a distractor). A component's
-    output is projected on ``W_U @ direction``; with a final LayerNorm its scale from the
-    forward pass is divided out (frozen). Returns ``[batch, pos, layer, head]`` for
+    output is projected on ``W_U @ direction``; with a final LayerNorm the output is centred,
+    multiplied by its weight and divided by its scale from the forward pass (frozen). Built on :mod:`interplab.analysis.logit_attribution`
+    (``pull_back`` through ``W_U`` and each head's ``W_O`` or the MLP's ``W_out``). Returns ``[batch, pos, layer, head]`` for
     ``kind="head"`` or ``[batch, pos, layer, neuron]`` for ``kind="neuron"``.
 
     Example:
@@ -254,21 +257,23 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
         names.append("ln_final.hook_scale")
     with torch.no_grad():
         _, acts = cache(model, tokens, names=names, **kw)
-        read = direction.to(model.W_U.dtype) @ model.W_U.T  # [d_model] or [batch, d_model]
-        if read.dim() == 1:
-            read = read[None]
-        read = read[:, None, :]  # [batch, 1, d_model]
-        if has_ln:
+        # the logit direction pulled back into the residual stream, one per example
+        back = torch.vmap(pull_back, in_dims=(0, None))  # one direction per example
+        dirs = direction.to(model.W_U.dtype)
+        read = back(dirs[None].expand(tokens.shape[0], -1) if dirs.dim() == 1 else dirs, model.W_U)  # [b, d_model]
+        if has_ln:  # LayerNorm centres, divides by its (frozen) scale and multiplies by w
+            read = read * model.ln_final.w
+            read = read - read.mean(-1, keepdim=True)
             scale = acts["ln_final.hook_scale"]  # [batch, pos', 1]
         out = []
         for layer in range(L):
             block = model.blocks[layer]
-            if kind == "head":
-                writes = torch.einsum("hkd,bd->bhk", block.attn.W_O, read[:, 0])  # [b, H, d_head]
-                contrib = torch.einsum("bphk,bhk->bph", acts[names[layer]], writes)
-            else:
-                writes = read[:, 0] @ block.mlp.W_out.T  # [b, d_mlp]
-                contrib = acts[names[layer]] * writes[:, None, :]
+            if kind == "head":  # each head writes z_h @ W_O[h]: pull the direction back through W_O[h]
+                per_head = [unit_attribution(acts[names[layer]][:, :, h], back(read, block.attn.W_O[h])[:, None])
+                            .sum(-1) for h in range(cfg.n_heads)]
+                contrib = torch.stack(per_head, -1)
+            else:  # each neuron writes post_n * W_out[n]
+                contrib = unit_attribution(acts[names[layer]], back(read, block.mlp.W_out)[:, None])
             out.append(contrib)
         n_pos = min(c.shape[1] for c in out)  # with readout positions the last layer is restricted
         if n_pos != out[0].shape[1] or n_pos != out[-1].shape[1]:
