@@ -198,6 +198,10 @@ def _report(results: dict[str, Any], ind_info: dict[str, Any], ind: dict[str, An
            f"{ind_info['test_acc']:.3f}. Heads whose score exceeds {HEAD_THRESHOLD}: induction "
            f"<b>{', '.join(ind_info['induction_heads']) or 'none'}</b>, previous-token "
            f"<b>{', '.join(ind_info['prev_token_heads']) or 'none'}</b>.")
+    if any(h.startswith("0.") for h in ind_info["induction_heads"]):
+        r.text("A head in layer 0 sees only tokens and positions, so it cannot match content with an earlier "
+               "token: a layer-0 head with a high induction score attends at the fixed offset (period - 1) that "
+               "this task's fixed period allows, a positional shortcut rather than an induction circuit.")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3))
     for ax, scores, title in ((axes[0], ind_info["prev_token_scores"], "previous-token score"),
                               (axes[1], ind_info["induction_scores"], "induction score")):
