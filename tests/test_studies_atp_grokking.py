@@ -38,3 +38,13 @@ def test_atp_study_small(tmp_path):
     # the decisive query nodes of the saturated model sit behind a saturated softmax
     assert r["atpstar_false_negatives"] < r["atp_false_negatives"]
     assert "AtP*" in (tmp_path / "report.html").read_text()
+
+
+def test_grokking_refuses_an_even_modulus_before_training(tmp_path):
+    import pytest
+
+    from interplab.errors import InterplabError
+
+    with pytest.raises(InterplabError, match="odd modulus"):
+        grokking.run(tmp_path, p=10, quiet=True)
+    assert not (tmp_path / "checkpoints").exists()

@@ -220,12 +220,14 @@ def _report(results: dict[str, Any], metrics: list[dict[str, Any]], emb_norms: t
     axes[1].bar(k.numpy(), counts.numpy())
     axes[1].set(xlabel="frequency k", ylabel="neurons", title="Neurons by dominant frequency (share > 50%)")
     coef = fourier_2d(logits).pow(2).sum(-1).sqrt()
+    coef[0, 0] = 0.0  # the constant term (a logit offset per c) would swamp the colour scale
     _, names = fourier_basis(p)
     im = axes[2].imshow(coef[: min(p, 41), : min(p, 41)].numpy(), cmap="viridis")
     axes[2].set(title="Logits in the 2D Fourier basis (norm over c)", xlabel="b component", ylabel="a component")
     fig.colorbar(im, ax=axes[2])
     r.figure(fig, caption=f"Key frequencies (red) found automatically: {keys}. Components are ordered const, "
-                          "cos 1, sin 1, cos 2, ...; only the first 41 are shown.")
+                          "cos 1, sin 1, cos 2, ...; only the first 41 are shown, and the const x const term is "
+                          "left out of the logit panel.")
     return r
 
 
