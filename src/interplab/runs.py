@@ -187,8 +187,8 @@ def load_torch(path: PathLike, what: str = "File") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many exception types on a corrupt file
-        reason = (str(e).splitlines() or [""])[0][:100] or e.__class__.__name__
-        raise InterplabError(f"{what} {path} is corrupt or not a PyTorch file ({reason}).") from None
+        # torch's own messages for garbage input talk about weights_only defaults: name the error only
+        raise InterplabError(f"{what} {path} is corrupt or not a PyTorch file ({e.__class__.__name__}).") from None
 
 
 def save_model(run_dir: PathLike, model: torch.nn.Module, extra_config: dict[str, Any] | None = None) -> None:
