@@ -35,6 +35,10 @@ def test_atp_study_small(tmp_path):
                 "prev_token_heads"):
         assert key in saved
     assert 0.0 <= r["atpstar_recall10"] <= 1.0 and r["time_ratio_exhaustive_over_atpstar"] > 1.0
+    # a real induction circuit: previous-token heads in layer 0, induction heads in layer 1 only
+    assert r["induction_test_acc"] > 0.95
+    assert r["induction_heads"] and all(h.startswith("1.") for h in r["induction_heads"])
+    assert r["prev_token_heads"] and all(h.startswith("0.") for h in r["prev_token_heads"])
     # the decisive query nodes of the saturated model sit behind a saturated softmax
     assert r["atpstar_false_negatives"] < r["atp_false_negatives"]
     assert "AtP*" in (tmp_path / "report.html").read_text()
