@@ -143,3 +143,22 @@ def test_dla_with_layernorm_sums_to_the_logits():
     rest = acts["hook_embed"] + acts["hook_pos_embed"] + sum(m.blocks[i].attn.b_O for i in range(2))
     rest_term = ((rest - rest.mean(-1, keepdim=True)) / scale) @ read + m.ln_final.b @ (m.W_U @ d) + m.b_U @ d
     assert torch.allclose(dla.sum((2, 3)) + rest_term, logits @ d, atol=1e-4)
+
+
+def test_atpstar_recomputes_attention_for_residual_nodes():
+    # 1 layer, attention only, no LayerNorm, sharp attention: with the heads' outputs recomputed
+    # exactly and everything after them linear, AtP* is exact for per-position residual nodes
+    m = _model(n_layers=1)
+    with torch.no_grad():
+        m.blocks[0].attn.W_Q.mul_(12.0)
+        m.blocks[0].attn.W_K.mul_(12.0)
+    clean, corrupt = _pair(seed=1)
+    corrupt[:, -1] = (clean[:, -1] + 1) % 7
+    true = activation_patching(m, clean, corrupt, _metric, "resid_pre", per_position=True)
+    est = atp(m, clean, corrupt, _metric, "resid_pre", per_position=True)
+    star = atp_star(m, clean, corrupt, _metric, "resid_pre", per_position=True, grad_drop=False)
+    assert torch.allclose(star, true, atol=1e-5)
+    assert (est - true).abs().max() > 0.2 * true.abs().max() > 0
+    # whole-layer residual nodes keep the linear estimate
+    assert torch.allclose(atp_star(m, clean, corrupt, _metric, "resid_pre", grad_drop=False),
+                          atp(m, clean, corrupt, _metric, "resid_pre"))

@@ -9,7 +9,10 @@ AtP* fixes its two failure modes:
 
 1. *Attention saturation*: for query and key nodes the attention softmax is recomputed
    exactly with the patched queries or keys, and only the step from the pattern onwards is
-   linearised: ``effect ~ (pattern_patched - pattern_corrupted) . dmetric/dpattern``.
+   linearised: ``effect ~ (pattern_patched - pattern_corrupted) . dmetric/dpattern``. Residual
+   nodes before a layer, per position, get the same treatment for the layer they feed: its
+   heads' outputs are recomputed exactly with that position's clean query, key and value, and
+   only the step from there (and the skip connection) is linearised.
 2. *Cancellation*: GradDrop. For each layer, the gradient is also taken with that layer's
    contribution to the residual stream cut out of the backward pass; each component keeps
    the estimate of largest magnitude among the plain one and these.
@@ -106,6 +109,44 @@ def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str,
     return torch.stack(rows)
 
 
+def _skip_site(model: torch.nn.Module, layer: int) -> str:
+    mid = f"blocks.{layer}.hook_resid_mid"
+    return mid if mid in model.hook_dict else f"blocks.{layer}.hook_resid_post"
+
+
+def _resid_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str, Tensor], corr: dict[str, Tensor],
+                    grads: dict[str, Tensor]) -> Tensor:
+    """AtP* for residual nodes before a layer, per position: position ``j``'s clean residual gives
+    the clean ``q``, ``k``, ``v`` at ``j`` (the norm is per position), so the heads' outputs ``z``
+    with them patched in are recomputed exactly; the step from ``z`` onwards and the skip
+    connection (gradient after the attention sublayer) stay linear."""
+    rows = []
+    for layer, site in enumerate(spec.sites):
+        p = f"blocks.{layer}.attn."
+        delta = clean[site] - corr[site]  # [b, n, d]
+        skip = (delta * grads[_skip_site(model, layer)]).sum((0, 2))  # [n]
+        q_c, k_c, v_c = clean[p + "hook_q"], clean[p + "hook_k"], clean[p + "hook_v"]
+        q_x, k_x, v_x = corr[p + "hook_q"], corr[p + "hook_k"], corr[p + "hook_v"]
+        s_x, p_x = corr[p + "hook_attn_scores"], corr[p + "hook_pattern"]
+        z_x, g_z = corr[p + "hook_z"], grads[p + "hook_z"]
+        masked, scale = torch.isinf(s_x), model.blocks[layer].attn.scale
+        col = torch.einsum("bqhd,bkhd->bhqk", q_x, k_c) * scale  # queries as corrupted, key j clean
+        row = torch.einsum("bqhd,bkhd->bhqk", q_c, k_x) * scale  # query j clean, keys as corrupted
+        both = torch.einsum("bqhd,bqhd->bhq", q_c, k_c) * scale  # query j and key j clean
+        attn = []
+        for j in range(s_x.shape[-1]):
+            s = s_x.clone()
+            s[..., j] = col[..., j]
+            s[..., j, :] = row[..., j, :]
+            s[..., j, j] = both[..., j]
+            v = v_x.clone()
+            v[:, j] = v_c[:, j]
+            z = torch.einsum("bhqk,bkhd->bqhd", s.masked_fill(masked, float("-inf")).softmax(-1).nan_to_num(), v)
+            attn.append(((z - z_x) * g_z).sum())
+        rows.append(skip + torch.stack(attn))
+    return torch.stack(rows)
+
+
 def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric: Metric,
                kinds: str | Sequence[str], per_position: bool, model_kwargs: dict[str, Any] | None,
                star: bool, grad_drop: bool) -> Any:
@@ -115,10 +156,14 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     specs = [node_kind(model, k, per_position) for k in _as_kinds(kinds)]
     sites = {s for spec in specs for s in spec.sites}
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
-    for spec in attn_kinds:
+    resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"
+                   and not kw.get("positions")]
+    for spec in attn_kinds + resid_kinds:
         for layer in range(len(spec.sites)):
             p = f"blocks.{layer}.attn."
             sites |= {p + "hook_q", p + "hook_k", p + "hook_attn_scores", p + "hook_pattern"}
+            if spec in resid_kinds:
+                sites |= {p + "hook_v", p + "hook_z", _skip_site(model, layer)}
     sites_list = sorted(sites)
     with torch.no_grad():
         _, clean_acts = cache(model, clean, names=sites_list, **kw)
@@ -131,6 +176,8 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
         for spec in specs:
             if spec in attn_kinds:
                 est = _attention_estimate(model, spec, clean_acts, corr_acts, grads, per_position)
+            elif spec in resid_kinds:
+                est = _resid_estimate(model, spec, clean_acts, corr_acts, grads)
             else:
                 est = _linear_estimate(spec, clean_acts, corr_acts, grads)
             prev = results.get(spec.kind)

@@ -224,6 +224,11 @@ def _report(results: dict[str, Any], ind_info: dict[str, Any], ind: dict[str, An
     r.table(["model", "method", "components", "Spearman (|effect|)", "recall@10", "false negatives", "seconds",
              "exhaustive / method time"], rows,
             caption="False negatives: true effect at least 10% of the largest, estimate below that level.")
+    r.text("On the induction model the largest effects sit on the layer-1 residual stream at the first copy's "
+           "positions: restoring one of them restores one match for the induction heads' keys, a jump from "
+           "diffuse to sharp attention that a gradient at the corrupted input underestimates. AtP* recomputes "
+           "the heads' outputs exactly with that position's clean query, key and value, and only linearises "
+           "after them.")
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     _scatter(axes[0], ind, "Induction model")
     _scatter(axes[1], sat, "Saturated attention (min/max)")
