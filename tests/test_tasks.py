@@ -36,7 +36,7 @@ def test_sequence_tasks_have_the_right_labels() -> None:
     m = min_max_task(n_values=6)
     a, b, op = m.inputs.T
     assert torch.equal(m.labels, torch.where(op == 6, torch.minimum(a, b), torch.maximum(a, b)))
-    ind = induction_task(n_values=7, length=5, n_examples=20)
+    ind = induction_task(n_values=7, length=5, n_examples=20, min_length=5, max_prefix=0)  # fixed period
     assert torch.equal(ind.inputs[:, 1:6], ind.inputs[:, 6:]) and torch.equal(ind.labels, ind.inputs[:, 2:6])
     prev = previous_token_task(n_values=7, length=6, n_examples=20)
     assert torch.equal(prev.labels, prev.inputs[:, :-1])
@@ -88,3 +88,36 @@ def test_make_task_rebuilds_the_superposition_objective() -> None:
     obj = SparseFeatures(n_instances=2, n_features=3, sparsity=[0.1, 0.2], n_samples=4)
     again = make_task(obj.describe())
     assert isinstance(again, SparseFeatures) and torch.equal(again.data, obj.data)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_induction_task_varies_the_period_and_labels_successors(shuffle) -> None:
+    t = induction_task(n_values=12, length=6, n_examples=300, seed=3, min_length=3, max_prefix=4, shuffle=shuffle)
+    assert t.inputs.shape == (300, 1 + 4 + 12) and t.positions == list(range(4, 16))
+    assert make_task(t.describe()).labels.equal(t.labels)
+    starts = set()
+    for x, y in zip(t.inputs.tolist(), t.labels.tolist()):
+        assert x[0] == 12 and max(x[1:]) < 12
+        queries = [(p, lab) for p, lab in zip(t.positions, y) if lab != -100]
+        starts.add(queries[0][0])
+        for p, lab in queries:
+            first = x.index(x[p])  # the token's only earlier occurrence, in the first copy
+            assert first < p and x[first + 1] == lab and x[1:p].count(x[p]) == 1
+        tokens = [x[p] for p, _ in queries]
+        assert (tokens == [x[p - len(queries) - 1] for p, _ in queries]) or shuffle
+    assert len(starts) > 5  # the second part starts at many positions
+
+
+def test_evaluate_skips_ignored_labels() -> None:
+    from interplab.tasks import IGNORE, Task
+
+    class Fixed(torch.nn.Module):  # predicts token 1 at every position
+        def forward(self, x, positions=None):
+            out = torch.zeros(*x.shape, 3)
+            out[..., 1] = 5.0
+            return out if positions is None else out[:, positions]
+
+    labels = torch.tensor([[1, IGNORE], [2, IGNORE], [1, 1]])
+    t = Task(name="t", inputs=torch.zeros(3, 2, dtype=torch.long), labels=labels, train_idx=torch.arange(3),
+             test_idx=torch.arange(0), n_classes=3, positions=[0, 1])
+    ev = t.evaluate(Fixed())
+    assert ev["train_acc"] == pytest.approx(3 / 4)
+    assert t.loss(Fixed(), torch.arange(3)).item() == pytest.approx(ev["train_loss"])

@@ -184,12 +184,14 @@ def train(
     resume: bool = False,
     quiet: bool = False,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    stop: Callable[[dict[str, Any]], bool] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``objective``; see the module docstring.
 
     ``resume=True`` needs ``out_dir`` with a checkpoint (a run that already finished is left
     as it is). Without ``resume``, an ``out_dir`` that already holds a checkpoint is refused
-    so no run is overwritten by accident. ``on_log`` is called with every logged metrics row.
+    so no run is overwritten by accident. ``on_log`` is called with every logged metrics row;
+    ``stop``, if given, too: training stops early (as with ``patience``) once it returns True.
     """
     check(isinstance(objective, Objective), f"{type(objective).__name__} is not a training objective.")
     out = Path(out_dir) if out_dir is not None else None
@@ -260,6 +262,8 @@ def train(
                     best_test, best_epoch = row["test_acc"], done
                 if (cfg.patience is not None and row.get("train_acc", 0.0) >= 1.0
                         and done - best_epoch >= cfg.patience):
+                    stopped_early = True
+                if stop is not None and stop(row):
                     stopped_early = True
             if out is not None and (done % cfg.checkpoint_every == 0 or last or stopped_early):
                 state = {"epoch": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -27,6 +27,9 @@ from torch import Tensor
 
 from interplab.errors import check
 
+IGNORE = -100
+"""Label of a readout position without a target (``F.cross_entropy``'s default ignore index)."""
+
 
 def split_indices(n: int, frac_train: float, seed: int) -> tuple[Tensor, Tensor]:
     """A random split of ``range(n)`` into train and test indices (sorted), by seed.
@@ -49,6 +52,8 @@ class Task:
     ``inputs``: tokens [N, pos] (long) for sequence models, or features [N, ...] (float).
     ``labels``: [N] (one readout position or a non-sequence model) or [N, P] (P positions).
     ``positions``: readout positions for sequence models (negative allowed), else None.
+    A label of ``-100`` (``IGNORE``) marks a readout position without a target: loss and
+    accuracy skip it.
     ``params``: everything needed to rebuild the task (stored in config.json).
     """
 
@@ -105,7 +110,8 @@ class Task:
             logits = self.logits(model, self.inputs[idx])
             y = self.labels[idx]
             out[f"{which}_loss"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)).item()
-            out[f"{which}_acc"] = (logits.argmax(-1) == y).float().mean().item()
+            keep = y != IGNORE
+            out[f"{which}_acc"] = (logits.argmax(-1) == y)[keep].float().mean().item()
         return out
 
     def describe(self) -> dict[str, Any]:

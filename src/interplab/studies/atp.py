@@ -1,0 +1,255 @@
+"""AtP and AtP* against exhaustive activation patching on models with known circuits.
+
+Reproduces the comparison of Kramár et al. (2024), "AtP*: An efficient and scalable method
+for localizing LLM behaviour to components", on two small trained models:
+
+- *induction*: a 2-layer attention-only transformer on repeated random subsequences with a
+  period and prefix that vary per sequence (:func:`interplab.tasks.sequences.induction_task`),
+  so that only an induction circuit solves it. The study finds its previous-token and induction heads from their
+  attention, then patches a clean prompt into one whose first copy is replaced by other
+  random tokens (metric: mean log-probability of the correct next tokens in the second copy);
+- *saturated attention*: a 1-layer attention-only transformer on ``[a, b, MIN|MAX]``, whose
+  head attends almost one-hot to the smaller or larger number. Clean and corrupted prompts
+  differ in the operation only (metric: logit of the clean answer minus that of the
+  corrupted answer), so the decisive query nodes sit behind a saturated softmax, where AtP's
+  linearisation fails and AtP*'s exact attention recomputation does not.
+
+Components are every head's output (z), query, key, value and attention pattern per
+position, and the residual stream before each layer per position. For each method: Spearman
+correlation of effect magnitudes, recall of the top-10 components, false negatives (true
+effect at least 10% of the largest, estimate below that) and wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+import typer
+
+from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
+from interplab.interventions.attribution import agreement, atp, atp_star
+from interplab.interventions.patching import activation_patching
+from interplab.models import Transformer
+from interplab.report import Report
+from interplab.runs import write_results
+from interplab.tasks import Task
+from interplab.tasks.sequences import induction_task, min_max_task
+from interplab.train import TrainConfig, train
+
+KINDS = ("z", "q", "k", "v", "pattern", "resid_pre")
+HEAD_THRESHOLD = 0.4
+
+
+def _train(task: Task, model_cfg: Any, cfg: TrainConfig, seed: int, quiet: bool) -> Transformer:
+    model = Transformer(model_cfg, seed=seed)
+    train(model, task, cfg, None, quiet=quiet)
+    return model
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def compare(model: Transformer, clean: torch.Tensor, corrupted: torch.Tensor, metric: Any, quiet: bool = True
+            ) -> dict[str, Any]:
+    """Exhaustive patching, AtP and AtP* on one model and prompt set, with their agreement."""
+    true, t_exh = _timed(activation_patching, model, clean, corrupted, metric, KINDS, per_position=True, quiet=quiet)
+    est_atp, t_atp = _timed(atp, model, clean, corrupted, metric, KINDS, per_position=True)
+    est_star, t_star = _timed(atp_star, model, clean, corrupted, metric, KINDS, per_position=True)
+    out: dict[str, Any] = {"true": true, "atp": est_atp, "atpstar": est_star, "time_exhaustive": t_exh,
+                           "time_atp": t_atp, "time_atpstar": t_star}
+    for name, est in (("atp", est_atp), ("atpstar", est_star)):
+        out[name + "_agreement"] = agreement(true, est, k=10, threshold=0.1)
+    return out
+
+
+def _induction_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    n_values, length = 20, 8  # the probe and the patched prompts: [BOS, r, r] with r of 8 tokens
+    # training: periods 3..10 and prefixes 0..5 vary per sequence, and the second part asks for the
+    # successors of the first copy's tokens in random order, so only a previous-token head feeding
+    # an induction head solves it (measured: both form within 2 epochs, test accuracy > 0.99)
+    task = induction_task(n_values=n_values, length=10, n_examples=10000, seed=seed, min_length=3, max_prefix=5)
+    model = _train(task, task.default_model_config(),
+                   TrainConfig(epochs=3, lr=3e-3, weight_decay=0.01, batch_size=128, seed=seed, log_every=1),
+                   seed, quiet)
+    acc = task.evaluate(model)["test_acc"]
+    probe = repeated_tokens(n_values, length, 200, bos=n_values, seed=seed + 1)
+    ind, prev = induction_scores(model, probe, length), previous_token_scores(model, probe)
+    clean = repeated_tokens(n_values, length, n_prompts, bos=n_values, seed=seed + 2)
+    other = repeated_tokens(n_values, length, n_prompts, bos=n_values, seed=seed + 3)
+    corrupted = torch.cat([clean[:, :1], other[:, 1:length + 1], clean[:, length + 1:]], dim=1)
+    positions = torch.arange(length + 1, 2 * length)  # second copy: r_1..r_{L-1} predict r_2..r_L
+    labels = clean[:, 2:length + 1]
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        lp = logits[:, positions].log_softmax(-1)
+        return lp.gather(-1, labels[..., None]).mean()
+
+    with torch.no_grad():
+        clean_m, corr_m = metric(model(clean)).item(), metric(model(corrupted)).item()
+    info = {"test_acc": acc, "induction_scores": ind, "prev_token_scores": prev,
+            "induction_heads": heads_above(ind, HEAD_THRESHOLD), "prev_token_heads": heads_above(prev, HEAD_THRESHOLD),
+            "metric_clean": clean_m, "metric_corrupted": corr_m}
+    return info, compare(model, clean, corrupted, metric, quiet)
+
+
+def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    n_values = 20
+    task = min_max_task(n_values=n_values, seed=seed)
+    cfg = dataclasses.replace(task.default_model_config(), d_mlp=None, d_model=32, normalization="none")
+    model = _train(task, cfg, TrainConfig(epochs=60, lr=3e-3, weight_decay=0.01, batch_size=128, seed=seed,
+                                          log_every=20), seed, quiet)
+    acc = task.evaluate(model)["test_acc"]
+    g = torch.Generator().manual_seed(seed + 4)
+    a = torch.randint(n_values, (4 * n_prompts,), generator=g)
+    b = torch.randint(n_values, (4 * n_prompts,), generator=g)
+    keep = (a - b).abs() >= 2
+    a, b = a[keep][:n_prompts], b[keep][:n_prompts]
+    op = torch.arange(len(a)) % 2  # 0 = MIN, 1 = MAX
+    clean = torch.stack([a, b, n_values + op], 1)
+    corrupted = torch.stack([a, b, n_values + 1 - op], 1)
+    answer = torch.where(op == 0, torch.minimum(a, b), torch.maximum(a, b))
+    wrong = torch.where(op == 0, torch.maximum(a, b), torch.minimum(a, b))
+    rows = torch.arange(len(a))
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1]
+        return (last[rows, answer] - last[rows, wrong]).mean()
+
+    with torch.no_grad():
+        _, acts = model.run_with_cache(clean)
+        pattern = acts["blocks.0.attn.hook_pattern"][:, :, -1]  # [b, head, key] from the last position
+        clean_m, corr_m = metric(model(clean)).item(), metric(model(corrupted)).item()
+    info = {"test_acc": acc, "max_attention": pattern.max(-1).values.mean(0), "metric_clean": clean_m,
+            "metric_corrupted": corr_m}
+    return info, compare(model, clean, corrupted, metric, quiet)
+
+
+def run(out_dir: str | Path, seed: int = 0, n_prompts: int = 64, quiet: bool = False) -> dict[str, Any]:
+    """Train both models, compare AtP and AtP* with exhaustive patching, write results and report."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ind_info, ind = _induction_case(seed, n_prompts, quiet)
+    sat_info, sat = _saturated_case(seed, n_prompts, quiet)
+    results: dict[str, Any] = {
+        # headline: recall, correlation and speed on the induction model; false negatives on the
+        # saturated-attention model (the case AtP* was designed for)
+        "atp_recall10": ind["atp_agreement"]["recall"],
+        "atpstar_recall10": ind["atpstar_agreement"]["recall"],
+        "atp_spearman": ind["atp_agreement"]["spearman"],
+        "atpstar_spearman": ind["atpstar_agreement"]["spearman"],
+        "atp_false_negatives": sat["atp_agreement"]["false_negatives"],
+        "atpstar_false_negatives": sat["atpstar_agreement"]["false_negatives"],
+        "time_ratio_exhaustive_over_atpstar": ind["time_exhaustive"] / ind["time_atpstar"],
+        "time_ratio_exhaustive_over_atp": ind["time_exhaustive"] / ind["time_atp"],
+        "induction_heads": ind_info["induction_heads"],
+        "prev_token_heads": ind_info["prev_token_heads"],
+        "induction_test_acc": ind_info["test_acc"],
+        "saturated_test_acc": sat_info["test_acc"],
+        "saturated_mean_max_attention": sat_info["max_attention"].max().item(),
+    }
+    for case, r in (("induction", ind), ("saturated", sat)):
+        for method in ("atp", "atpstar"):
+            for key, value in r[method + "_agreement"].items():
+                results[f"{case}_{method}_{key}"] = value
+        results[f"{case}_seconds_exhaustive"] = r["time_exhaustive"]
+        results[f"{case}_seconds_atp"] = r["time_atp"]
+        results[f"{case}_seconds_atpstar"] = r["time_atpstar"]
+    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_results(out, results)
+    path = _report(results, ind_info, ind, sat_info, sat).save(out / "report.html")
+    if not quiet:
+        typer.echo(f"induction model: recall@10 AtP {results['atp_recall10']:.2f}, AtP* {results['atpstar_recall10']:.2f}; "
+                   f"Spearman AtP {results['atp_spearman']:.3f}, AtP* {results['atpstar_spearman']:.3f}; exhaustive "
+                   f"patching takes {results['time_ratio_exhaustive_over_atpstar']:.1f}x the time of AtP*")
+        typer.echo(f"induction heads {results['induction_heads']}, previous-token heads {results['prev_token_heads']}")
+        typer.echo(f"saturated attention: false negatives AtP {results['atp_false_negatives']}, "
+                   f"AtP* {results['atpstar_false_negatives']}")
+        typer.echo(f"report: {path}")
+    return results
+
+
+def _scatter(ax: Any, r: dict[str, Any], title: str) -> None:
+    true = torch.cat([r["true"][k].flatten() for k in KINDS])
+    for method, color in (("atp", "tab:orange"), ("atpstar", "tab:blue")):
+        est = torch.cat([r[method][k].flatten() for k in KINDS])
+        ax.scatter(true.numpy(), est.numpy(), s=8, alpha=0.6, color=color, label="AtP" if method == "atp" else "AtP*")
+    lim = float(max(true.abs().max(), 1e-6))
+    ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.8)
+    ax.set(xlabel="activation patching effect", ylabel="estimate", title=title)
+    ax.legend()
+
+
+def _report(results: dict[str, Any], ind_info: dict[str, Any], ind: dict[str, Any], sat_info: dict[str, Any],
+            sat: dict[str, Any]) -> Report:
+    r = Report("AtP and AtP* against exhaustive activation patching",
+               subtitle="Attribution patching on a 2-layer induction model and a saturated-attention model")
+    r.numbers({"AtP* recall@10": results["atpstar_recall10"], "AtP recall@10": results["atp_recall10"],
+               "AtP* Spearman": results["atpstar_spearman"], "AtP Spearman": results["atp_spearman"],
+               "exhaustive / AtP* time": results["time_ratio_exhaustive_over_atpstar"],
+               "false negatives AtP (saturated)": results["atp_false_negatives"],
+               "false negatives AtP* (saturated)": results["atpstar_false_negatives"]})
+    r.section("The induction model and its heads")
+    r.text(f"2-layer attention-only transformer on repeated random subsequences, test accuracy "
+           f"{ind_info['test_acc']:.3f}. Heads whose score exceeds {HEAD_THRESHOLD}: induction "
+           f"<b>{', '.join(ind_info['induction_heads']) or 'none'}</b>, previous-token "
+           f"<b>{', '.join(ind_info['prev_token_heads']) or 'none'}</b>.")
+    r.text("Training sequences vary the period (3 to 10 tokens) and the prefix before the first copy, and "
+           "the second part asks for the successor of each first-copy token in random order, so no head "
+           "attending at a fixed offset can copy the answer: the model needs a previous-token head in layer 0 "
+           "and an induction head in layer 1 that reads it (K-composition). Scores are measured on "
+           "<code>[BOS, r, r]</code> with 8 random tokens, outside the training format.")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+    for ax, scores, title in ((axes[0], ind_info["prev_token_scores"], "previous-token score"),
+                              (axes[1], ind_info["induction_scores"], "induction score")):
+        im = ax.imshow(scores.numpy(), vmin=0, vmax=1, cmap="Blues")
+        ax.set(xlabel="head", ylabel="layer", title=title, xticks=range(scores.shape[1]), yticks=range(scores.shape[0]))
+        fig.colorbar(im, ax=ax)
+    r.figure(fig, caption="Mean attention along the previous-token and induction offsets on repeated random tokens.")
+    r.section("Estimates against exhaustive activation patching")
+    rows = []
+    for case, res in (("induction", ind), ("saturated attention", sat)):
+        for method, label in (("atp", "AtP"), ("atpstar", "AtP*")):
+            a = res[method + "_agreement"]
+            rows.append([case, label, a["n_components"], a["spearman"], a["recall"], a["false_negatives"],
+                         res["time_" + method], res["time_exhaustive"] / res["time_" + method]])
+    r.table(["model", "method", "components", "Spearman (|effect|)", "recall@10", "false negatives", "seconds",
+             "exhaustive / method time"], rows,
+            caption="False negatives: true effect at least 10% of the largest, estimate below that level.")
+    r.text("On the induction model the largest effects sit on the layer-1 residual stream at the first copy's "
+           "positions: restoring one of them restores one match for the induction heads' keys, a jump from "
+           "diffuse to sharp attention that a gradient at the corrupted input underestimates. AtP* recomputes "
+           "the heads' outputs exactly with that position's clean query, key and value, and only linearises "
+           "after them.")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    _scatter(axes[0], ind, "Induction model")
+    _scatter(axes[1], sat, "Saturated attention (min/max)")
+    r.figure(fig, caption="Each point is a component (head z/q/k/v/pattern or residual stream, per position).")
+    r.section("Why AtP misses on saturated attention")
+    q_true, q_atp, q_star = sat["true"]["q"][0], sat["atp"]["q"][0], sat["atpstar"]["q"][0]
+    rows = [[f"0.{h} (q, last position)", q_true[h, -1].item(), q_atp[h, -1].item(), q_star[h, -1].item()]
+            for h in range(q_true.shape[0])]
+    r.table(["head", "patching effect", "AtP", "AtP*"], rows,
+            caption=f"The min/max model attends almost one-hot (largest mean max attention "
+                    f"{results['saturated_mean_max_attention']:.3f}); the gradient through a saturated softmax is "
+                    f"nearly zero, so AtP reports the decisive query nodes as unimportant. AtP* recomputes the "
+                    f"attention with the patched query exactly.")
+    return r
+
+
+def cli(
+    out: Path = typer.Option(..., "--out", help="Study directory for results.json and report.html."),
+    seed: int = typer.Option(0, help="Seed for data, initialisation and training."),
+    n_prompts: int = typer.Option(64, help="Clean/corrupted prompt pairs per model."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """AtP and AtP* against exhaustive activation patching (induction and saturated-attention models)."""
+    run(out, seed=seed, n_prompts=n_prompts, quiet=quiet)
