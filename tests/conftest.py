@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# pytest runs 2 workers on 2 cores: one thread each, inherited by the CLI subprocesses the
+# tests start (set before torch is imported, since OpenMP reads it at start-up)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-torch.set_num_threads(1)  # pytest runs with 2 workers on 2 cores
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
