@@ -134,8 +134,14 @@ class TrainResult:
         return self.metrics[-1] if self.metrics else {}
 
 
-def _state_path(out_dir: Path) -> Path:
-    return out_dir / "checkpoints" / "state.pt"
+def state_path(out_dir: PathLike) -> Path:
+    """Where a run directory keeps its latest full training state.
+
+    Example:
+        >>> state_path("runs/x").as_posix()
+        'runs/x/checkpoints/state.pt'
+    """
+    return Path(out_dir) / "checkpoints" / "state.pt"
 
 
 def load_checkpoint(path: PathLike) -> dict[str, Any]:
@@ -157,12 +163,23 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
 def _save_checkpoint(out_dir: Path, state: dict[str, Any], model: torch.nn.Module, keep_history: bool) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(_state_path(out_dir), buf.getvalue())
+    atomic_write_bytes(state_path(out_dir), buf.getvalue())
     if keep_history:
         save_tensors(out_dir / "checkpoints" / f"epoch_{state['epoch']:06d}.safetensors", model.state_dict())
 
 
-def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
+def read_metrics(path: PathLike, upto: int, key: str = "epoch") -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` whose ``key`` is at most ``upto`` (rows past a resumed
+    checkpoint, and a last line cut by a kill, are dropped: they will be logged again).
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
+        >>> _ = open(p, "w").write('{"epoch": 1}\\n{"epoch": 5}\\n{"epo')
+        >>> read_metrics(p, 3)
+        [{'epoch': 1}]
+    """
+    path = Path(path)
     if not path.is_file():
         return []
     out = []
@@ -170,8 +187,8 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut by a kill; it is re-logged after resume
-        if row.get("epoch", 0) <= upto_epoch:
+            continue
+        if row.get(key, 0) <= upto:
             out.append(row)
     return out
 
@@ -204,18 +221,18 @@ def train(
     if resume:
         check(out is not None, "resume needs an output directory.")
         assert out is not None
-        state = load_checkpoint(_state_path(out))
+        state = load_checkpoint(state_path(out))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start = int(state["epoch"])
         best_test, best_epoch = float(state.get("best_test", -1.0)), int(state.get("best_epoch", 0))
-        metrics = _read_metrics(out / "metrics.jsonl", start)
+        metrics = read_metrics(out / "metrics.jsonl", start)
         if state.get("finished"):
             return TrainResult(metrics, start, bool(state.get("stopped_early")))
     elif out is not None:
         check(
-            not _state_path(out).exists(),
+            not state_path(out).exists(),
             f"{out} already holds a training run; pass --resume to continue it or choose another --out.",
         )
     if out is not None:
@@ -305,4 +322,5 @@ def resume_run(out_dir: PathLike, data_dir: Any = None, quiet: bool = False) -> 
     return model, train(model, task, cfg, out, resume=True, quiet=quiet)
 
 
-__all__ = ["Objective", "TrainConfig", "TrainResult", "train", "resume_run", "load_checkpoint"]
+__all__ = ["Objective", "TrainConfig", "TrainResult", "train", "resume_run", "load_checkpoint", "read_metrics",
+           "state_path"]

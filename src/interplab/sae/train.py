@@ -53,7 +53,7 @@ from interplab.sae.ghost import ghost_loss
 from interplab.sae.model import SAE, SAEOutput
 from interplab.sae.resample import resample_dead
 from interplab.sae.saelens import save_saelens
-from interplab.train import load_checkpoint
+from interplab.train import load_checkpoint, read_metrics, state_path
 
 DEAD_FIXES = ("none", "resample", "ghost-original", "ghost-scaled", "ghost-dead-only")
 
@@ -184,24 +184,6 @@ def sae_step(
     return out, loss, aux
 
 
-def _state_path(out: Path) -> Path:
-    return out / "checkpoints" / "state.pt"
-
-
-def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("step", 0) <= upto:
-            rows.append(row)
-    return rows
-
-
 def train_sae(
     sae: SAE,
     buffer: ActivationBuffer,
@@ -228,7 +210,7 @@ def train_sae(
     if resume:
         check(out is not None, "resume needs an output directory.")
         assert out is not None
-        state = load_checkpoint(_state_path(out))
+        state = load_checkpoint(state_path(out))
         try:
             sae.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -236,13 +218,13 @@ def train_sae(
             buffer.load_state_dict(state["buffer"])
             since_fired = state["since_fired"].clone()
         except (KeyError, RuntimeError, ValueError) as e:
-            raise InterplabError(f"Checkpoint {_state_path(out)} does not fit this SAE ({str(e)[:80]}).") from None
+            raise InterplabError(f"Checkpoint {state_path(out)} does not fit this SAE ({str(e)[:80]}).") from None
         start = int(state["epoch"])
         resampled = [tuple(r) for r in state.get("resampled", torch.zeros(0, 2, dtype=torch.long)).tolist()]
-        metrics = _read_metrics(out / "metrics.jsonl", start)
+        metrics = read_metrics(out / "metrics.jsonl", start, key="step")
     else:
         if out is not None:
-            check(not _state_path(out).exists(), f"{out} already holds an SAE training run; pass --resume to "
+            check(not state_path(out).exists(), f"{out} already holds an SAE training run; pass --resume to "
                   "continue it or choose another --out.")
         buffer.rows, buffer.ptr = None, 0
         if cfg.init_b_dec == "mean":
@@ -300,7 +282,7 @@ def train_sae(
                          "finished": done == cfg.steps}
                 buf = io.BytesIO()
                 torch.save(state, buf)
-                atomic_write_bytes(_state_path(out), buf.getvalue())
+                atomic_write_bytes(state_path(out), buf.getvalue())
     finally:
         bar.close()
         if out is not None:
