@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -169,6 +170,20 @@ def load_tensors(path: PathLike) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise InterplabError(f"Weights file {path} is corrupt or not a safetensors file ({e}).") from None
+
+
+def save_torch(path: PathLike, obj: Any) -> None:
+    """``torch.save`` of tensors and plain containers, written atomically (see :func:`load_torch`).
+
+    Example:
+        >>> import tempfile, os, torch
+        >>> p = os.path.join(tempfile.mkdtemp(), "state.pt")
+        >>> save_torch(p, {"epoch": 3, "w": torch.ones(2)}); load_torch(p)["epoch"]
+        3
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_torch(path: PathLike, what: str = "File") -> Any:

@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import time
@@ -41,7 +40,8 @@ import torch
 from tqdm.auto import tqdm
 
 from interplab.errors import InterplabError, check
-from interplab.runs import PathLike, atomic_write_bytes, load_torch, read_json, save_model, save_tensors
+from interplab.runs import (PathLike, atomic_write_bytes, load_torch, read_json, save_model, save_tensors,
+                            save_torch)
 
 SCHEDULES = ("constant", "warmup", "cosine", "linear")
 
@@ -161,9 +161,7 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
 
 
 def _save_checkpoint(out_dir: Path, state: dict[str, Any], model: torch.nn.Module, keep_history: bool) -> None:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(state_path(out_dir), buf.getvalue())
+    save_torch(state_path(out_dir), state)
     if keep_history:
         save_tensors(out_dir / "checkpoints" / f"epoch_{state['epoch']:06d}.safetensors", model.state_dict())
 

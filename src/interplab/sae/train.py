@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import math
 import time
@@ -47,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interplab.errors import InterplabError, check
-from interplab.runs import PathLike, atomic_write_bytes, atomic_write_json
+from interplab.runs import PathLike, atomic_write_bytes, atomic_write_json, save_torch
 from interplab.sae.buffer import ActivationBuffer, Sampler, Site
 from interplab.sae.ghost import ghost_loss
 from interplab.sae.model import SAE, SAEOutput
@@ -280,9 +279,7 @@ def train_sae(
                          "since_fired": since_fired,
                          "resampled": torch.tensor(resampled, dtype=torch.long).reshape(-1, 2),
                          "finished": done == cfg.steps}
-                buf = io.BytesIO()
-                torch.save(state, buf)
-                atomic_write_bytes(state_path(out), buf.getvalue())
+                save_torch(state_path(out), state)
     finally:
         bar.close()
         if out is not None:
