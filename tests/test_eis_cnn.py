@@ -14,6 +14,7 @@ from interplab.analysis.templates import decode_rendered_digit, load_image, simi
 from interplab.errors import InterplabError
 from interplab.models import ConvNet, ConvNetConfig
 from interplab.tasks.image_rule import image_rule_task
+from test_templates import render
 from interplab.tasks.mnist import load_mnist, write_idx
 from interplab.train import TrainConfig, train
 
@@ -33,13 +34,8 @@ def render_hint(digit: np.ndarray, path, pitch: float = 7.78, size=(214, 213)) -
     """Draw a 28x28 digit as the challenge did: nearest-neighbour upscaling, centred crop, RGBA PNG."""
     from PIL import Image
 
-    h, w = size
-    rows = np.floor((np.arange(h) + 0.5 - h / 2) / pitch + 14).astype(int)
-    cols = np.floor((np.arange(w) + 0.5 - w / 2) / pitch + 14).astype(int)
-    img = np.zeros((h, w), dtype=np.uint8)
-    ok_r, ok_c = (rows >= 0) & (rows < 28), (cols >= 0) & (cols < 28)
-    img[np.ix_(ok_r, ok_c)] = digit[np.ix_(rows[ok_r], cols[ok_c])]
-    Image.fromarray(np.dstack([img] * 3 + [np.full((h, w), 255, np.uint8)]), "RGBA").save(path)
+    img = render(digit, pitch, size)
+    Image.fromarray(np.dstack([img] * 3 + [np.full(size, 255, np.uint8)]), "RGBA").save(path)
 
 
 @pytest.fixture(scope="module")
