@@ -3,7 +3,7 @@ import torch
 
 from interplab.errors import InterplabError
 from interplab.models import MLP, MLPConfig
-from interplab.scrub import Group, Hypothesis, scrub, scrub_many, scrubbed_values
+from interplab.interventions.scrub import Group, Hypothesis, scrub, scrub_many, scrubbed_values
 
 
 def identity_model(d: int = 3) -> MLP:

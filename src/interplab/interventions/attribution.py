@@ -40,7 +40,7 @@ from interplab.analysis.logit_attribution import direct_logit_attribution as uni
 from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
 from interplab.instrument import cache
-from interplab.interventions.patching import Metric, NodeKind, _as_kinds, _scalar, node_kind
+from interplab.interventions.nodes import Metric, NodeKind, as_kinds, metric_value, node_kind
 
 
 def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, sites: list[str],
@@ -64,7 +64,7 @@ def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, 
                   if f"blocks.{drop_layer}.{s}" in model.hook_dict]
     with torch.enable_grad():
         out = model.run_with_hooks(corrupted, fwd_hooks=hooks, **kw)
-        value = _scalar(metric(out))
+        value = metric_value(metric(out))
         tensors = [acts[s] for s in sites]
         grads = torch.autograd.grad(value, tensors, allow_unused=True)
     return ({s: a.detach() for s, a in acts.items()},
@@ -153,7 +153,7 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     kw = model_kwargs or {}
     check(clean.shape == corrupted.shape,
           f"clean and corrupted inputs must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}.")
-    specs = [node_kind(model, k, per_position) for k in _as_kinds(kinds)]
+    specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
     sites = {s for spec in specs for s in spec.sites}
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
     resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"

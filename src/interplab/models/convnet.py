@@ -32,7 +32,7 @@ from transformer_lens.hook_points import HookPoint
 
 from interplab.errors import check
 from interplab.models.base import HookedModel, register
-from interplab.runs import PathLike, load_state_into, load_torch
+from interplab.io import PathLike, load_state_into, load_torch
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ app = typer.Typer(help="Sparse autoencoders: train on a run's activations, evalu
 
 def _load_run(run: Path, data_dir: Optional[Path]) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """The run's model, its task or objective (None if the run has none) and its config."""
-    from interplab.runs import load, read_json
+    from interplab.io import read_json
+    from interplab.runs import load
 
     model = load(run)
     config = read_json(run / "config.json")
@@ -145,7 +146,7 @@ def eval_command(
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
 ) -> None:
     """Evaluate an SAE: L0, MSE, variance explained, dead counts, loss recovered when spliced in."""
-    from interplab.runs import atomic_write_json
+    from interplab.io import atomic_write_json
     from interplab.sae.buffer import Site
     from interplab.sae.ito import readout
     from interplab.sae.metrics import (density_counts, feature_density, l0, loss_recovered, mse,

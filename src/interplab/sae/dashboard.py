@@ -31,7 +31,7 @@ from torch import Tensor
 
 from interplab.errors import check
 from interplab.report import Report
-from interplab.runs import PathLike
+from interplab.io import PathLike
 from interplab.sae.buffer import Site, collect
 
 

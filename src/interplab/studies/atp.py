@@ -36,7 +36,7 @@ from interplab.interventions.attribution import agreement, atp, atp_star
 from interplab.interventions.patching import activation_patching
 from interplab.models import Transformer
 from interplab.report import Report
-from interplab.runs import write_results
+from interplab.io import write_results
 from interplab.tasks import Task
 from interplab.tasks.sequences import induction_task, min_max_task
 from interplab.train import TrainConfig, train

@@ -31,7 +31,7 @@ from interplab.errors import check
 from interplab.instrument import cache
 from interplab.models import Transformer
 from interplab.report import Report
-from interplab.runs import load_tensors, load_state_into, read_json, write_results
+from interplab.io import load_tensors, load_state_into, read_json, write_results
 from interplab.tasks.modular import modular_task
 from interplab.train import TrainConfig, train
 

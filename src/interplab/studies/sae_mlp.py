@@ -26,7 +26,7 @@ import typer
 
 from interplab.errors import check
 from interplab.report import Report
-from interplab.runs import PathLike, read_json, write_results
+from interplab.io import PathLike, read_json, write_results
 from interplab.sae.buffer import Site, sample_rows
 from interplab.sae.dashboard import write_dashboards
 from interplab.sae.ito import READOUTS, readout
