@@ -5,7 +5,8 @@ import torch
 
 from interplab.errors import InterplabError
 from interplab.models import MLP, MLPConfig
-from interplab.sae.buffer import ActivationBuffer, Site, sample_rows
+from interplab.instrument import Site
+from interplab.sae.buffer import ActivationBuffer, sample_rows
 from interplab.sae.ghost import ghost_loss
 from interplab.sae.metrics import mmcs
 from interplab.sae.model import SAE, SAEConfig
