@@ -49,7 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
-from interplab.instrument import cache
+from interplab.instrument import cache, run_with_patches
 from interplab.interventions.nodes import KINDS, Metric, NodeKind, as_kinds, metric_value, node_kind
 
 def activation_patching(
@@ -87,12 +87,7 @@ def activation_patching(
             grid = torch.zeros(spec.grid_shape(acts))
             for unit in spec.units(acts):
                 site, value = spec.sites[unit[0]], acts[unit[0]]
-                mask = spec.mask(value, unit[1:])
-
-                def hook(act: Tensor, hook: Any, value: Tensor = value, mask: Tensor = mask) -> Tensor:
-                    return torch.where(mask, value, act)
-
-                patched = model.run_with_hooks(corrupted, fwd_hooks=[(site, hook)], **kw)
+                patched = run_with_patches(model, corrupted, patches={site: (value, spec.mask(value, unit[1:]))}, **kw)
                 grid[unit] = metric_value(metric(patched)) - base
                 bar.update()
             out[spec.kind] = grid
