@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from interplab.errors import check
 from interplab.instrument import cache, run_with_patches
-from interplab.interventions.nodes import KINDS, Metric, NodeKind, as_kinds, metric_value, node_kind
+from interplab.interventions.nodes import Metric, as_kinds, metric_value, node_kind
 
 def activation_patching(
     model: torch.nn.Module,

@@ -147,8 +147,8 @@ def eval_command(
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
 ) -> None:
     """Evaluate an SAE: L0, MSE, variance explained, dead counts, loss recovered when spliced in."""
-    from interplab.io import atomic_write_json
     from interplab.instrument import Site
+    from interplab.io import atomic_write_json
     from interplab.sae.buffer import collect
     from interplab.sae.ito import readout
     from interplab.sae.metrics import (density_counts, feature_density, l0, loss_recovered, mse,

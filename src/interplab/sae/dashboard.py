@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from interplab.errors import check
-from interplab.report import Report
-from interplab.io import PathLike
 from interplab.instrument import Site
+from interplab.io import PathLike
+from interplab.report import Report
 from interplab.sae.buffer import collect
 
 

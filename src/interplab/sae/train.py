@@ -47,8 +47,8 @@ import torch
 from tqdm.auto import tqdm
 
 from interplab.errors import InterplabError, check
-from interplab.io import PathLike, atomic_write_bytes, atomic_write_json, save_torch
 from interplab.instrument import Site
+from interplab.io import PathLike, atomic_write_bytes, atomic_write_json, save_torch
 from interplab.sae.buffer import ActivationBuffer, Sampler
 from interplab.sae.ghost import ghost_loss
 from interplab.sae.model import SAE, SAEOutput

@@ -25,9 +25,9 @@ import torch
 import typer
 
 from interplab.errors import check
-from interplab.report import Report
-from interplab.io import PathLike, read_json, write_results
 from interplab.instrument import Site
+from interplab.io import PathLike, read_json, write_results
+from interplab.report import Report
 from interplab.sae.buffer import collect, sample_rows
 from interplab.sae.dashboard import write_dashboards
 from interplab.sae.ito import READOUTS, readout
