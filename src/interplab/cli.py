@@ -180,7 +180,7 @@ def _print_final(out: Path, final: dict[str, Any], stopped_early: bool) -> None:
 @app.command()
 def info(run_dir: Path = typer.Argument(..., help="A run directory written by `interplab train`.")) -> None:
     """Print a run's configuration and its last logged metrics."""
-    from interplab.runs import read_json
+    from interplab.io import read_json
 
     from interplab.errors import check
 

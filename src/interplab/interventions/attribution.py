@@ -40,7 +40,7 @@ from interplab.analysis.logit_attribution import direct_logit_attribution as uni
 from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
 from interplab.instrument import cache
-from interplab.interventions.patching import Metric, NodeKind, _as_kinds, _scalar, node_kind
+from interplab.interventions.nodes import Metric, NodeKind, as_kinds, metric_value, node_kind
 
 
 def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, sites: list[str],
@@ -50,25 +50,19 @@ def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, 
     With ``drop_layer``, the backward pass does not flow through that layer's attention and
     MLP outputs (GradDrop); the forward numbers are unchanged.
     """
-    acts: dict[str, Tensor] = {}
-
-    def save(act: Tensor, hook: Any) -> None:
-        acts[hook.name] = act
-
     def stop(act: Tensor, hook: Any) -> Tensor:
         return act.detach()
 
-    hooks: list[tuple[str, Any]] = [(s, save) for s in sites]
-    if drop_layer is not None:
-        hooks += [(f"blocks.{drop_layer}.{s}", stop) for s in ("hook_attn_out", "hook_mlp_out")
-                  if f"blocks.{drop_layer}.{s}" in model.hook_dict]
+    stopped = [] if drop_layer is None else [f"blocks.{drop_layer}.{s}" for s in ("hook_attn_out", "hook_mlp_out")
+                                             if f"blocks.{drop_layer}.{s}" in model.hook_dict]
     with torch.enable_grad():
-        out = model.run_with_hooks(corrupted, fwd_hooks=hooks, **kw)
-        value = _scalar(metric(out))
-        tensors = [acts[s] for s in sites]
-        grads = torch.autograd.grad(value, tensors, allow_unused=True)
+        out, acts = cache(model, corrupted, names=sites, fwd_hooks=[(s, stop) for s in stopped], **kw)
+        value = metric_value(metric(out))
+        # a stopped site passes no gradient back: its own gradient counts as zero
+        live = [s for s in sites if s not in stopped]
+        grads = dict(zip(live, torch.autograd.grad(value, [acts[s] for s in live], allow_unused=True)))
     return ({s: a.detach() for s, a in acts.items()},
-            {s: (torch.zeros_like(a) if g is None else g) for s, a, g in zip(sites, tensors, grads)})
+            {s: (torch.zeros_like(acts[s]) if grads.get(s) is None else grads[s]) for s in sites})
 
 
 def _linear_estimate(spec: NodeKind, clean: dict[str, Tensor], corr: dict[str, Tensor],
@@ -153,7 +147,7 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     kw = model_kwargs or {}
     check(clean.shape == corrupted.shape,
           f"clean and corrupted inputs must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}.")
-    specs = [node_kind(model, k, per_position) for k in _as_kinds(kinds)]
+    specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
     sites = {s for spec in specs for s in spec.sites}
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
     resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"

@@ -27,7 +27,8 @@ app = typer.Typer(help="Sparse autoencoders: train on a run's activations, evalu
 
 def _load_run(run: Path, data_dir: Optional[Path]) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """The run's model, its task or objective (None if the run has none) and its config."""
-    from interplab.runs import load, read_json
+    from interplab.io import read_json
+    from interplab.runs import load
 
     model = load(run)
     config = read_json(run / "config.json")
@@ -108,7 +109,8 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train an SAE on a site of a trained run; leaves an SAELens-layout directory in --out."""
-    from interplab.sae.buffer import Site, collect
+    from interplab.instrument import Site
+    from interplab.sae.buffer import collect
     from interplab.sae.model import SAE, SAEConfig
     from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 
@@ -145,11 +147,12 @@ def eval_command(
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
 ) -> None:
     """Evaluate an SAE: L0, MSE, variance explained, dead counts, loss recovered when spliced in."""
-    from interplab.runs import atomic_write_json
-    from interplab.sae.buffer import Site
+    from interplab.instrument import Site
+    from interplab.io import atomic_write_json
+    from interplab.sae.buffer import collect
     from interplab.sae.ito import readout
     from interplab.sae.metrics import (density_counts, feature_density, l0, loss_recovered, mse,
-                                       site_activations, variance_explained)
+                                       variance_explained)
     from interplab.sae.saelens import load_saelens
 
     sae = load_saelens(sae_dir)
@@ -160,7 +163,7 @@ def eval_command(
     the_site = Site(name, position if position is not None else sae.cfg.position)
     check(task is not None, f"Run {run} records no task, so there are no inputs to evaluate on.")
     inputs, labels = _eval_inputs(task, n_eval, seed)
-    acts = site_activations(model, inputs, the_site)
+    acts = collect(model, the_site, inputs)
     check(acts.shape[1] == sae.cfg.d_in, f"The site {name} has width {acts.shape[1]} but the SAE reads {sae.cfg.d_in}.")
     codes, x_hat = readout(sae, acts, method, k)
     result: dict[str, Any] = {"method": method, "k": k, "l0": l0(codes), "mse": mse(acts, x_hat),
@@ -187,9 +190,9 @@ def dashboard_command(
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
 ) -> None:
     """Write an HTML dashboard per feature: top inputs, activation histogram, effect on the logits."""
-    from interplab.sae.buffer import Site
+    from interplab.instrument import Site
+    from interplab.sae.buffer import collect
     from interplab.sae.dashboard import write_dashboards
-    from interplab.sae.metrics import site_activations
     from interplab.sae.saelens import load_saelens
 
     sae = load_saelens(sae_dir)
@@ -204,7 +207,7 @@ def dashboard_command(
             chosen = []
         check(bool(chosen), f"--features must be comma-separated integers, got {features!r}.")
     else:
-        density = (sae.encode(site_activations(model, task.inputs, site)) > 0).float().mean(0)
+        density = (sae.encode(collect(model, site, task.inputs)) > 0).float().mean(0)
         chosen = density.argsort(descending=True)[:top_n].tolist()
     index = write_dashboards(sae, model, task.inputs, site, chosen, out,
                              describe=lambda x: " ".join(str(v) for v in x.tolist()))

@@ -34,9 +34,9 @@ import typer
 from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
 from interplab.interventions.attribution import agreement, atp, atp_star
 from interplab.interventions.patching import activation_patching
+from interplab.io import write_results
 from interplab.models import Transformer
 from interplab.report import Report
-from interplab.runs import write_results
 from interplab.tasks import Task
 from interplab.tasks.sequences import induction_task, min_max_task
 from interplab.train import TrainConfig, train

@@ -46,11 +46,12 @@ from interplab.analysis.logit_attribution import (direct_logit_attribution, logi
 from interplab.analysis.pca import pca
 from interplab.analysis.rules import Rule, fit_score_rule, search_rules
 from interplab.analysis.templates import decode_rendered_digit, load_image, to_template
-from interplab.interventions.ablate import ablate, site_values
+from interplab.instrument import site_values
+from interplab.interventions.ablate import ablate
+from interplab.interventions.scrub import Group, Hypothesis, scrub_many
+from interplab.io import PathLike, write_results
 from interplab.models import ConvNet, pixels_to_input
 from interplab.report import Report
-from interplab.runs import PathLike, write_results
-from interplab.scrub import Group, Hypothesis, scrub_many
 from interplab.tasks.mnist import has_split, load_mnist
 
 SITE = "fc1.hook_post"

@@ -41,12 +41,12 @@ from interplab.analysis.directions import (
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
 from interplab.analysis.pca import pca
 from interplab.errors import check
-from interplab.interventions.ablate import site_values
-from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan, predict
+from interplab.instrument import predict, site_values
+from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan
+from interplab.interventions.scrub import Group, Hypothesis, ScrubResult, scrub_many
+from interplab.io import PathLike, read_json, write_results
 from interplab.models import Transformer, TransformerConfig
 from interplab.report import Report
-from interplab.runs import PathLike, read_json, write_results
-from interplab.scrub import Group, Hypothesis, ScrubResult, scrub_many
 from interplab.tasks import Task
 from interplab.tasks.pair_labels import P, challenge2_config, pair_label_task, resolve_labels
 from interplab.train import TrainConfig, train

@@ -29,9 +29,9 @@ from interplab.analysis.fourier import (fourier_2d, fourier_basis, frequency_nor
                                         neuron_frequencies, progress_measures)
 from interplab.errors import check
 from interplab.instrument import cache
+from interplab.io import load_tensors, load_state_into, read_json, write_results
 from interplab.models import Transformer
 from interplab.report import Report
-from interplab.runs import load_tensors, load_state_into, read_json, write_results
 from interplab.tasks.modular import modular_task
 from interplab.train import TrainConfig, train
 

@@ -25,13 +25,14 @@ import torch
 import typer
 
 from interplab.errors import check
+from interplab.instrument import Site
+from interplab.io import PathLike, read_json, write_results
 from interplab.report import Report
-from interplab.runs import PathLike, read_json, write_results
-from interplab.sae.buffer import Site, sample_rows
+from interplab.sae.buffer import collect, sample_rows
 from interplab.sae.dashboard import write_dashboards
 from interplab.sae.ito import READOUTS, readout
 from interplab.sae.metrics import (cross_entropy_at, density_histogram, enc_dec_cosine, feature_density, kurtosis, l0,
-                                   loss_recovered, neuron_sparsity, site_activations, variance_explained)
+                                   loss_recovered, neuron_sparsity, variance_explained)
 from interplab.sae.model import SAE, SAEConfig
 from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 
@@ -107,7 +108,7 @@ def run(
     test_acc = (labels[task.test_idx] == task.labels[task.test_idx]).float().mean().item() if len(task.test_idx) else float("nan")
     train_acc = (labels[task.train_idx] == task.labels[task.train_idx]).float().mean().item()
     ce = cross_entropy_at(task.positions[0])
-    acts = site_activations(model, inputs, site)
+    acts = collect(model, site, inputs)
     rms = acts.pow(2).sum(-1).mean().sqrt().item()
     mean_act = acts.mean(0)
     d_in = acts.shape[1]

@@ -21,9 +21,9 @@ import torch
 import typer
 
 from interplab.errors import check
+from interplab.instrument import Site
+from interplab.io import PathLike, write_results
 from interplab.report import Report
-from interplab.runs import PathLike, write_results
-from interplab.sae.buffer import Site
 from interplab.sae.metrics import enc_dec_cosine, feature_density, l0, mmcs, variance_explained
 from interplab.sae.model import SAE, SAEConfig
 from interplab.sae.train import SAETrainConfig, make_buffer, train_sae

@@ -34,10 +34,10 @@ import typer
 
 from interplab.analysis import superposition as sp
 from interplab.errors import check
+from interplab.io import read_json, write_results
 from interplab.models import TMSConfig, ToyModelOfSuperposition
 from interplab.models.base import model_config_dict
 from interplab.report import Report
-from interplab.runs import read_json, write_results
 from interplab.tasks.superposition import SparseFeatures
 from interplab.train import TrainConfig, TrainResult, train
 

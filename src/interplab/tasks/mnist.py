@@ -26,7 +26,7 @@ import numpy as np
 
 from interplab import data
 from interplab.errors import InterplabError, check
-from interplab.runs import PathLike, atomic_write_bytes
+from interplab.io import PathLike, atomic_write_bytes
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
