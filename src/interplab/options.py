@@ -255,9 +255,11 @@ def common(*, out_default: Any = ..., out_help: str = "Output directory.") -> li
 
 
 def study_command(settings_cls: type, run: Callable[..., Any], presets: dict[str, Any], doc: str,
-                  extra: Sequence[inspect.Parameter] = (), out_default: Any = ...) -> Callable[..., Any]:
+                  extra: Sequence[inspect.Parameter] = (), out_default: Any = ...,
+                  settings_arg: str | None = None) -> Callable[..., Any]:
     """The CLI of a study: ``--out``, ``--quiet``, ``--quick`` (when a quick preset exists), one option per
-    field of ``settings_cls`` and ``extra``; calls ``run(out, **fields, **extra, quiet=quiet)``.
+    field of ``settings_cls`` and ``extra``; calls ``run(out, **fields, **extra, quiet=quiet)``, or
+    ``run(out, **{settings_arg: settings}, **extra, quiet=quiet)`` when ``settings_arg`` is given.
 
     An option not given takes its value from the chosen preset (``full``, or ``quick`` with
     ``--quick``).
@@ -283,7 +285,7 @@ def study_command(settings_cls: type, run: Callable[..., Any], presets: dict[str
         text = f.metadata.get("help", "")
         fv, qv = getattr(full, name), getattr(quick, name) if quick is not None else None
         show = (lambda v: ",".join(_fmt(x) for x in v) if isinstance(v, tuple) else _fmt(v) if v is not None else "none")
-        text += f" [full: {show(fv)}" + (f", quick: {show(qv)}]" if quick is not None and qv != fv else "]")
+        text += f" (full: {show(fv)}" + (f"; quick: {show(qv)})" if quick is not None and qv != fv else ")")
         helps[name] = text
     hints = typing.get_type_hints(settings_cls)
     for name, f in fields.items():
@@ -296,7 +298,9 @@ def study_command(settings_cls: type, run: Callable[..., Any], presets: dict[str
         given = {k: v for k, v in kwargs.items() if k in fields and v is not None}
         settings = dataclasses.replace(preset, **given)
         rest = {k: kwargs[k] for k in extra_names}
-        return run(out, **dataclasses.asdict(settings), **rest, quiet=quiet)
+        if settings_arg:
+            return run(out, **{settings_arg: settings}, **rest, quiet=quiet)
+        return run(out, **{f: getattr(settings, f) for f in fields}, **rest, quiet=quiet)
 
     return command(body, params, doc)
 

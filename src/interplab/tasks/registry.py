@@ -78,9 +78,9 @@ def register(spec: TaskSpec) -> TaskSpec:
 
 
 FRAC = Option("Fraction of examples used for training.", {"gt": 0, "le": 1})
-N_VALUES = Option("[sequences] Number of token values.", {"ge": 2, "le": 100_000})
-N_EXAMPLES = Option("[sequences] Number of sequences.", {"ge": 2, "le": 10_000_000})
-LENGTH = Option("[induction, previous-token] Sequence length.", {"ge": 2, "le": 4096})
+N_VALUES = Option("(sequences) Number of token values.", {"ge": 2, "le": 100_000})
+N_EXAMPLES = Option("(sequences) Number of sequences.", {"ge": 2, "le": 10_000_000})
+LENGTH = Option("(induction, previous-token) Sequence length.", {"ge": 2, "le": 4096})
 
 
 def _register_builtin() -> None:
@@ -89,15 +89,15 @@ def _register_builtin() -> None:
     modular_train = {"epochs": 3000, "lr": 1e-3, "weight_decay": 10.0}
     for name, op in (("modular-addition", "+"), ("modular-subtraction", "-"), ("modular-division", "/")):
         register(TaskSpec(name, modular.modular_task,
-                          {"p": Option("[modular] The modulus (a prime for division).", {"ge": 2, "le": 3000}),
+                          {"p": Option("(modular) The modulus (a prime for division).", {"ge": 2, "le": 3000}),
                            "frac_train": FRAC}, modular_train, fixed={"op": op}))
     register(TaskSpec("pair-labels", pair_labels.pair_label_task,
-                      {"labels": Option("[pair-labels] 'published', 'builtin', or a path/URL of a numpy-only label "
+                      {"labels": Option("(pair-labels) 'published', 'builtin', or a path/URL of a numpy-only label "
                                         "pickle (default: published if the data directory has it, else builtin)."),
                        "frac_train": FRAC},
                       {"epochs": 5000, "lr": 5e-4, "weight_decay": 1.0}, data_dir=True))
     register(TaskSpec("sorting", sequences.sorting_task,
-                      {"n_values": N_VALUES, "k": Option("[sorting] List length.", {"ge": 1, "le": 1024}),
+                      {"n_values": N_VALUES, "k": Option("(sorting) List length.", {"ge": 1, "le": 1024}),
                        "n_examples": N_EXAMPLES, "frac_train": FRAC},
                       {"epochs": 300, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 256}))
     register(TaskSpec("min-max", sequences.min_max_task, {"n_values": N_VALUES, "frac_train": FRAC},
@@ -109,8 +109,8 @@ def _register_builtin() -> None:
                       {"n_values": N_VALUES, "length": LENGTH, "n_examples": N_EXAMPLES, "frac_train": FRAC},
                       {"epochs": 100, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 256}))
     register(TaskSpec("memorization", memorization.memorization_task,
-                      {"n": Option("[memorization] Integers per side of a pair.", {"ge": 1, "le": 3000}),
-                       "n_classes": Option("[memorization] Number of random labels.", {"ge": 2, "le": 100_000}),
+                      {"n": Option("(memorization) Integers per side of a pair.", {"ge": 1, "le": 3000}),
+                       "n_classes": Option("(memorization) Number of random labels.", {"ge": 2, "le": 100_000}),
                        "frac_train": FRAC},
                       {"epochs": 500, "lr": 1e-3, "weight_decay": 0.0}))
 
