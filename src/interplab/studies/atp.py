@@ -25,12 +25,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
 import typer
 
+from interplab.options import parameter, setting, study_command
 from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
 from interplab.interventions.attribution import agreement, atp, atp_star
 from interplab.interventions.patching import activation_patching
@@ -43,6 +45,18 @@ from interplab.train import TrainConfig, train
 
 KINDS = ("z", "q", "k", "v", "pattern", "resid_pre")
 HEAD_THRESHOLD = 0.4
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study can be asked to change (``FULL`` and ``QUICK`` below)."""
+
+    seed: int = setting(0, "Seed for data, initialisation and training.", ge=0)
+    n_prompts: int = setting(64, "Clean/corrupted prompt pairs per model.", ge=1, le=100_000)
+
+
+FULL = Settings()
+QUICK = Settings(n_prompts=16)
 
 
 def _train(task: Task, model_cfg: Any, cfg: TrainConfig, seed: int, quiet: bool) -> Transformer:
@@ -245,11 +259,6 @@ def _report(results: dict[str, Any], ind_info: dict[str, Any], ind: dict[str, An
     return r
 
 
-def cli(
-    out: Path = typer.Option(..., "--out", help="Study directory for results.json and report.html."),
-    seed: int = typer.Option(0, help="Seed for data, initialisation and training."),
-    n_prompts: int = typer.Option(64, help="Clean/corrupted prompt pairs per model."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """AtP and AtP* against exhaustive activation patching (induction and saturated-attention models)."""
-    run(out, seed=seed, n_prompts=n_prompts, quiet=quiet)
+cli = study_command(Settings, run, {"full": FULL, "quick": QUICK},
+                    doc="AtP and AtP* against exhaustive activation patching (induction and saturated-attention models).")
+

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -38,6 +39,7 @@ import torch
 import typer
 
 from interplab import data
+from interplab.options import parameter, setting, study_command
 from interplab.analysis.arms import fit_arms
 from interplab.analysis.featviz import unit_directions, visualize
 from interplab.analysis.grouping import group_units
@@ -58,6 +60,21 @@ PRE_SITE = "fc1.hook_pre"
 TOLERANCES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 MODEL_FILE = "eis-vii/mnist_model.pt"
 HINT_FILE = "eis-vii/mnist_example.png"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study can be asked to change (``FULL`` and ``QUICK`` below)."""
+
+    seed: int = setting(0, "Seed for every random draw.", ge=0)
+    n_draws: int = setting(5, "Random draws per causal scrubbing setting.", ge=1, le=1000, flag="--draws")
+    featviz_steps: int = setting(96, "Optimisation steps of the feature visualisations.", ge=1, le=100_000)
+    n_extreme: int = setting(50, "Most and least activating images per neuron group.", ge=1, le=10_000)
+    max_train: int = setting(20000, "Training images used to select neuron groups.", ge=1, le=60_000)
+
+
+FULL = Settings()
+QUICK = Settings(n_draws=2)
 
 
 @torch.no_grad()
@@ -485,20 +502,15 @@ def run(
     return results
 
 
-def cli(
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (default: $INTERPLAB_DATA or "
-                                            "../shared/data)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A state dict of the challenge architecture "
-                                         "(default: eis-vii/mnist_model.pt in the data directory)."),
-    hint: Optional[Path] = typer.Option(None, "--hint", help="The hint image (default: eis-vii/mnist_example.png "
-                                        "in the data directory)."),
-    out: Path = typer.Option(Path("runs/eis-cnn"), "--out", help="Output directory."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random draw."),
-    draws: int = typer.Option(5, "--draws", help="Random draws per causal scrubbing setting."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """Recover the EIS VII challenge 1 labeling rule from the CNN's internals and test it causally."""
-    run(out, data_dir=data_dir, model_path=model, hint_path=hint, seed=seed, n_draws=draws, quiet=quiet)
+cli = study_command(
+    Settings, run, {"full": FULL, "quick": QUICK}, out_default=Path("runs/eis-cnn"),
+    doc="Recover the EIS VII challenge 1 labeling rule from the CNN's internals and test it causally.",
+    extra=[parameter("data_dir", Path, None, "Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+           parameter("model_path", Path, None, "A state dict of the challenge architecture (default: "
+                     "eis-vii/mnist_model.pt in the data directory).", flag="--model"),
+           parameter("hint_path", Path, None, "The hint image (default: eis-vii/mnist_example.png in the data "
+                     "directory).", flag="--hint")])
+
 
 
 __all__ = ["run", "cli", "SITE", "TOLERANCES"]

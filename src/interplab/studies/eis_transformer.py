@@ -29,12 +29,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import torch
 import typer
 
+from interplab.options import parameter, setting, study_command
 from interplab.analysis.directions import (
     ThresholdRule, fit_threshold_rule, gradient_subspace, lift_rule, readout_basis, subspace_r2,
 )
@@ -66,6 +68,23 @@ SETTING_WORDS = {
     "1_2_3b": "1 + 2 + 3b",
     "1_2_3a_3b": "1 + 2 + 3a + 3b (sides recomputed after 3a)",
 }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study can be asked to change (``FULL`` and ``QUICK`` below)."""
+
+    labels: Optional[str] = setting(None, "'builtin', 'published', or a path/URL of a numpy-only pickle with a "
+                                    "113x113 'labels' table (default: the published table from the data directory "
+                                    "when present, else the built-in rule).")
+    seed: int = setting(0, "Seed for the split, the initialisation and every random draw.", ge=0)
+    patience: Optional[int] = setting(PATIENCE, "Early stopping: epochs without a better test accuracy once train "
+                                      "accuracy is 100%.", ge=1)
+    n_draws: int = setting(5, "Random draws per causal scrubbing setting.", ge=1, le=1000, flag="--draws")
+
+
+FULL = Settings()
+QUICK = Settings(n_draws=2)
 
 
 def published_train_config(seed: int = 0, patience: int | None = PATIENCE, epochs: int = 5000) -> TrainConfig:
@@ -481,23 +500,13 @@ def _explanation(res: dict[str, Any]) -> str:
     )
 
 
-def cli(
-    labels: Optional[str] = typer.Option(None, "--labels", help="'builtin', 'published', or a path/URL of a "
-                                         "numpy-only pickle with a 113x113 'labels' table (default: the published "
-                                         "table from the data directory when present, else the built-in rule)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (default: $INTERPLAB_DATA or "
-                                            "../shared/data)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run", help="Reuse this trained run instead of training."),
-    out: Path = typer.Option(Path("runs/eis-transformer"), "--out", help="Output directory."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the split, the initialisation and every random draw."),
-    patience: int = typer.Option(PATIENCE, "--patience", help="Early stopping: epochs without a better test accuracy "
-                                 "once train accuracy is 100%."),
-    draws: int = typer.Option(5, "--draws", help="Random draws per causal scrubbing setting."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """Reverse-engineer the EIS VII challenge 2 transformer: fixed attention, two directions, filters, causal scrubbing."""
-    run(out, labels=labels, data_dir=data_dir, run_dir=run_dir, seed=seed, patience=patience, n_draws=draws,
-        quiet=quiet)
+cli = study_command(
+    Settings, run, {"full": FULL, "quick": QUICK}, out_default=Path("runs/eis-transformer"),
+    doc="Reverse-engineer the EIS VII challenge 2 transformer: fixed attention, two directions, filters, causal "
+        "scrubbing.",
+    extra=[parameter("data_dir", Path, None, "Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+           parameter("run_dir", Path, None, "Reuse this trained run instead of training.", flag="--run")])
+
 
 
 __all__ = ["run", "cli", "check_labels", "published_train_config", "small_setup", "SETTINGS", "PATIENCE"]
