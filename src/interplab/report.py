@@ -51,6 +51,21 @@ pre{background:#f7f7f7;padding:.8em;overflow-x:auto} .prov{color:#777;font-size:
 """
 
 
+def announce(headline: str | Sequence[str], report_path: PathLike) -> None:
+    """Print a study's headline numbers, then the path of its report: the one printing path of studies.
+
+    Always printed: a study's ``quiet`` silences progress bars and intermediate lines only.
+
+    Example:
+        >>> announce(["accuracy 0.98"], "out/report.html")
+        accuracy 0.98
+        report: out/report.html
+    """
+    for line in [headline] if isinstance(headline, str) else headline:
+        print(line)
+    print(f"report: {report_path}")
+
+
 def fmt(x: Any) -> str:
     """Format a number for people: 4 significant digits, ints as ints.
 

@@ -30,14 +30,13 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-import typer
 
-from interplab.options import parameter, setting, study_command
+from interplab.options import setting, study_command
 from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
 from interplab.interventions.attribution import agreement, atp, atp_star
 from interplab.interventions.patching import activation_patching
 from interplab.models import Transformer
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.runs import write_results
 from interplab.tasks import Task
 from interplab.tasks.sequences import induction_task, min_max_task
@@ -180,14 +179,12 @@ def run(out_dir: str | Path, seed: int = 0, n_prompts: int = 64, quiet: bool = F
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
     path = _report(results, ind_info, ind, sat_info, sat).save(out / "report.html")
-    if not quiet:
-        typer.echo(f"induction model: recall@10 AtP {results['atp_recall10']:.2f}, AtP* {results['atpstar_recall10']:.2f}; "
-                   f"Spearman AtP {results['atp_spearman']:.3f}, AtP* {results['atpstar_spearman']:.3f}; exhaustive "
-                   f"patching takes {results['time_ratio_exhaustive_over_atpstar']:.1f}x the time of AtP*")
-        typer.echo(f"induction heads {results['induction_heads']}, previous-token heads {results['prev_token_heads']}")
-        typer.echo(f"saturated attention: false negatives AtP {results['atp_false_negatives']}, "
-                   f"AtP* {results['atpstar_false_negatives']}")
-        typer.echo(f"report: {path}")
+    announce([f"induction model: recall@10 AtP {results['atp_recall10']:.2f}, AtP* {results['atpstar_recall10']:.2f}; "
+              f"Spearman AtP {results['atp_spearman']:.3f}, AtP* {results['atpstar_spearman']:.3f}; exhaustive "
+              f"patching takes {results['time_ratio_exhaustive_over_atpstar']:.1f}x the time of AtP*",
+              f"induction heads {results['induction_heads']}, previous-token heads {results['prev_token_heads']}",
+              f"saturated attention: false negatives AtP {results['atp_false_negatives']}, "
+              f"AtP* {results['atpstar_false_negatives']}"], path)
     return results
 
 

@@ -32,11 +32,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
-import typer
 
 from interplab import data
 from interplab.options import parameter, setting, study_command
@@ -50,7 +49,7 @@ from interplab.analysis.rules import Rule, fit_score_rule, search_rules
 from interplab.analysis.templates import decode_rendered_digit, load_image, to_template
 from interplab.interventions.ablate import ablate, site_values
 from interplab.models import ConvNet, pixels_to_input
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.runs import PathLike, write_results
 from interplab.scrub import Group, Hypothesis, scrub_many
 from interplab.tasks.mnist import has_split, load_mnist
@@ -488,17 +487,16 @@ def run(
     report_path = r.save(out / "report.html")
     write_results(out, results)
 
-    say("recovered rule:")
-    say(source)
-    say(f"rule agrees with the network on {rule_agree:.4f} of {len(fit_x)} images "
-        f"(network accuracy against the rule on the test set: {test_vs_rule:.4f})")
-    say(f"groups: a {len(groups['a'])}, b {len(groups['b'])}, other {len(groups['other'])}, dead {len(dead)}; "
-        f"min-ablating a: own region {results.get('min_ablate_own_region_agree_a', float('nan')):.3f}, "
-        f"other {results.get('min_ablate_other_region_agree_a', float('nan')):.3f}; "
-        f"b: own {results.get('min_ablate_own_region_agree_b', float('nan')):.3f}, "
-        f"other {results.get('min_ablate_other_region_agree_b', float('nan')):.3f}")
-    say(f"causal scrubbing agreement at 1% tolerance: {at_1pct:.4f}; curve {', '.join(f'{k}: {v_:.3f}' for k, v_ in curve.items())}")
-    say(f"report: {report_path}")
+    announce(["recovered rule:", source,
+              f"rule agrees with the network on {rule_agree:.4f} of {len(fit_x)} images "
+              f"(network accuracy against the rule on the test set: {test_vs_rule:.4f})",
+              f"groups: a {len(groups['a'])}, b {len(groups['b'])}, other {len(groups['other'])}, dead {len(dead)}; "
+              f"min-ablating a: own region {results.get('min_ablate_own_region_agree_a', float('nan')):.3f}, "
+              f"other {results.get('min_ablate_other_region_agree_a', float('nan')):.3f}; "
+              f"b: own {results.get('min_ablate_own_region_agree_b', float('nan')):.3f}, "
+              f"other {results.get('min_ablate_other_region_agree_b', float('nan')):.3f}",
+              f"causal scrubbing agreement at 1% tolerance: {at_1pct:.4f}; curve "
+              f"{', '.join(f'{k}: {v_:.3f}' for k, v_ in curve.items())}"], report_path)
     return results
 
 

@@ -34,7 +34,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import typer
 
 from interplab.options import parameter, setting, study_command
 from interplab.analysis.directions import (
@@ -46,7 +45,7 @@ from interplab.errors import check
 from interplab.interventions.ablate import site_values
 from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan, predict
 from interplab.models import Transformer, TransformerConfig
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.runs import PathLike, read_json, write_results
 from interplab.scrub import Group, Hypothesis, ScrubResult, scrub_many
 from interplab.tasks import Task
@@ -215,7 +214,7 @@ def run(
     check(n_draws >= 1, f"n_draws must be at least 1, got {n_draws}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = print  # quiet only silences progress bars; the headline numbers are always printed
+    say = (lambda *a: None) if quiet else print  # intermediate lines; the headline goes through announce()
     say(f"labels: {source}")
     task = pair_label_task(labels=spec, seed=seed, data_dir=data_dir)
     tcfg = train_config if train_config is not None else published_train_config(seed, patience)
@@ -324,8 +323,7 @@ def run(
     path = report.save(out / "report.html")
     res["seconds"] = time.perf_counter() - t_start
     write_results(out, res)
-    say(_headline(res))
-    say(f"report: {path}")
+    announce(_headline(res), path)
     return res
 
 

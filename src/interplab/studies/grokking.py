@@ -24,15 +24,14 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-import typer
 
-from interplab.options import parameter, setting, study_command
+from interplab.options import setting, study_command
 from interplab.analysis.fourier import (fourier_2d, fourier_basis, frequency_norms, key_frequencies,
                                         neuron_frequencies, progress_measures)
 from interplab.errors import check
 from interplab.instrument import cache
 from interplab.models import Transformer
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.runs import load_tensors, load_state_into, read_json, write_results
 from interplab.tasks.modular import modular_task
 from interplab.train import TrainConfig, train
@@ -170,15 +169,13 @@ def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None
     write_results(out, results)
     report = _report(results, metrics, emb_norms, keys, neuron_freq, neuron_share, alive, logits)
     path = report.save(out / "report.html")
-    if not quiet:
-        typer.echo(f"grokking p={p}: final test acc {results['final_test_acc']:.4f} after {result.epochs_run} epochs; "
-                   f"train acc >= 0.99 at epoch {ep_train99}, test acc >= 0.99 at epoch {ep_test99}")
-        typer.echo(f"key frequencies {keys}; {frac_neurons_key:.0%} of live neurons read one of them")
-        typer.echo(f"restricted loss {results['restricted_loss_at_memorization']:.3g} -> "
-                   f"{results['restricted_loss_before_drop']:.3g}, excluded loss "
-                   f"{results['excluded_loss_at_memorization']:.3g} -> {results['excluded_loss_before_drop']:.3g} "
-                   f"(memorisation -> just before the test loss drops at epoch {results['epoch_test_loss_drop']})")
-        typer.echo(f"report: {path}")
+    announce([f"grokking p={p}: final test acc {results['final_test_acc']:.4f} after {result.epochs_run} epochs; "
+              f"train acc >= 0.99 at epoch {ep_train99}, test acc >= 0.99 at epoch {ep_test99}",
+              f"key frequencies {keys}; {frac_neurons_key:.0%} of live neurons read one of them",
+              f"restricted loss {results['restricted_loss_at_memorization']:.3g} -> "
+              f"{results['restricted_loss_before_drop']:.3g}, excluded loss "
+              f"{results['excluded_loss_at_memorization']:.3g} -> {results['excluded_loss_before_drop']:.3g} "
+              f"(memorisation -> just before the test loss drops at epoch {results['epoch_test_loss_drop']})"], path)
     return results
 
 

@@ -23,11 +23,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import typer
 
 from interplab.options import parameter, setting, study_command
 from interplab.errors import check
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.runs import PathLike, read_json, write_results
 from interplab.sae.buffer import Site, sample_rows
 from interplab.sae.dashboard import write_dashboards
@@ -192,11 +191,11 @@ def run(
     write_results(out, results)
     report_path = _report(out, results, rows, saes, acts, l1_values, recipes, mid, model, chosen, inputs, site,
                           dashboards, model_dir)
-    print(f"sae-mlp: ITO at L0 {k} on the {ito_recipe} dictionary (l1 {mid:g}): "
-          + ", ".join(f"{m} {v[1]:.4f}" for m, v in ito.items()))
     best = max(rows, key=lambda r: r["recovered_zero"])
-    print(f"sae-mlp: best loss recovered {best['recovered_zero']:.4f} at L0 {best['l0']:.1f} ({best['recipe']}); "
-          f"report: {report_path}")
+    announce([f"sae-mlp: ITO at L0 {k} on the {ito_recipe} dictionary (l1 {mid:g}): "
+              + ", ".join(f"{m} {v[1]:.4f}" for m, v in ito.items()),
+              f"sae-mlp: best loss recovered {best['recovered_zero']:.4f} at L0 {best['l0']:.1f} ({best['recipe']})"],
+             report_path)
     return results
 
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import typer
 
-from interplab.options import parameter, setting, study_command
+from interplab.options import setting, study_command
 from interplab.errors import check
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.runs import PathLike, write_results
 from interplab.sae.buffer import Site
 from interplab.sae.metrics import enc_dec_cosine, feature_density, l0, mmcs, variance_explained
@@ -152,8 +151,8 @@ def run(
                "width_sweep": width_sweep, "mmcs_grid": grid, "feature_norms": norms.tolist()}
     write_results(out, results)
     path = _report(out, results, runs, W, widths, l1_values)
-    print(f"sae-tms: MMCS {best['mmcs']:.4f} at the true width {n_true} (l1 {best['l1']:g}, L0 {best['l0']:.2f}); "
-          f"width sweep: " + ", ".join(f"{w}: {v:.3f}" for w, v in width_sweep.items()) + f"; report: {path}")
+    announce(f"sae-tms: MMCS {best['mmcs']:.4f} at the true width {n_true} (l1 {best['l1']:g}, L0 {best['l0']:.2f}); "
+             f"width sweep: " + ", ".join(f"{w}: {v:.3f}" for w, v in width_sweep.items()), path)
     return results
 
 

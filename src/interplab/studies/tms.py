@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import typer
 
 from interplab.analysis import superposition as sp
 from interplab.errors import check
 from interplab.models import TMSConfig, ToyModelOfSuperposition
 from interplab.models.base import model_config_dict
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.options import parameter, setting, study_command
 from interplab.runs import read_json, write_results
 from interplab.tasks.superposition import SparseFeatures
@@ -225,13 +224,11 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     results["seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
     path = _report(out, s, quick, seed, results, geo, phase, dim, fin)
-    for v, name in zip(geo["sparsity"], geo["names"]):
-        typer.echo(f"S={v:g}: {name}")
     counts = {p: sum(row.count(p) for row in phase["cells"]) for p in sp.PHASES}
-    typer.echo("phase diagram cells: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-    typer.echo(f"plateaus of dimensions per feature: {results['plateaus']}")
-    typer.echo(f"finite data, T = {fin['T']}: data points {results['finite_datapoint_geometry']}")
-    typer.echo(f"report: {path}")
+    announce([*(f"S={v:g}: {name}" for v, name in zip(geo["sparsity"], geo["names"])),
+              "phase diagram cells: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v),
+              f"plateaus of dimensions per feature: {results['plateaus']}",
+              f"finite data, T = {fin['T']}: data points {results['finite_datapoint_geometry']}"], path)
     return results
 
 
