@@ -187,7 +187,10 @@ def info(run_dir: Path = typer.Argument(..., help="A run directory written by `i
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app; user errors (bad options included) become one sentence on stderr, exit 2."""
-    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover - older typer on click
+        from click.exceptions import NoArgsIsHelpError, UsageError
 
     try:
         _register()
