@@ -65,6 +65,27 @@ def announce(headline: str | Sequence[str], report_path: PathLike) -> None:
     print(f"report: {report_path}")
 
 
+def image_grid(images: Any, titles: Sequence[str], cols: int = 20, size: float = 0.75, cmap: str = "gray") -> Figure:
+    """A matplotlib figure of images ([n, H, W] on [0, 1]) in a grid, each with a small title.
+
+    Example:
+        >>> import numpy as np
+        >>> fig = image_grid(np.zeros((3, 4, 4)), ["a", "b", "c"], cols=2)
+        >>> len(fig.axes)
+        4
+        >>> plt.close(fig)
+    """
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.15), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], cmap=cmap, vmin=0, vmax=1)
+            ax.set_title(titles[i], fontsize=6)
+    return fig
+
+
 def fmt(x: Any) -> str:
     """Format a number for people: 4 significant digits, ints as ints.
 
