@@ -145,7 +145,7 @@ def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     return info, compare(model, clean, corrupted, metric, quiet)
 
 
-def run(out_dir: str | Path, seed: int = 0, n_prompts: int = 64, quiet: bool = False) -> dict[str, Any]:
+def run(out_dir: str | Path, seed: int = FULL.seed, n_prompts: int = FULL.n_prompts, quiet: bool = False) -> dict[str, Any]:
     """Train both models, compare AtP and AtP* with exhaustive patching, write results and report."""
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -190,12 +190,12 @@ def _hypotheses(rule: ThresholdRule, basis: torch.Tensor) -> list[Hypothesis]:
 @torch.no_grad()
 def run(
     out_dir: PathLike,
-    labels: str | None = None,
+    labels: str | None = FULL.labels,
     data_dir: PathLike | None = None,
     run_dir: PathLike | None = None,
-    seed: int = 0,
-    patience: int | None = PATIENCE,
-    n_draws: int = 5,
+    seed: int = FULL.seed,
+    patience: int | None = FULL.patience,
+    n_draws: int = FULL.n_draws,
     model_config: TransformerConfig | None = None,
     train_config: TrainConfig | None = None,
     quiet: bool = False,

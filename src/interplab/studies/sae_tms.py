@@ -79,15 +79,15 @@ def train_tms(out: Path, n_features: int, n_hidden: int, sparsity: float, epochs
 
 def run(
     out_dir: PathLike,
-    n_features: int = 16,
-    n_hidden: int = 8,
-    sparsity: float = 0.95,
-    tms_epochs: int = 50,
-    widths: Optional[tuple[int, ...]] = None,
-    l1_values: tuple[float, ...] = (0.1, 0.3, 1.0),
-    steps: int = 2000,
-    batch_size: int = 256,
-    seed: int = 0,
+    n_features: int = FULL.n_features,
+    n_hidden: int = FULL.n_hidden,
+    sparsity: float = FULL.sparsity,
+    tms_epochs: int = FULL.tms_epochs,
+    widths: Optional[tuple[int, ...]] = FULL.widths,
+    l1_values: tuple[float, ...] = FULL.l1_values,
+    steps: int = FULL.steps,
+    batch_size: int = FULL.batch_size,
+    seed: int = FULL.seed,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run the study into ``out_dir``; returns the results dict (see the module docstring).
