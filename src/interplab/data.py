@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from interplab.errors import InterplabError, check
-from interplab.runs import PathLike, atomic_write_bytes
+from interplab.runs import PathLike
 
 ENV_VAR = "INTERPLAB_DATA"
 
