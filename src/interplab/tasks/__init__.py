@@ -155,7 +155,7 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         >>> t.inputs.shape
         torch.Size([25, 3])
     """
-    from interplab.tasks import memorization, modular, pair_labels, sequences
+    from interplab.tasks.registry import TASKS
 
     d = dict(description)
     name = d.pop("name", None)
@@ -163,15 +163,7 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         from interplab.tasks.superposition import from_description
 
         return from_description(description)
-    builders = {
-        "modular-addition": modular.modular_task,
-        "modular-subtraction": modular.modular_task,
-        "modular-division": modular.modular_task,
-        "pair-labels": pair_labels.pair_label_task,
-        "memorization": memorization.memorization_task,
-        **sequences.BUILDERS,
-    }
-    check(name in builders, f"Unknown task {name!r} (known: {', '.join(sorted(builders))}).")
-    if name == "pair-labels":
+    check(name in TASKS, f"Unknown task {name!r} (known: {', '.join(sorted(TASKS))}).")
+    if TASKS[name].data_dir:
         d["data_dir"] = data_dir
-    return builders[name](**d)
+    return TASKS[name].builder(**d)
