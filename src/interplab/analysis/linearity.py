@@ -88,6 +88,32 @@ def nonlinear_excess_table(table: Tensor) -> Tensor:
     return num / ((na - 1) * (nb - 1))
 
 
+def interaction_fraction(table: Tensor) -> Tensor:
+    """Share of each unit's variance over all pairs that is not additive in ``a`` and ``b``.
+
+    The two-way decomposition ``T[a, b] = m + r[a] + c[b] + I[a, b]`` (row, column and
+    interaction terms); returns ``sum I^2 / sum (T - m)^2`` per unit, in ``[0, 1]`` (0 for
+    ``u[a] + v[b]``, 0.6 for an AND of one value of ``a`` and one of ``b`` in a 4x4 table;
+    units constant over pairs give 0). The interaction term is the non-linear excess up to a
+    factor: ``excess[i, j] = I[i, j] n_a n_b / ((n_a - 1)(n_b - 1))``.
+
+    Example:
+        >>> import torch
+        >>> AND = torch.zeros(4, 4, 1); AND[0, 0] = 1.0
+        >>> add = torch.arange(4.0)[:, None, None] + torch.arange(4.0)[None, :, None]
+        >>> [round(x, 4) for x in interaction_fraction(torch.cat([AND, add], -1)).tolist()]
+        [0.6, 0.0]
+    """
+    check(table.dim() >= 2 and table.shape[0] >= 2 and table.shape[1] >= 2,
+          f"The table needs shape [n_a >= 2, n_b >= 2, ...], got {tuple(table.shape)}.")
+    T = table.double()
+    m = T.mean((0, 1), keepdim=True)
+    inter = T - T.mean(0, keepdim=True) - T.mean(1, keepdim=True) + m
+    total = (T - m).pow(2).sum((0, 1))
+    return torch.where(total > 1e-12 * T.pow(2).sum((0, 1)).clamp(min=1e-30),
+                       inter.pow(2).sum((0, 1)) / total.clamp(min=1e-30), torch.zeros_like(total)).to(table.dtype)
+
+
 def linearity_break(table: Tensor, n_samples: int = 2000, generator: torch.Generator | None = None
                     ) -> dict[str, float]:
     """How much a representation of pairs breaks the linear (additive) structure.
@@ -156,4 +182,4 @@ def ablation_effect_correlation(effects: Tensor) -> dict[str, Any]:
     return {"matrix": M, "mean_offdiag": float(vals.mean()), "mean_abs_offdiag": float(vals.abs().mean())}
 
 
-__all__ = ["nonlinear_excess", "nonlinear_excess_table", "linearity_break", "ablation_effect_correlation"]
+__all__ = ["nonlinear_excess", "nonlinear_excess_table", "interaction_fraction", "linearity_break", "ablation_effect_correlation"]

@@ -149,7 +149,7 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         >>> t.inputs.shape
         torch.Size([25, 3])
     """
-    from interplab.tasks import memorization, modular, pair_labels, sequences
+    from interplab.tasks import memorization, modular, names, pair_labels, sequences
 
     d = dict(description)
     name = d.pop("name", None)
@@ -163,6 +163,7 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         "modular-division": modular.modular_task,
         "pair-labels": pair_labels.pair_label_task,
         "memorization": memorization.memorization_task,
+        "two-token-names": names.two_token_names_task,
         **sequences.BUILDERS,
     }
     check(name in builders, f"Unknown task {name!r} (known: {', '.join(sorted(builders))}).")
