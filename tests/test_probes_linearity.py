@@ -107,3 +107,15 @@ def test_ablation_effect_correlation():
     assert ablation_effect_correlation(shared)["mean_offdiag"] > 0.99
     separate = _gaussian(50, 6, 10)
     assert ablation_effect_correlation(separate)["mean_abs_offdiag"] < 0.3
+
+
+def test_cross_validated_regularisation_helps_with_few_examples_per_dimension():
+    # 60 examples in 50 dimensions, the target on one axis plus noise: a fixed weak penalty overfits
+    X = _gaussian(60, 50, 11)
+    y = X[:, 0] + 0.5 * _gaussian(60, 1, 12)[:, 0]
+    fixed = probe(X, y, kind="ridge", alpha=1e-3, n_splits=4)
+    cv = probe(X, y, kind="ridge", alpha=[0.1, 1.0, 10.0, 100.0], n_splits=4)
+    assert cv.mean > fixed.mean + 0.2 and cv.mean > 0.3
+    small = _gaussian(200, 5, 13)
+    labels = (small[:, 0] > 0).long()
+    assert probe(small, labels, C=[0.01, 1.0, 100.0], n_splits=3).mean >= 0.95

@@ -94,8 +94,8 @@ def probe(
     n_splits: int = 5,
     test_frac: float = 0.3,
     seed: int = 0,
-    C: float = 1.0,
-    alpha: float = 1.0,
+    C: float | Sequence[float] = 1.0,
+    alpha: float | Sequence[float] = 1.0,
     standardize: bool = True,
     max_iter: int = 2000,
 ) -> ProbeResult:
@@ -103,8 +103,10 @@ def probe(
 
     ``X``: activations ``[N, d]`` (any extra axes are flattened). ``y``: ``[N]`` class labels
     (``kind="logistic"``, multinomial, inverse regularisation ``C``; score = accuracy) or
-    numbers (``kind="ridge"``, penalty ``alpha``; score = R^2). Features are standardised on
-    each training split when ``standardize``. Splits are stratified by class when every class
+    numbers (``kind="ridge"``, penalty ``alpha``; score = R^2). A list of values for ``C`` or
+    ``alpha`` picks the best one by 3-fold cross-validation inside each training split (useful
+    when there are few examples per dimension). Features are standardised on each training
+    split when ``standardize``. Splits are stratified by class when every class
     has at least two members. Raises :class:`~interplab.errors.InterplabError` for mismatched
     lengths, fewer than 4 examples, a single class, or an unknown kind.
 
@@ -115,7 +117,7 @@ def probe(
         >>> round(r.mean, 3), r.chance
         (1.0, 0.0)
     """
-    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -139,10 +141,16 @@ def probe(
                 scores.append(chances[-1])
                 train_scores.append(1.0)
                 continue
-            est: Any = LogisticRegression(C=C, max_iter=max_iter)
+            folds = int(min(3, np.unique(yn[train], return_counts=True)[1].min()))
+            if isinstance(C, (int, float)) or folds < 2:
+                est: Any = LogisticRegression(C=C if isinstance(C, (int, float)) else float(np.median(C)),
+                                              max_iter=max_iter)
+            else:
+                est = LogisticRegressionCV(Cs=list(C), cv=folds, max_iter=max_iter, l1_ratios=(0.0,), scoring="accuracy",
+                                           use_legacy_attributes=False)
         else:
             chances.append(0.0)
-            est = Ridge(alpha=alpha)
+            est = Ridge(alpha=alpha) if isinstance(alpha, (int, float)) else RidgeCV(alphas=list(alpha))
         model = make_pipeline(StandardScaler(), est) if standardize else est
         model.fit(Xn[train], yn[train])
         scores.append(float(model.score(Xn[test], yn[test])))
