@@ -262,8 +262,8 @@ def path_patching(
         if isinstance(r, tuple) and len(r) == 2 and r[1] == "mlp":
             layer = r[0]
             check(not cfg.attn_only, "The model has no MLP to receive.")
-            check(isinstance(layer, int) and (s_layer < layer < cfg.n_layers or (layer == s_layer and s_head is not None)),
-                  f"Receiver {r!r} must be an MLP after the sender (layer {s_layer}, or the same layer for a head).")
+            after = isinstance(layer, int) and (s_layer < layer < cfg.n_layers or (layer == s_layer and s_head is not None))
+            check(after, f"Receiver {r!r} must be an MLP after the sender (layer {s_layer}, or the same layer for a head).")
             parsed.append(r)
             continue
         check(isinstance(r, tuple) and len(r) == 3 and r[2] in ("q", "k", "v"),
@@ -284,8 +284,8 @@ def path_patching(
             _, clean_acts = cache(model, clean, names=list(names), **kw)
             delta = _component_output(model, clean_acts, sender) - _component_output(model, base_acts, sender)
         else:
-            check(reference.shape[1:] == clean.shape[1:],
-                  f"reference inputs must have shape [*, {', '.join(map(str, clean.shape[1:]))}], got {tuple(reference.shape)}.")
+            check(reference.shape[1:] == clean.shape[1:], f"reference inputs must have shape [*, "
+                  f"{', '.join(map(str, clean.shape[1:]))}], got {tuple(reference.shape)}.")
             _, ref_acts = cache(model, reference, names=[_sender_site(sender)], **kw)
             mean = _component_output(model, ref_acts, sender).mean(0, keepdim=True)
             delta = mean - _component_output(model, base_acts, sender)
