@@ -328,11 +328,16 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
                           "E[f|~A,~B] over feature pairs A = (a == i), B = (b == j), in units of the layer's RMS "
                           "activation. Bottom: the share of the neuron's variance over all pairs that is not a sum of "
                           "a function of a and a function of b (0: additive; a pure AND of one a and one b in an n x n table: (n-1)/(n+1)).")
+    first, last = hidden[0], hidden[-1]
+    br, share = a["linearity_break_ratio"], results["interaction_share"]
     r.text("Mean non-additive share per layer [trained, random init]: " + ", ".join(
-        f"{_short(k)} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in results["interaction_share"].items()) + ". The first "
-        "layer is a ReLU of a sum u(a) + v(b) whatever its weights, so it can break the additive structure only "
-        "where the ReLU cuts; training leaves that share about where the initialisation put it. The lookup happens "
-        "in the second layer.")
+        f"{_short(k)} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in share.items()) + ". "
+        f"The first hidden layer is a ReLU of a sum u(a) + v(b) whatever its weights, so it can break the additive "
+        f"structure only where the ReLU cuts: its break ratio ({br[first][0]:.2f} trained, {br[first][1]:.2f} at "
+        f"initialisation) barely moves with training, although the label has become linearly readable there (probe "
+        f"{a['probe'][first]['mean']:.2f}, against {a['probe_random'][first]['mean']:.2f} at initialisation): a few "
+        f"directions carry the label while most of the layer's geometry stays as initialised. The next layer breaks "
+        f"the structure far more than at initialisation ({_short(last)}: {br[last][0]:.2f} against {br[last][1]:.2f}).")
     r.table(["site", "neuron", "pair (a, b)", "excess / layer RMS", "random init top"],
             [[site, n, str(tuple(p)), v, vr] for site in hidden
              for n, p, v, vr in zip(a["excess"][site]["trained"]["neurons"], a["excess"][site]["trained"]["pairs"],
@@ -343,8 +348,17 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
     r.text(f"{s['n_names']} names [first, last] ({s['n_first']} first and {s['n_last']} last tokens, each shared by "
            f"several names) with random attributes ({s['n_attributes']} classes), memorised by a {s['n_layers']}-layer "
            f"transformer (d_model {s['d_model']}, d_mlp {s['d_mlp']}). The attribute depends on the pair only, so the "
-           f"model must bring the first name to the last position (attention: layer {b['combine_layer']} attends to it "
-           f"most) and look the pair up. The probe is trained on some names and tested on others.")
+           f"model must bring the first name to the last position and look the pair up. The probe is trained on some "
+           f"names and tested on others.")
+    rise = b["probe_rise_site"]
+    combine = b["combine_layer"]
+    first_site = b["sites"][0]
+    r.text(f"The name tokens are first combined by the attention of layer {combine} (the first layer whose heads "
+           f"attend from the last position to the first name with weight above 0.1: "
+           + ", ".join(f"layer {l} {w:.2f}" for l, w in enumerate(b["attn_to_first_name"])) + "). "
+           f"The attribute probe is at chance before that ({_short(first_site)}: {b['probe'][first_site]['mean']:.2f}, "
+           f"chance {results['probe_chance']['transformer']:.2f}) and first rises above chance at "
+           f"{_short(str(rise))}" + (f" ({b['probe'][rise]['mean']:.2f})" if rise else "") + ".")
     sites = b["sites"]
     xs = np.arange(len(sites))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
