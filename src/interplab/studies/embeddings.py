@@ -336,8 +336,8 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
         # index within word, on alphabetic tokens, all positions, per layer
         idx = torch.tensor([index_in_word([strings[t] for t in row]) for row in seqs.tolist()])
         alpha = torch.tensor(np.isin(cats, ["word start", "word continuation"]))
-        acts = {site: torch.cat([site_activations(model, seqs, [site], position=p)[site] for p in range(seqs.shape[1])])
-                for site in sites}
+        per_pos = site_activations(model, seqs, sites, position=None)  # {site: [N, P, d]}
+        acts = {site: a.transpose(0, 1).flatten(0, 1) for site, a in per_pos.items()}  # position-major rows
         flat_idx = idx.T.reshape(-1)[alpha.T.reshape(-1)].clamp(max=2)
         wi = {site: probe(a[alpha.T.reshape(-1)], flat_idx, n_splits=s.n_splits, seed=s.seed) for site, a in acts.items()}
         results["word_index_probe"] = {k: v.mean for k, v in wi.items()}
