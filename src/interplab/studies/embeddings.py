@@ -386,6 +386,11 @@ def _report(results: dict[str, Any], cos: dict[str, dict[bool, torch.Tensor]], p
     r.numbers(nums)
 
     r.section("Pairwise cosine similarity of token embeddings")
+    r.text(f"{results['n_tokens_analysed']} of {results['d_vocab']} tokens are analysed (those seen often enough in "
+           f"the text, when it is known). Mean cosine {results['cosine_mean_raw']['trained']:.3f} raw and "
+           f"{results['cosine_mean_centred']['trained']:.3f} after subtracting the mean embedding, whose norm is "
+           f"{results['mean_embedding_norm_ratio']:.2f} times the mean norm of the centred embeddings: a ratio near "
+           "or above 1 means one shared direction makes all tokens look alike until it is removed.")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
     for ax, c in zip(axes, (False, True)):
         for k, v in cos.items():
@@ -400,6 +405,9 @@ def _report(results: dict[str, Any], cos: dict[str, dict[bool, torch.Tensor]], p
               results["cosine_std_centred"][k]] for k in cos])
 
     r.section("Token properties read linearly from the embeddings")
+    r.text("A property is linearly encoded when the probe on the trained embeddings beats both chance and the same "
+           "probe on the randomly initialised embeddings (which can only memorise, not generalise to held-out "
+           "tokens). Regularisation is chosen by cross-validation inside each training split.")
     r.table(["property", "probe (trained)", "std", "probe (random init)", "chance", "score"],
             [[k, v.mean, v.std, pp0[k].mean if k in pp0 else "", v.chance, "accuracy" if v.kind == "logistic" else "R^2"]
              for k, v in pp.items()],
@@ -419,12 +427,21 @@ def _report(results: dict[str, Any], cos: dict[str, dict[bool, torch.Tensor]], p
     if "relation" in results:
         r.section("Relation vectors: capital - country")
         rel = results["relation"]
+        t = rel["trained"]
+        verdict = "consistent" if t["mean_cosine"] > t["shuffled_cosine"] + 0.1 else "no more consistent than chance"
+        r.text(f"The relation vectors e(capital) - e(country) have mean cosine {t['mean_cosine']:.3f} with each other, "
+               f"against {t['shuffled_cosine']:.3f} when capitals are paired with the wrong countries: {verdict}. "
+               f"Analogy accuracy (e(country) + the mean relation vector of the other pairs lands nearest its own "
+               f"capital) is {t['analogy_acc']:.2f}, chance {t['chance']:.2f}.")
         r.table(["embeddings", "mean cosine of relation vectors", "shuffled pairing", "analogy accuracy", "chance"],
                 [[k, v["mean_cosine"], v["shuffled_cosine"], v["analogy_acc"], v["chance"]] for k, v in rel.items()],
                 caption=f"{results['relation_pairs']} country/capital pairs that are single tokens.")
     if "truncation_similarity" in results:
         r.section("Residual stream with and without preceding context")
         tr = results["truncation_similarity"]
+        r.text("A low cosine means the token's representation at that layer depends on its context; tokens that only "
+               "make sense inside a word (continuations) are expected to depend on context more than word starts and "
+               "punctuation.")
         layers = list(tr)
         cats = sorted({c for v in tr.values() for c in v})
         fig, ax = plt.subplots(figsize=(6.5, 3.2))
@@ -439,6 +456,9 @@ def _report(results: dict[str, Any], cos: dict[str, dict[bool, torch.Tensor]], p
     if "word_index_probe" in results:
         r.section("Probe for a token's index within its word")
         wi = results["word_index_probe"]
+        r.text("At the embedding the probe can only use the token's identity (e.g. tokens with a leading space always "
+               "start a word); accuracy above that level in later layers is positional information the model computes "
+               "from context. Chance is the majority class.")
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.plot(range(len(wi)), list(wi.values()), "o-")
         ax.axhline(results["word_index_chance"], color="gray", ls="--", lw=1, label="chance")

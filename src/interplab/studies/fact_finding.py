@@ -285,7 +285,7 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
     r.section("(a) An MLP lookup table: one-hot pairs (a, b) to random labels")
     r.text(f"An MLP with hidden widths {tuple(s['mlp_hidden'])} memorises random binary labels of all "
            f"{s['n']}x{s['n']} pairs. A linear probe for the label is trained on some pairs' activations and tested on "
-           f"the others ({s['n_splits']} random splits); below chance-level accuracy at a layer means the label is not "
+           f"the others ({s['n_splits']} random splits); accuracy at chance at a layer means the label is not "
            "a linear function of that layer's representation of (a, b).")
     sites = a["sites"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
