@@ -146,8 +146,8 @@ def probe(
                 est: Any = LogisticRegression(C=C if isinstance(C, (int, float)) else float(np.median(C)),
                                               max_iter=max_iter)
             else:
-                est = LogisticRegressionCV(Cs=list(C), cv=folds, max_iter=max_iter, l1_ratios=(0.0,), scoring="accuracy",
-                                           use_legacy_attributes=False)
+                est = LogisticRegressionCV(Cs=list(C), cv=folds, max_iter=max_iter, scoring="accuracy",
+                                           **_cv_quiet_options(LogisticRegressionCV))
         else:
             chances.append(0.0)
             est = Ridge(alpha=alpha) if isinstance(alpha, (int, float)) else RidgeCV(alphas=list(alpha))
@@ -156,6 +156,14 @@ def probe(
         scores.append(float(model.score(Xn[test], yn[test])))
         train_scores.append(float(model.score(Xn[train], yn[train])))
     return ProbeResult(kind, tuple(scores), tuple(train_scores), float(np.mean(chances)))
+
+
+def _cv_quiet_options(cls: Any) -> dict[str, Any]:
+    """Options that keep newer scikit-learn's LogisticRegressionCV on plain L2 without deprecation warnings."""
+    import inspect
+
+    params = inspect.signature(cls).parameters
+    return {k: v for k, v in (("l1_ratios", (0.0,)), ("use_legacy_attributes", False)) if k in params}
 
 
 def gather_positions(acts: Tensor, positions: Tensor | Sequence[int] | int) -> Tensor:
