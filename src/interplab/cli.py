@@ -46,6 +46,8 @@ STUDIES = {
     "sae-mlp": "interplab.studies.sae_mlp",
     "atp": "interplab.studies.atp",
     "grokking": "interplab.studies.grokking",
+    "fact-finding": "interplab.studies.fact_finding",
+    "embeddings": "interplab.studies.embeddings",
 }
 # Sub-applications living beside the technique they drive, each exposing ``app``.
 SUBAPPS = {"sae": "interplab.sae.cli"}
