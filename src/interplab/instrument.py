@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -60,6 +61,43 @@ def _check_names(model: HookedRootModule, names: NameFilter) -> None:
     check(not unknown, f"The model has no site named {unknown[0]!r}." if unknown else "")
 
 
+def _generic(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ("hook_in", "hook_out")
+
+
+def site_groups(model: HookedRootModule, names: NameFilter = None) -> list[tuple[str, list[str]]]:
+    """The hook points ``names`` selects, once each: ``[(name to hook, [names it is known by])]``.
+
+    A TransformerBridge knows one hook point by several names (``blocks.0.hook_resid_pre`` is
+    an alias of its ``blocks.0.hook_in``); the point is hooked once and reported under every
+    selected name. The name to hook is the TransformerLens one: a specific name
+    (``hook_resid_pre``) before a generic ``hook_in``/``hook_out``, then the shortest. Without
+    explicit names, points the model has switched off (a bridge's ``hook_mlp_in`` unless
+    ``use_hook_mlp_in``) are left out.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> site_groups(MLP(MLPConfig(d_in=3, d_hidden=(4,), d_out=2)), ["layers.0.hook_post"])
+        [('layers.0.hook_post', ['layers.0.hook_post'])]
+    """
+    hook_dict = model.hook_dict
+    if names is None or callable(names):
+        keep = _name_filter(names)
+        wanted = [n for n in hook_dict if keep(n)]
+    else:
+        wanted = list(dict.fromkeys([names] if isinstance(names, str) else names))
+    groups: dict[int, list[str]] = {}
+    for n in wanted:
+        groups.setdefault(id(hook_dict[n]), []).append(n)
+    if names is None or callable(names):
+        # a bridge refuses hooks on points switched off by its config (e.g. hook_mlp_in): leave them out
+        gated = getattr(model, "_gated_hook_reason", None)
+        if gated is not None:
+            groups = {k: g for k, g in groups.items() if gated(hook_dict[g[0]].name or g[0]) is None}
+        return [(min(g, key=lambda n: (_generic(n), len(n))), g) for g in groups.values()]
+    return [(g[0], g) for g in groups.values()]
+
+
 def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwargs: Any
           ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run ``model(*args, **kwargs)`` and return ``(output, {site: activation})`` for ``names``.
@@ -76,13 +114,14 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
         (['layers.0.hook_post'], torch.Size([5, 4]))
     """
     _check_names(model, names)
-    keep = _name_filter(names)
     acts: dict[str, Tensor] = {}
 
-    def save(act: Tensor, hook: Any) -> None:
-        acts[hook.name] = act
+    def save(act: Tensor, hook: Any, known_as: list[str]) -> Tensor:
+        for n in known_as:  # the names asked for, not hook.name (a bridge's canonical name)
+            acts[n] = act
+        return act  # returned, so that the pass uses this very tensor (a bridge reshapes e.g. hook_z)
 
-    hooks = [(n, save) for n in model.hook_dict if keep(n)]
+    hooks = [(n, functools.partial(save, known_as=g)) for n, g in site_groups(model, names)]
     out = model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
     return out, acts
 
@@ -196,7 +235,7 @@ class Trace:
                  names: NameFilter) -> None:
         _check_names(model, names)
         self.model, self.args, self.kwargs = model, args, kwargs
-        self.keep = _name_filter(names)
+        self.names_arg = names
         self.names: list[str] = []
         self._output: Any = None
         self._finished = False
@@ -209,13 +248,13 @@ class Trace:
         return self._output
 
     def _forward(self, caller: greenlet) -> Any:
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            site = Site(hook.name, act, len(self.names))
-            self.names.append(hook.name)
+        def hook(act: Tensor, hook: Any, name: str) -> Tensor:
+            site = Site(name, act, len(self.names))
+            self.names.append(name)
             caller.switch(site)  # hand the site to the loop body; resume when it asks for the next
             return site._value
 
-        fwd_hooks = [(n, hook) for n in self.model.hook_dict if self.keep(n)]
+        fwd_hooks = [(n, functools.partial(hook, name=n)) for n, _ in site_groups(self.model, self.names_arg)]
         return self.model.run_with_hooks(*self.args, fwd_hooks=fwd_hooks, **self.kwargs)
 
     def __iter__(self) -> Iterator[Site]:
@@ -269,4 +308,4 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     return Trace(model, args, kwargs, names)
 
 
-__all__ = ["cache", "masked_patch", "patch_hooks", "run_with_patches", "trace", "Trace", "Site"]
+__all__ = ["cache", "site_groups", "masked_patch", "patch_hooks", "run_with_patches", "trace", "Trace", "Site"]

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ from torch import Tensor
 from interplab.analysis.logit_attribution import direct_logit_attribution as unit_attribution
 from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
-from interplab.instrument import cache
+from interplab.instrument import cache, site_groups
 from interplab.interventions.patching import Metric, NodeKind, _as_kinds, _scalar, node_kind
 
 
@@ -52,28 +53,93 @@ def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, 
     """
     acts: dict[str, Tensor] = {}
 
-    def save(act: Tensor, hook: Any) -> None:
-        acts[hook.name] = act
+    def save(act: Tensor, hook: Any, known_as: list[str]) -> Tensor:
+        for n in known_as:  # the names asked for (a bridge's hook.name may be another alias)
+            acts[n] = act
+        return act  # returned, so that gradients flow through this tensor (a bridge reshapes e.g. hook_z)
 
     def stop(act: Tensor, hook: Any) -> Tensor:
         return act.detach()
 
-    hooks: list[tuple[str, Any]] = [(s, save) for s in sites]
+    hooks: list[tuple[str, Any]] = [(n, functools.partial(save, known_as=g)) for n, g in site_groups(model, sites)]
     if drop_layer is not None:
         hooks += [(f"blocks.{drop_layer}.{s}", stop) for s in ("hook_attn_out", "hook_mlp_out")
                   if f"blocks.{drop_layer}.{s}" in model.hook_dict]
     with torch.enable_grad():
         out = model.run_with_hooks(corrupted, fwd_hooks=hooks, **kw)
         value = _scalar(metric(out))
-        tensors = [acts[s] for s in sites]
-        grads = torch.autograd.grad(value, tensors, allow_unused=True)
+        tensors = [acts[s] for s in sites if acts[s].requires_grad]  # not e.g. a bridge's rotary cos/sin
+        grads = dict(zip([s for s in sites if acts[s].requires_grad],
+                         torch.autograd.grad(value, tensors, allow_unused=True)))
     return ({s: a.detach() for s, a in acts.items()},
-            {s: (torch.zeros_like(a) if g is None else g) for s, a, g in zip(sites, tensors, grads)})
+            {s: (torch.zeros_like(acts[s]) if grads.get(s) is None else grads[s]) for s in sites})
 
 
 def _linear_estimate(spec: NodeKind, clean: dict[str, Tensor], corr: dict[str, Tensor],
                      grads: dict[str, Tensor]) -> Tensor:
     return torch.stack([spec.per_unit((clean[s] - corr[s]) * grads[s]) for s in spec.sites])
+
+
+def _scale(model: torch.nn.Module, layer: int) -> float:
+    """The factor on ``q . k`` in the attention scores (``attn.scale``, else from the config)."""
+    attn = model.blocks[layer].attn
+    if hasattr(attn, "scale"):
+        return float(attn.scale)
+    cfg = model.cfg
+    if not getattr(cfg, "use_attn_scale", True):
+        return 1.0
+    a = getattr(cfg, "attn_scale", -1.0)
+    return 1.0 / (a if a and a > 0 else cfg.d_head ** 0.5)
+
+
+def _rotary(model: torch.nn.Module, acts: dict[str, Tensor], layer: int, x: Tensor) -> Tensor:
+    """Rotary position embedding of ``x`` [b, pos, heads, d_head] with the layer's hooked cos/sin
+    (Hugging Face convention: the first ``rd`` dimensions rotated in halves; identity without rotary)."""
+    cos, sin = acts.get(f"blocks.{layer}.attn.hook_cos"), acts.get(f"blocks.{layer}.attn.hook_sin")
+    if getattr(model.cfg, "positional_embedding_type", "") != "rotary" or cos is None or sin is None:
+        return x
+    rd = cos.shape[-1]
+    cos, sin = cos[..., : x.shape[1], None, :], sin[..., : x.shape[1], None, :]  # [b|1, pos, 1, rd]
+    r, rest = x[..., :rd], x[..., rd:]
+    r1, r2 = r[..., : rd // 2], r[..., rd // 2:]
+    return torch.cat([r * cos + torch.cat([-r2, r1], -1) * sin, rest], -1)
+
+
+def _heads(x: Tensor, n_heads: int) -> Tensor:
+    """Key/value heads repeated for the query heads they serve (grouped-query attention)."""
+    return x if x.shape[2] == n_heads else x.repeat_interleave(n_heads // x.shape[2], dim=2)
+
+
+def _qk(model: torch.nn.Module, acts: dict[str, Tensor], layer: int, which: str, pos_acts: dict[str, Tensor]) -> Tensor:
+    """Queries or keys as the scores use them: rotated, and (keys) one per query head."""
+    p = f"blocks.{layer}.attn."
+    x = _rotary(model, pos_acts, layer, acts[p + f"hook_{which}"])
+    return x if which == "q" else _heads(x, acts[p + "hook_q"].shape[2])
+
+
+def _attention_sites(model: torch.nn.Module, layer: int) -> set[str]:
+    p = f"blocks.{layer}.attn."
+    return {p + "hook_q", p + "hook_k", p + "hook_attn_scores", p + "hook_pattern"} | {
+        p + h for h in ("hook_cos", "hook_sin") if p + h in model.hook_dict}
+
+
+def _check_recomputation(model: torch.nn.Module, corr: dict[str, Tensor], layer: int) -> None:
+    """Refuse AtP*'s exact attention step unless ``scale * q . k`` of the hooked (rotated, grouped)
+    queries and keys reproduces the model's own attention scores on the corrupted input."""
+    p = f"blocks.{layer}.attn."
+    s_x = corr[p + "hook_attn_scores"]
+    mine = torch.einsum("bqhd,bkhd->bhqk", _qk(model, corr, layer, "q", corr), _qk(model, corr, layer, "k", corr))
+    mine = mine * _scale(model, layer)
+    ok = torch.isfinite(s_x)
+    err = (mine - s_x)[ok].abs().max().item() if ok.any() else 0.0
+    check(err <= 1e-4 * max(1.0, s_x[ok].abs().max().item()),
+          f"AtP*'s exact attention step cannot reproduce layer {layer}'s attention scores from its hooked queries "
+          f"and keys (off by {err:.2g}); use atp or activation_patching for q, k and per-position resid_pre nodes.")
+
+
+def _group_heads(x: Tensor, n_units: int) -> Tensor:
+    """Sum per-query-head estimates ``[H, ...]`` into the ``n_units`` key/value heads they share."""
+    return x if x.shape[0] == n_units else x.reshape(n_units, -1, *x.shape[1:]).sum(1)
 
 
 def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str, Tensor], corr: dict[str, Tensor],
@@ -82,12 +148,14 @@ def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str,
     rows = []
     for layer, site in enumerate(spec.sites):
         prefix = f"blocks.{layer}.attn."
-        q_x, k_x = corr[prefix + "hook_q"], corr[prefix + "hook_k"]
-        q_or_k_clean = clean[site]
+        _check_recomputation(model, corr, layer)
+        n_units = corr[site].shape[2]
+        q_x, k_x = _qk(model, corr, layer, "q", corr), _qk(model, corr, layer, "k", corr)
+        q_or_k_clean = _qk(model, clean, layer, spec.kind, corr)
         s_x = corr[prefix + "hook_attn_scores"]  # [b, H, q, k], -inf where masked
         p_x, g = corr[prefix + "hook_pattern"], grads[prefix + "hook_pattern"]
         masked = torch.isinf(s_x)
-        scale = model.blocks[layer].attn.scale
+        scale = _scale(model, layer)
         if spec.kind == "q":
             s_new = torch.einsum("bqhd,bkhd->bhqk", q_or_k_clean, k_x) * scale
         else:
@@ -95,7 +163,7 @@ def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str,
         s_new = s_new.masked_fill(masked, float("-inf"))
         if spec.kind == "q" or not per_position:
             diff = (s_new.softmax(-1) - p_x) * g  # [b, H, q, k]
-            rows.append(diff.sum((0, 2, 3)) if not per_position else diff.sum((0, 3)))
+            rows.append(_group_heads(diff.sum((0, 2, 3)) if not per_position else diff.sum((0, 3)), n_units))
             continue
         # one key position j patched at a time: column j of the scores takes its new value
         n_k = s_x.shape[-1]
@@ -105,7 +173,7 @@ def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str,
             s_all = torch.where(eye, s_new[:, h, None], s_x[:, h, None])  # [b, j, q, k]
             d = (s_all.softmax(-1) - p_x[:, h, None]) * g[:, h, None]
             per_head.append(d.nan_to_num().sum((0, 2, 3)))
-        rows.append(torch.stack(per_head))
+        rows.append(_group_heads(torch.stack(per_head), n_units))
     return torch.stack(rows)
 
 
@@ -123,13 +191,17 @@ def _resid_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str, Ten
     rows = []
     for layer, site in enumerate(spec.sites):
         p = f"blocks.{layer}.attn."
+        _check_recomputation(model, corr, layer)
         delta = clean[site] - corr[site]  # [b, n, d]
         skip = (delta * grads[_skip_site(model, layer)]).sum((0, 2))  # [n]
-        q_c, k_c, v_c = clean[p + "hook_q"], clean[p + "hook_k"], clean[p + "hook_v"]
-        q_x, k_x, v_x = corr[p + "hook_q"], corr[p + "hook_k"], corr[p + "hook_v"]
+        n_heads = corr[p + "hook_q"].shape[2]
+        q_c, k_c, v_c = (_qk(model, clean, layer, "q", corr), _qk(model, clean, layer, "k", corr),
+                         _heads(clean[p + "hook_v"], n_heads))
+        q_x, k_x, v_x = (_qk(model, corr, layer, "q", corr), _qk(model, corr, layer, "k", corr),
+                         _heads(corr[p + "hook_v"], n_heads))
         s_x, p_x = corr[p + "hook_attn_scores"], corr[p + "hook_pattern"]
         z_x, g_z = corr[p + "hook_z"], grads[p + "hook_z"]
-        masked, scale = torch.isinf(s_x), model.blocks[layer].attn.scale
+        masked, scale = torch.isinf(s_x), _scale(model, layer)
         col = torch.einsum("bqhd,bkhd->bhqk", q_x, k_c) * scale  # queries as corrupted, key j clean
         row = torch.einsum("bqhd,bkhd->bhqk", q_c, k_x) * scale  # query j clean, keys as corrupted
         both = torch.einsum("bqhd,bqhd->bhq", q_c, k_c) * scale  # query j and key j clean
@@ -158,10 +230,13 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
     resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"
                    and not kw.get("positions")]
+    check(not resid_kinds or not getattr(model.cfg, "parallel_attn_mlp", False),
+          "AtP* recomputes per-position resid_pre nodes through the attention sublayer with the MLP reading its "
+          "output, but this model runs attention and MLP in parallel; use atp or activation_patching for them.")
     for spec in attn_kinds + resid_kinds:
         for layer in range(len(spec.sites)):
             p = f"blocks.{layer}.attn."
-            sites |= {p + "hook_q", p + "hook_k", p + "hook_attn_scores", p + "hook_pattern"}
+            sites |= _attention_sites(model, layer)
             if spec in resid_kinds:
                 sites |= {p + "hook_v", p + "hook_z", _skip_site(model, layer)}
     sites_list = sorted(sites)

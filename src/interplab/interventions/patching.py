@@ -139,6 +139,39 @@ def _scalar(value: Tensor) -> Tensor:
     return value.reshape(())
 
 
+def site_patch(model: torch.nn.Module, site: str, value: Tensor, mask: Tensor) -> list[tuple[str, Any]]:
+    """Forward hooks writing ``value`` into ``site`` where ``mask`` is true, on the model's real path.
+
+    A TransformerBridge's ``blocks.{l}.hook_resid_mid`` is its ``ln2.hook_in``: a value written
+    there reaches the MLP but not the skip connection around it. For such a model the write
+    goes to the attention output instead (``attn_out := value - resid_pre``), which sets the
+    residual stream between the sublayers to ``value`` for both paths.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=8, n_layers=1, n_heads=2))
+        >>> [name for name, _ in site_patch(m, "blocks.0.hook_resid_mid", torch.zeros(4, 8), torch.ones(4, 8) > 0)]
+        ['blocks.0.hook_resid_mid']
+    """
+    def put(act: Tensor, hook: Any) -> Tensor:
+        return torch.where(mask, value, act)
+
+    hook_dict = model.hook_dict
+    if site.endswith(".hook_resid_mid") and site.startswith("blocks."):
+        prefix = site[: -len("hook_resid_mid")]
+        if hook_dict[site] is hook_dict.get(prefix + "ln2.hook_in"):
+            seen: dict[str, Tensor] = {}
+
+            def keep(act: Tensor, hook: Any) -> None:
+                seen["pre"] = act
+
+            def put_attn(act: Tensor, hook: Any) -> Tensor:
+                return torch.where(mask, value - seen["pre"], act)
+
+            return [(prefix + "hook_resid_pre", keep), (prefix + "hook_attn_out", put_attn)]
+    return [(site, put)]
+
+
 def activation_patching(
     model: torch.nn.Module,
     clean: Tensor,
@@ -176,10 +209,7 @@ def activation_patching(
                 site, value = spec.sites[unit[0]], acts[unit[0]]
                 mask = spec.mask(value, unit[1:])
 
-                def hook(act: Tensor, hook: Any, value: Tensor = value, mask: Tensor = mask) -> Tensor:
-                    return torch.where(mask, value, act)
-
-                patched = model.run_with_hooks(corrupted, fwd_hooks=[(site, hook)], **kw)
+                patched = model.run_with_hooks(corrupted, fwd_hooks=site_patch(model, site, value, mask), **kw)
                 grid[unit] = _scalar(metric(patched)) - base
                 bar.update()
             out[spec.kind] = grid
@@ -291,4 +321,4 @@ def path_patching(
         return _scalar(metric(patched)) - base
 
 
-__all__ = ["KINDS", "NodeKind", "node_kind", "activation_patching", "path_patching", "Metric"]
+__all__ = ["KINDS", "NodeKind", "node_kind", "site_patch", "activation_patching", "path_patching", "Metric"]
