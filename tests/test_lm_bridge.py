@@ -1,0 +1,311 @@
+"""Real LMs through TransformerLens 4's bridge: loading offline, and every analysis on a bridge model.
+
+Three tiny random-weight checkpoints (GPT-2, GPT-NeoX with partial rotary and parallel
+attention, Llama with rotary, RMSNorm and grouped-query attention) are made by the tests with
+``transformers`` and a BPE tokenizer trained by ``tokenizers``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lm_fixtures import FAMILIES, HF_PATHS, make_checkpoints  # noqa: E402
+
+from interplab import lm  # noqa: E402
+from interplab.errors import InterplabError  # noqa: E402
+from interplab.instrument import cache  # noqa: E402
+from interplab.interventions.attribution import agreement, atp_star  # noqa: E402
+from interplab.interventions.patching import activation_patching  # noqa: E402
+
+A, B = 5, 6  # the metric: logit of token A minus token B at the last position (invariant to centring)
+
+
+def metric(logits: torch.Tensor) -> torch.Tensor:
+    return (logits[:, -1, A] - logits[:, -1, B]).mean()
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    return make_checkpoints(tmp_path_factory.mktemp("lms"))
+
+
+@pytest.fixture(scope="session")
+def bridges(checkpoints) -> dict[str, lm.LoadedLM]:
+    return {f: lm.load(checkpoints[f], device="cpu") for f in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def hf_models(checkpoints) -> dict[str, torch.nn.Module]:
+    from transformers import AutoModelForCausalLM
+
+    return {f: AutoModelForCausalLM.from_pretrained(checkpoints[f], attn_implementation="eager").eval()
+            for f in FAMILIES}
+
+
+def pair(vocab: int, batch: int = 2, n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(1, vocab, (batch, n), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = (clean[:, 2] + 1 + torch.randint(0, vocab - 2, (batch,), generator=g)) % vocab
+    return clean, corrupted
+
+
+# -- explicit patching on the Hugging Face model itself (no TransformerLens involved) ------------
+
+def _hf_patched(hf, family: str, clean, corrupted, layer: int, kind: str, unit: int | None) -> float:
+    """metric(HF model on ``corrupted`` with one component's clean value), by torch hooks on HF modules."""
+    layers_path, o_path, mlp_path = HF_PATHS[family]
+    block = operator.attrgetter(layers_path)(hf)[layer]
+    d_head = hf.config.hidden_size // hf.config.num_attention_heads
+    if kind == "z":  # the output projection's input is z with heads side by side
+        module, sl = operator.attrgetter(o_path)(block), slice(unit * d_head, (unit + 1) * d_head)
+    else:
+        module = operator.attrgetter(mlp_path)(block) if kind == "mlp_out" else block
+    saved = {}
+
+    def take(args, kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    def put(args, kwargs, value):
+        if args:
+            return (value, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": value}
+
+    def keep_output(m, args, out) -> None:
+        saved["v"] = out
+
+    def keep_input(m, args, kwargs) -> None:
+        saved["v"] = take(args, kwargs)
+
+    if kind == "mlp_out":
+        h = module.register_forward_hook(keep_output)
+    else:
+        h = module.register_forward_pre_hook(keep_input, with_kwargs=True)
+    with torch.no_grad():
+        hf(clean)
+    h.remove()
+    clean_value = saved["v"]
+
+    def patch_in(m, args, kwargs):
+        x = take(args, kwargs).clone()
+        if kind == "z":
+            x[..., sl] = clean_value[..., sl]
+        else:  # resid_pre at one position
+            x[:, unit] = clean_value[:, unit]
+        return put(args, kwargs, x)
+
+    if kind == "mlp_out":
+        h = module.register_forward_hook(lambda m, a, out: clean_value)
+    else:
+        h = module.register_forward_pre_hook(patch_in, with_kwargs=True)
+    with torch.no_grad():
+        out = metric(hf(corrupted).logits).item()
+    h.remove()
+    return out
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loads_offline_with_transformerlens_names(bridges, hf_models, family) -> None:
+    model, tok = bridges[family]
+    ids = tok("Alice plays the sport of tennis.", return_tensors="pt").input_ids
+    assert ids.shape[1] > 3 and tok.decode(ids[0], skip_special_tokens=True) == "Alice plays the sport of tennis."
+    with torch.no_grad():
+        ours = model(ids).log_softmax(-1)
+        ref = hf_models[family](ids).logits.log_softmax(-1)
+    assert torch.allclose(ours, ref, atol=1e-4), (ours - ref).abs().max()
+    for name in ("blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.0.attn.hook_z",
+                 "blocks.1.hook_mlp_out", "blocks.0.mlp.hook_post", "ln_final.hook_scale"):
+        assert name in model.hook_dict
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_returns_every_alias_asked_for(bridges, family) -> None:
+    model, tok = bridges[family]
+    x = torch.tensor([[1, 2, 3, 4]])
+    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_in", "blocks.1.attn.hook_z", "blocks.1.hook_mlp_out"]
+    _, acts = cache(model, x, names=names)
+    assert sorted(acts) == sorted(names)
+    assert acts["blocks.0.hook_resid_pre"] is acts["blocks.0.hook_in"]
+    _, every = cache(model, x)  # no filter: each hook point once, under all its names
+    assert "blocks.1.hook_resid_pre" in every and torch.equal(every["blocks.1.hook_resid_pre"],
+                                                              every["blocks.0.hook_resid_post"])
+
+
+# -- activation patching against the explicit computation on the HF model ----------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_activation_patching_matches_explicit_hf_patching(bridges, hf_models, family) -> None:
+    model, tok = bridges[family]
+    hf = hf_models[family]
+    clean, corrupted = pair(len(tok))
+    grids = activation_patching(model, clean, corrupted, metric, ["z", "mlp_out"])
+    resid = activation_patching(model, clean, corrupted, metric, "resid_pre", per_position=True)
+    with torch.no_grad():
+        base = metric(hf(corrupted).logits).item()
+        total = metric(hf(clean).logits).item() - base
+    for layer in range(2):
+        for head in range(4):
+            want = _hf_patched(hf, family, clean, corrupted, layer, "z", head) - base
+            assert abs(grids["z"][layer, head].item() - want) < 1e-4, (layer, head)
+        want = _hf_patched(hf, family, clean, corrupted, layer, "mlp_out", None) - base
+        assert abs(grids["mlp_out"][layer].item() - want) < 1e-4
+        for pos in range(clean.shape[1]):
+            want = _hf_patched(hf, family, clean, corrupted, layer, "resid_pre", pos) - base
+            assert abs(resid[layer, pos].item() - want) < 1e-4, (layer, pos)
+        # all positions of a layer's input restored: the clean output
+        assert abs(activation_patching(model, clean, corrupted, metric, "resid_pre")[layer].item() - total) < 1e-4
+    assert resid.abs().max() > 0.05 and grids["z"].abs().max() > 0.01  # the effects are not all zero
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_resid_mid_patching_reaches_the_skip_connection(bridges, family) -> None:
+    """A bridge's hook_resid_mid is the MLP norm's input; patching it must change the skip path too."""
+    model, tok = bridges[family]
+    clean, corrupted = pair(len(tok))
+    grid = activation_patching(model, clean, corrupted, metric, "resid_mid")
+    with torch.no_grad():
+        total = (metric(model(clean)) - metric(model(corrupted))).item()
+    assert torch.allclose(grid, torch.full_like(grid, total), atol=1e-4)
+
+
+# -- AtP* against exhaustive patching ----------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_atp_star_attention_step_reproduces_patched_patterns(bridges, family) -> None:
+    """AtP*'s exact softmax for q and k nodes (rotary, grouped heads, scale) equals the bridge's own
+    pattern when the clean q or k is patched in."""
+    from interplab.interventions.attribution import _qk, _scale
+
+    model, tok = bridges[family]
+    clean, corrupted = pair(len(tok))
+    for layer in range(2):
+        p = f"blocks.{layer}.attn."
+        sites = sorted({p + "hook_q", p + "hook_k", p + "hook_attn_scores", p + "hook_pattern"}
+                       | {p + h for h in ("hook_cos", "hook_sin") if p + h in model.hook_dict})
+        with torch.no_grad():
+            _, cc = cache(model, clean, names=sites)
+            _, cx = cache(model, corrupted, names=sites)
+            for which in ("q", "k"):
+                patched = {p + "hook_q": cx[p + "hook_q"], p + "hook_k": cx[p + "hook_k"], **cx}
+                patched[p + f"hook_{which}"] = cc[p + f"hook_{which}"]
+                s = torch.einsum("bqhd,bkhd->bhqk", _qk(model, patched, layer, "q", cx),
+                                 _qk(model, patched, layer, "k", cx)) * _scale(model, layer)
+                s = s.masked_fill(torch.isinf(cx[p + "hook_attn_scores"]), float("-inf"))
+                real = {}
+
+                def grab(a, hook):
+                    real["pattern"] = a
+
+                model.run_with_hooks(corrupted, fwd_hooks=[(p + f"hook_{which}", lambda a, hook, v=cc[p + f"hook_{which}"]: v),
+                                                           (p + "hook_pattern", grab)])
+                assert torch.allclose(s.softmax(-1), real["pattern"], atol=1e-5), (family, layer, which)
+                assert (s.softmax(-1) - cx[p + "hook_pattern"]).abs().max() > 1e-3  # the patch changes the pattern
+
+
+ATP_RECALL = {"gpt2": 0.6, "neox": 0.6, "llama": 0.6}  # recall of the top 5 by |effect|, all three kinds
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_atp_star_agrees_with_exhaustive_patching(bridges, family) -> None:
+    model, tok = bridges[family]
+    clean, corrupted = pair(len(tok))
+    per_pos = family != "neox"  # parallel attention: AtP* refuses per-position resid_pre (tested below)
+    true = {"z": activation_patching(model, clean, corrupted, metric, "z", per_position=True),
+            "mlp_out": activation_patching(model, clean, corrupted, metric, "mlp_out", per_position=True),
+            "resid_pre": activation_patching(model, clean, corrupted, metric, "resid_pre", per_position=per_pos)}
+    est = {"z": atp_star(model, clean, corrupted, metric, "z", per_position=True),
+           "mlp_out": atp_star(model, clean, corrupted, metric, "mlp_out", per_position=True),
+           "resid_pre": atp_star(model, clean, corrupted, metric, "resid_pre", per_position=per_pos)}
+    a = agreement(true, est, k=5)
+    print(family, a)
+    assert a["recall"] >= ATP_RECALL[family] and a["spearman"] >= 0.8, a
+    for kind in ("z", "mlp_out"):
+        assert est[kind].shape == true[kind].shape
+
+
+def test_atp_star_refuses_per_position_resid_pre_with_parallel_attention(bridges) -> None:
+    model, tok = bridges["neox"]
+    clean, corrupted = pair(len(tok))
+    with pytest.raises(InterplabError, match="parallel"):
+        atp_star(model, clean, corrupted, metric, "resid_pre", per_position=True)
+
+
+# -- errors: one sentence ----------------------------------------------------------------------
+
+def test_missing_directory(tmp_path) -> None:
+    with pytest.raises(InterplabError, match="does not exist"):
+        lm.load(tmp_path / "nowhere")
+
+
+def test_corrupt_config(tmp_path, checkpoints) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"], ')
+    with pytest.raises(InterplabError, match="not valid JSON"):
+        lm.load(bad)
+    (bad / "config.json").write_text("[1, 2]")
+    with pytest.raises(InterplabError, match="not a JSON object"):
+        lm.load(bad)
+
+
+def test_unknown_architecture(tmp_path, checkpoints) -> None:
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    config = json.loads((checkpoints["gpt2"] / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["MadeUpForCausalLM"]}))
+    with pytest.raises(InterplabError, match="MadeUpForCausalLM is not one TransformerLens can load"):
+        lm.load(odd)
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(InterplabError, match="causal language model"):
+        lm.load(odd)
+
+
+def test_too_large_for_the_device(checkpoints) -> None:
+    with pytest.raises(InterplabError, match=r"needs about .* but only"):
+        lm.load(checkpoints["llama"], device="cpu", available=1000)
+    config = {"hidden_size": 16384, "num_hidden_layers": 120, "vocab_size": 128000, "intermediate_size": 53248,
+              "hidden_act": "silu"}
+    assert lm.load.__module__ == "interplab.lm.load"
+    from interplab.lm.load import count_parameters
+
+    assert count_parameters(checkpoints["llama"], {}) == sum(p.numel() for p in torch.nn.Module.parameters(
+        __import__("transformers").AutoModelForCausalLM.from_pretrained(checkpoints["llama"])))
+    assert count_parameters("/nonexistent", config) > 400e9  # a 400B-class config, estimated without weights
+
+
+def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI's entry point in this process (as `interplab ARGS`): exit code, stdout, stderr."""
+    from interplab import cli
+
+    monkeypatch.setattr(sys, "argv", ["interplab", *args])
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    out = capsys.readouterr()
+    return stop.value.code or 0, out.out, out.err
+
+
+def test_cli_errors_exit_2(tmp_path, checkpoints, monkeypatch, capsys) -> None:
+    def one_sentence(fragment: str, *args: str) -> None:
+        code, _, err = _main(monkeypatch, capsys, "lm-info", *args)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+
+    one_sentence("does not exist", "--model", str(tmp_path / "nowhere"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{")
+    one_sentence("not valid JSON", "--model", str(bad))
+    config = json.loads((checkpoints["gpt2"] / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "architectures": ["MadeUpForCausalLM"]}))
+    one_sentence("MadeUpForCausalLM", "--model", str(bad))
+    code, out, err = _main(monkeypatch, capsys, "lm-info", "--model", str(checkpoints["llama"]), "--device", "cpu")
+    assert code == 0 and "LlamaForCausalLM" in out and "layers 2" in out, err
