@@ -309,3 +309,88 @@ def test_cli_errors_exit_2(tmp_path, checkpoints, monkeypatch, capsys) -> None:
     one_sentence("MadeUpForCausalLM", "--model", str(bad))
     code, out, err = _main(monkeypatch, capsys, "lm-info", "--model", str(checkpoints["llama"]), "--device", "cpu")
     assert code == 0 and "LlamaForCausalLM" in out and "layers 2" in out, err
+
+
+# -- path patching, direct logit attribution -----------------------------------------------------
+
+def _run_capture(model, x, hooks, name):
+    got = {}
+
+    def grab(a, hook):
+        got["v"] = a
+
+    with torch.no_grad():
+        out = model.run_with_hooks(x, fwd_hooks=[*hooks, (name, grab)])
+    return out, got["v"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_path_patching_matches_explicit_runs(bridges, family) -> None:
+    """The receiver's input recomputed by path patching (norm, W_Q/W_K/W_V, biases, grouped heads) equals
+    what the bridge itself computes when only the sender's clean-minus-corrupted output is added."""
+    from interplab.interventions.patching import path_patching
+
+    model, tok = bridges[family]
+    clean, corrupted = pair(len(tok))
+    head = 1
+    with torch.no_grad():
+        base = metric(model(corrupted)).item()
+        _, z_clean = _run_capture(model, clean, [], "blocks.0.attn.hook_z")
+        _, attn_x = _run_capture(model, corrupted, [], "blocks.0.hook_attn_out")
+
+        def put_head(a, hook):
+            a = a.clone()
+            a[:, :, head] = z_clean[:, :, head]
+            return a
+
+        _, attn_p = _run_capture(model, corrupted, [("blocks.0.attn.hook_z", put_head)], "blocks.0.hook_attn_out")
+        delta = attn_p - attn_x  # the sender's clean-minus-corrupted output, as the model writes it
+    for which, r_head in (("q", 3), ("k", 1), ("v", 0)):
+        site = f"blocks.1.attn.hook_{which}"
+        _, new = _run_capture(model, corrupted, [("blocks.1.hook_resid_pre", lambda a, hook: a + delta)], site)
+
+        def put(a, hook, new=new, r=r_head):
+            a = a.clone()
+            a[:, :, r] = new[:, :, r]
+            return a
+
+        with torch.no_grad():
+            want = metric(model.run_with_hooks(corrupted, fwd_hooks=[(site, put)])).item() - base
+        got = path_patching(model, clean, corrupted, metric, (0, head), [(1, r_head, which)]).item()
+        assert abs(got - want) < 1e-4, (which, got, want)
+    with torch.no_grad():
+        want = metric(model.run_with_hooks(corrupted, fwd_hooks=[("blocks.1.hook_resid_post",
+                                                                   lambda a, hook: a + delta)])).item() - base
+    assert abs(path_patching(model, clean, corrupted, metric, (0, head), ["logits"]).item() - want) < 1e-4
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_direct_logit_attribution_adds_up_to_each_sublayer(bridges, family) -> None:
+    """Per head (and per neuron), plus the sublayer's bias, DLA sums to the sublayer output's direct
+    effect through the frozen final norm (centred for LayerNorm, not for RMSNorm)."""
+    from interplab.interventions.attribution import direct_logit_attribution
+
+    model, tok = bridges[family]
+    x, _ = pair(len(tok))
+    d = torch.zeros(len(tok))
+    d[A], d[B] = 1.0, -1.0
+    heads = direct_logit_attribution(model, x, d, kind="head")
+    neurons = direct_logit_attribution(model, x, d, kind="neuron")
+    names = ["ln_final.hook_scale"] + [f"blocks.{l}.hook_{s}_out" for l in range(2) for s in ("attn", "mlp")]
+    with torch.no_grad():
+        _, acts = cache(model, x, names=names)
+    rms = model.cfg.normalization_type.startswith("RMS")
+
+    def direct(v: torch.Tensor) -> torch.Tensor:
+        v = v if rms else v - v.mean(-1, keepdim=True)
+        return (v / acts["ln_final.hook_scale"]) @ (model.W_U @ d)
+
+    for layer in range(2):
+        block = model.blocks[layer]
+        for dla, out, bias in ((heads, "attn", getattr(block.attn, "b_O", None)),
+                               (neurons, "mlp", getattr(block.mlp, "b_out", None))):
+            want = direct(acts[f"blocks.{layer}.hook_{out}_out"])
+            if bias is not None:
+                want = want - direct(bias.expand_as(acts[f"blocks.{layer}.hook_{out}_out"]))
+            assert torch.allclose(dla[:, :, layer].sum(-1), want, atol=1e-4), (layer, out)
+    assert heads.abs().max() > 1e-3

@@ -368,7 +368,7 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
     kw = model_kwargs or {}
     cfg = model.cfg
     check(kind == "head" or not cfg.attn_only, "An attention-only model has no neurons to attribute to.")
-    n_out = cfg.vocab_out
+    n_out = getattr(cfg, "vocab_out", None) or cfg.d_vocab_out  # (a bridge's config: d_vocab_out)
     check(direction.shape[-1] == n_out and direction.dim() in (1, 2),
           f"direction must have shape [{n_out}] or [batch, {n_out}], got {tuple(direction.shape)}.")
     L = cfg.n_layers
@@ -384,8 +384,10 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
         dirs = direction.to(model.W_U.dtype)
         read = back(dirs[None].expand(tokens.shape[0], -1) if dirs.dim() == 1 else dirs, model.W_U)  # [b, d_model]
         if has_ln:  # LayerNorm centres, divides by its (frozen) scale and multiplies by w
-            read = read * model.ln_final.w
-            read = read - read.mean(-1, keepdim=True)
+            w = getattr(model.ln_final, "w", None)
+            read = read if w is None else read * w
+            if not str(getattr(cfg, "normalization_type", "") or "").startswith("RMS"):  # RMSNorm does not centre
+                read = read - read.mean(-1, keepdim=True)
             scale = acts["ln_final.hook_scale"]  # [batch, pos', 1]
         out = []
         for layer in range(L):
