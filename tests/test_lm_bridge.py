@@ -394,3 +394,46 @@ def test_direct_logit_attribution_adds_up_to_each_sublayer(bridges, family) -> N
                 want = want - direct(bias.expand_as(acts[f"blocks.{layer}.hook_{out}_out"]))
             assert torch.allclose(dla[:, :, layer].sum(-1), want, atol=1e-4), (layer, out)
     assert heads.abs().max() > 1e-3
+
+
+# -- ablation, scrubbing, SAE training on a bridge site ---------------------------------------------
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_ablation_and_scrubbing_on_a_bridge(bridges, family) -> None:
+    from interplab.interventions.ablate import ablate
+    from interplab.scrub import Group, Hypothesis, scrub
+
+    model, tok = bridges[family]
+    x = torch.randint(1, len(tok), (12, 6), generator=torch.Generator().manual_seed(3))
+    perm = torch.roll(torch.arange(12), 1)
+    with torch.no_grad():
+        # the whole residual stream before layer 1 taken from another input: that input's output
+        out = ablate(model, x, "blocks.1.hook_resid_pre", "resample", sources=perm)
+        assert torch.allclose(out, model(x[perm]), atol=1e-5)
+        zeroed = ablate(model, x, "blocks.1.hook_mlp_out", "zero")
+        _, acts = cache(model, x, names=["blocks.1.hook_resid_post", "blocks.1.hook_mlp_out"])
+    resid = acts["blocks.1.hook_resid_post"] - acts["blocks.1.hook_mlp_out"]  # the stream without that MLP
+    assert torch.allclose(zeroed, model.unembed(model.ln_final(resid)), atol=1e-4)
+    d = model.cfg.d_model
+    keep = scrub(model, Hypothesis("blocks.1.hook_resid_pre", (Group(range(d), "keep"),)), x, n_draws=2)
+    free = scrub(model, Hypothesis("blocks.1.hook_resid_pre", ()), x, n_draws=2)
+    assert keep.agree == 1.0 and free.agree < 1.0
+
+
+def test_sae_trains_on_a_bridge_site(bridges, tmp_path) -> None:
+    from interplab.sae.buffer import Site, collect, sample_rows
+    from interplab.sae.model import SAE, SAEConfig
+    from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
+
+    model, tok = bridges["llama"]
+    tokens = torch.randint(1, len(tok), (64, 8), generator=torch.Generator().manual_seed(0))
+    site = Site("blocks.0.hook_resid_pre")
+    rows = collect(model, site, tokens[:2])
+    with torch.no_grad():
+        _, acts = cache(model, tokens[:2], names=site.name)
+    assert torch.equal(rows, acts[site.name].reshape(-1, model.cfg.d_model))
+    cfg = SAETrainConfig(steps=40, batch_size=32, buffer_size=256, log_every=20)
+    buf = make_buffer(model, site, sample_rows(tokens), cfg)
+    sae = SAE(SAEConfig(d_in=model.cfg.d_model, d_sae=64, hook_name=site.name))
+    result = train_sae(sae, buf, cfg, tmp_path / "sae", quiet=True)
+    assert result.metrics[-1]["mse"] < result.metrics[0]["mse"]
