@@ -437,3 +437,14 @@ def test_sae_trains_on_a_bridge_site(bridges, tmp_path) -> None:
     sae = SAE(SAEConfig(d_in=model.cfg.d_model, d_sae=64, hook_name=site.name))
     result = train_sae(sae, buf, cfg, tmp_path / "sae", quiet=True)
     assert result.metrics[-1]["mse"] < result.metrics[0]["mse"]
+
+
+def test_run_with_patches_writes_resid_mid_on_both_paths(bridges) -> None:
+    from interplab.instrument import run_with_patches
+
+    model, tok = bridges["gpt2"]
+    clean, corrupted = pair(len(tok))
+    with torch.no_grad():
+        _, acts = cache(model, clean, names="blocks.1.hook_resid_mid")
+        out = run_with_patches(model, corrupted, patches={"blocks.1.hook_resid_mid": acts["blocks.1.hook_resid_mid"]})
+        assert torch.allclose(out, model(clean), atol=1e-5)

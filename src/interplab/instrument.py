@@ -169,6 +169,39 @@ def patch_hooks(patches: Mapping[str, Patch]) -> list[tuple[str, Callable[..., T
     return hooks
 
 
+def write_hooks(model: HookedRootModule, site: str, fn: Callable[..., Tensor | None]
+                ) -> list[tuple[str, Callable[..., Tensor | None]]]:
+    """Forward hooks that apply ``fn(act, hook) -> new act`` at ``site`` on the model's real path.
+
+    Usually just ``[(site, fn)]``. A TransformerBridge's ``blocks.{l}.hook_resid_mid`` is its
+    ``ln2.hook_in``: a value written there reaches the MLP but not the skip connection around
+    it. There the write goes through the attention output instead: ``attn_out := fn(resid_pre
+    + attn_out) - resid_pre``, which sets the residual stream between the sublayers for both
+    paths.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=8, n_layers=1, n_heads=2))
+        >>> [name for name, _ in write_hooks(m, "blocks.0.hook_resid_mid", lambda a, hook: a)]
+        ['blocks.0.hook_resid_mid']
+    """
+    if site.startswith("blocks.") and site.endswith(".hook_resid_mid"):
+        prefix = site[: -len("hook_resid_mid")]
+        hook_dict = model.hook_dict
+        if site in hook_dict and hook_dict[site] is hook_dict.get(prefix + "ln2.hook_in"):
+            seen: dict[str, Tensor] = {}
+
+            def keep(act: Tensor, hook: Any) -> None:
+                seen["pre"] = act
+
+            def through_attn_out(act: Tensor, hook: Any) -> Tensor:
+                new = fn(seen["pre"] + act, hook)
+                return act if new is None else new - seen["pre"]
+
+            return [(prefix + "hook_resid_pre", keep), (prefix + "hook_attn_out", through_attn_out)]
+    return [(site, fn)]
+
+
 def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, Patch], **kwargs: Any) -> Tensor:
     """Run ``model`` with sites overwritten by ``patches`` (see :func:`patch_hooks`).
 
@@ -182,7 +215,8 @@ def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, 
         (True, True)
     """
     _check_names(model, list(patches))
-    return model.run_with_hooks(*args, fwd_hooks=patch_hooks(patches), **kwargs)
+    hooks = [h for name, fn in patch_hooks(patches) for h in write_hooks(model, name, fn)]
+    return model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
 
 
 # -- trace --------------------------------------------------------------------------------
@@ -308,4 +342,4 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     return Trace(model, args, kwargs, names)
 
 
-__all__ = ["cache", "site_groups", "masked_patch", "patch_hooks", "run_with_patches", "trace", "Trace", "Site"]
+__all__ = ["cache", "site_groups", "write_hooks", "masked_patch", "patch_hooks", "run_with_patches", "trace", "Trace", "Site"]

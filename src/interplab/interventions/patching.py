@@ -51,7 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
-from interplab.instrument import cache
+from interplab.instrument import cache, write_hooks
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -140,12 +140,9 @@ def _scalar(value: Tensor) -> Tensor:
 
 
 def site_patch(model: torch.nn.Module, site: str, value: Tensor, mask: Tensor) -> list[tuple[str, Any]]:
-    """Forward hooks writing ``value`` into ``site`` where ``mask`` is true, on the model's real path.
-
-    A TransformerBridge's ``blocks.{l}.hook_resid_mid`` is its ``ln2.hook_in``: a value written
-    there reaches the MLP but not the skip connection around it. For such a model the write
-    goes to the attention output instead (``attn_out := value - resid_pre``), which sets the
-    residual stream between the sublayers to ``value`` for both paths.
+    """Forward hooks writing ``value`` into ``site`` where ``mask`` is true, on the model's real path
+    (see :func:`interplab.instrument.write_hooks`: a bridge's ``hook_resid_mid`` is written through
+    ``hook_attn_out``).
 
     Example:
         >>> from interplab.models import Transformer, TransformerConfig
@@ -156,20 +153,7 @@ def site_patch(model: torch.nn.Module, site: str, value: Tensor, mask: Tensor) -
     def put(act: Tensor, hook: Any) -> Tensor:
         return torch.where(mask, value, act)
 
-    hook_dict = model.hook_dict
-    if site.endswith(".hook_resid_mid") and site.startswith("blocks."):
-        prefix = site[: -len("hook_resid_mid")]
-        if hook_dict[site] is hook_dict.get(prefix + "ln2.hook_in"):
-            seen: dict[str, Tensor] = {}
-
-            def keep(act: Tensor, hook: Any) -> None:
-                seen["pre"] = act
-
-            def put_attn(act: Tensor, hook: Any) -> Tensor:
-                return torch.where(mask, value - seen["pre"], act)
-
-            return [(prefix + "hook_resid_pre", keep), (prefix + "hook_attn_out", put_attn)]
-    return [(site, put)]
+    return write_hooks(model, site, put)
 
 
 def activation_patching(
