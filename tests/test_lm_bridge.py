@@ -448,3 +448,14 @@ def test_run_with_patches_writes_resid_mid_on_both_paths(bridges) -> None:
         _, acts = cache(model, clean, names="blocks.1.hook_resid_mid")
         out = run_with_patches(model, corrupted, patches={"blocks.1.hook_resid_mid": acts["blocks.1.hook_resid_mid"]})
         assert torch.allclose(out, model(clean), atol=1e-5)
+
+
+def test_ablation_writes_resid_mid_on_both_paths(bridges) -> None:
+    from interplab.interventions.ablate import ablate
+
+    model, tok = bridges["llama"]
+    x = torch.randint(1, len(tok), (12, 6), generator=torch.Generator().manual_seed(4))
+    perm = torch.roll(torch.arange(12), 1)
+    with torch.no_grad():  # the whole stream before layer 1's MLP from another input: that input's output
+        assert torch.allclose(ablate(model, x, "blocks.1.hook_resid_mid", "resample", sources=perm),
+                              model(x[perm]), atol=1e-5)
