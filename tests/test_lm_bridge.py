@@ -226,8 +226,15 @@ def test_atp_star_agrees_with_exhaustive_patching(bridges, family) -> None:
            "mlp_out": atp_star(model, clean, corrupted, metric, "mlp_out", per_position=True),
            "resid_pre": atp_star(model, clean, corrupted, metric, "resid_pre", per_position=per_pos)}
     a = agreement(true, est, k=5)
-    print(family, a)
+    print(family, "resid_pre+z+mlp_out", a)
     assert a["recall"] >= ATP_RECALL[family] and a["spearman"] >= 0.8, a
+    # queries and keys (AtP*'s exact softmax; Llama's keys are grouped: one node per key/value head)
+    true_qk = activation_patching(model, clean, corrupted, metric, ["q", "k"], per_position=True)
+    est_qk = atp_star(model, clean, corrupted, metric, ["q", "k"], per_position=True)
+    assert est_qk["k"].shape == true_qk["k"].shape == (2, model.cfg.n_key_value_heads or 4, clean.shape[1])
+    b = agreement(true_qk, est_qk, k=5)
+    print(family, "q+k", b)
+    assert b["recall"] >= 0.6 and b["spearman"] >= 0.8, b
     for kind in ("z", "mlp_out"):
         assert est[kind].shape == true[kind].shape
 
@@ -459,3 +466,11 @@ def test_ablation_writes_resid_mid_on_both_paths(bridges) -> None:
     with torch.no_grad():  # the whole stream before layer 1's MLP from another input: that input's output
         assert torch.allclose(ablate(model, x, "blocks.1.hook_resid_mid", "resample", sources=perm),
                               model(x[perm]), atol=1e-5)
+
+
+def test_atp_star_refuses_when_it_cannot_reproduce_the_attention_scores(bridges, monkeypatch) -> None:
+    model, tok = bridges["gpt2"]
+    clean, corrupted = pair(len(tok))
+    monkeypatch.setattr(model.cfg, "use_attn_scale", False)  # AtP* would now compute q . k unscaled
+    with pytest.raises(InterplabError, match="cannot reproduce layer 0's attention scores"):
+        atp_star(model, clean, corrupted, metric, "k")

@@ -269,8 +269,10 @@ def load(name_or_dir: str | Path, device: str | torch.device = "auto", dtype: st
     try:
         bridge = TransformerBridge.boot_transformers(source, device=dev, dtype=dt)
     except OSError as e:
-        where = "the local directory" if source != name else "the Hugging Face hub (is the network reachable?)"
-        raise InterplabError(f"Could not load the model {name} from {where}: {_first_line(e)}") from None
+        if source != name:
+            raise InterplabError(f"Could not load the model from the directory {name}: {_first_line(e)}") from None
+        raise InterplabError(f"There is no local directory {name} and the Hugging Face hub could not provide a "
+                             f"model of that name (is the network reachable?): {_first_line(e)}") from None
     except (ValueError, KeyError, NotImplementedError) as e:
         raise InterplabError(f"TransformerLens could not load the model {name}: {_first_line(e)}") from None
     if compatibility:
