@@ -474,3 +474,19 @@ def test_atp_star_refuses_when_it_cannot_reproduce_the_attention_scores(bridges,
     monkeypatch.setattr(model.cfg, "use_attn_scale", False)  # AtP* would now compute q . k unscaled
     with pytest.raises(InterplabError, match="cannot reproduce layer 0's attention scores"):
         atp_star(model, clean, corrupted, metric, "k")
+
+
+def test_trace_visits_each_bridge_hook_point_once_by_its_transformerlens_name(bridges) -> None:
+    from interplab.instrument import trace
+
+    model, tok = bridges["llama"]
+    x = torch.tensor([[1, 2, 3, 4, 5]])
+    tr = trace(model, x)
+    for site in tr:
+        if site.name == "blocks.1.attn.hook_z":
+            site.value = torch.zeros_like(site.value)
+    assert len(tr.names) == len(set(tr.names)) and "blocks.0.hook_resid_pre" in tr.names
+    assert "blocks.0.hook_in" not in tr.names and "blocks.0.attn.o.hook_in" not in tr.names
+    with torch.no_grad():
+        want = model.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_z", lambda a, hook: torch.zeros_like(a))])
+    assert torch.allclose(tr.output, want, atol=1e-6)
