@@ -15,11 +15,12 @@ SENTENCES = [
     "Carol plays for the team of the Lions.", "Paris is a city in the country of France.",
 ]
 FAMILIES = ("gpt2", "neox", "llama")
-# for each family: the decoder layers and, in a layer, the attention output projection and the MLP
+# for each family: the decoder layers and, in a layer, the attention output projection, the MLP
+# and the MLP's output projection (whose input is the neurons' activations)
 HF_PATHS = {
-    "gpt2": ("transformer.h", "attn.c_proj", "mlp"),
-    "neox": ("gpt_neox.layers", "attention.dense", "mlp"),
-    "llama": ("model.layers", "self_attn.o_proj", "mlp"),
+    "gpt2": ("transformer.h", "attn.c_proj", "mlp", "mlp.c_proj"),
+    "neox": ("gpt_neox.layers", "attention.dense", "mlp", "mlp.dense_4h_to_h"),
+    "llama": ("model.layers", "self_attn.o_proj", "mlp", "mlp.down_proj"),
 }
 
 

@@ -61,11 +61,13 @@ def pair(vocab: int, batch: int = 2, n: int = 6, seed: int = 0) -> tuple[torch.T
 
 def _hf_patched(hf, family: str, clean, corrupted, layer: int, kind: str, unit: int | None) -> float:
     """metric(HF model on ``corrupted`` with one component's clean value), by torch hooks on HF modules."""
-    layers_path, o_path, mlp_path = HF_PATHS[family]
+    layers_path, o_path, mlp_path, down_path = HF_PATHS[family]
     block = operator.attrgetter(layers_path)(hf)[layer]
     d_head = hf.config.hidden_size // hf.config.num_attention_heads
     if kind == "z":  # the output projection's input is z with heads side by side
         module, sl = operator.attrgetter(o_path)(block), slice(unit * d_head, (unit + 1) * d_head)
+    elif kind == "neuron":  # the MLP output projection's input holds the neurons' activations
+        module, sl = operator.attrgetter(down_path)(block), slice(unit, unit + 1)
     else:
         module = operator.attrgetter(mlp_path)(block) if kind == "mlp_out" else block
     saved = {}
@@ -95,7 +97,7 @@ def _hf_patched(hf, family: str, clean, corrupted, layer: int, kind: str, unit: 
 
     def patch_in(m, args, kwargs):
         x = take(args, kwargs).clone()
-        if kind == "z":
+        if kind in ("z", "neuron"):
             x[..., sl] = clean_value[..., sl]
         else:  # resid_pre at one position
             x[:, unit] = clean_value[:, unit]
@@ -164,6 +166,34 @@ def test_activation_patching_matches_explicit_hf_patching(bridges, hf_models, fa
         # all positions of a layer's input restored: the clean output
         assert abs(activation_patching(model, clean, corrupted, metric, "resid_pre")[layer].item() - total) < 1e-4
     assert resid.abs().max() > 0.05 and grids["z"].abs().max() > 0.01  # the effects are not all zero
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_node_kind_patches_on_a_bridge(bridges, hf_models, family) -> None:
+    """Grids of every kind have the right shapes (grouped k/v heads for Llama); neurons match explicit
+    patching of the HF model's MLP output projection input; a whole residual site restores the clean run."""
+    from interplab.interventions.patching import KINDS
+
+    model, tok = bridges[family]
+    hf = hf_models[family]
+    clean, corrupted = pair(len(tok))
+    kinds = [k for k in KINDS if k != "resid_mid" or "blocks.0.hook_resid_mid" in model.hook_dict]  # NeoX: none
+    grids = activation_patching(model, clean, corrupted, metric, kinds)
+    n_kv, d_mlp = model.cfg.n_key_value_heads or 4, model.cfg.d_mlp
+    shapes = {"resid_pre": (2,), "resid_mid": (2,), "resid_post": (2,), "attn_out": (2,), "mlp_out": (2,),
+              "z": (2, 4), "q": (2, 4), "k": (2, n_kv), "v": (2, n_kv), "pattern": (2, 4), "neuron": (2, d_mlp)}
+    assert {k: tuple(g.shape) for k, g in grids.items()} == {k: shapes[k] for k in kinds}
+    with torch.no_grad():
+        total = (metric(model(clean)) - metric(model(corrupted))).item()
+        base = metric(hf(corrupted).logits).item()
+    for kind in ("resid_pre", "resid_mid", "resid_post"):
+        if kind in grids:
+            assert torch.allclose(grids[kind], torch.full((2,), total), atol=1e-4), kind
+    neurons = grids["neuron"]
+    for layer in range(2):
+        for unit in neurons[layer].abs().topk(3).indices.tolist() + [0]:
+            want = _hf_patched(hf, family, clean, corrupted, layer, "neuron", unit) - base
+            assert abs(neurons[layer, unit].item() - want) < 1e-4, (layer, unit)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
