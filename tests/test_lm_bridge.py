@@ -306,17 +306,16 @@ def test_unknown_architecture(tmp_path, checkpoints) -> None:
         lm.load(odd)
 
 
-def test_too_large_for_the_device(checkpoints) -> None:
-    with pytest.raises(InterplabError, match=r"needs about .* but only"):
-        lm.load(checkpoints["llama"], device="cpu", available=1000)
-    config = {"hidden_size": 16384, "num_hidden_layers": 120, "vocab_size": 128000, "intermediate_size": 53248,
-              "hidden_act": "silu"}
-    assert lm.load.__module__ == "interplab.lm.load"
+def test_too_large_for_the_device(checkpoints, hf_models) -> None:
     from interplab.lm.load import count_parameters
 
-    assert count_parameters(checkpoints["llama"], {}) == sum(p.numel() for p in torch.nn.Module.parameters(
-        __import__("transformers").AutoModelForCausalLM.from_pretrained(checkpoints["llama"])))
-    assert count_parameters("/nonexistent", config) > 400e9  # a 400B-class config, estimated without weights
+    with pytest.raises(InterplabError, match=r"needs about .* but only .* is free on cpu"):
+        lm.load(checkpoints["llama"], device="cpu", available=1000)
+    # exact from the safetensors header; estimated from the config when there are no weights
+    assert count_parameters(checkpoints["llama"], {}) == sum(p.numel() for p in hf_models["llama"].parameters())
+    big = {"hidden_size": 16384, "num_hidden_layers": 120, "vocab_size": 128000, "intermediate_size": 53248,
+           "hidden_act": "silu"}
+    assert count_parameters("/nonexistent", big) == 120 * (4 * 16384**2 + 3 * 16384 * 53248) + 128000 * 16384
 
 
 def _main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
