@@ -248,7 +248,7 @@ ATP_RECALL = {"gpt2": 0.6, "neox": 0.6, "llama": 0.6}  # recall of the top 5 by 
 def test_atp_star_agrees_with_exhaustive_patching(bridges, family) -> None:
     model, tok = bridges[family]
     clean, corrupted = pair(len(tok))
-    per_pos = family != "neox"  # parallel attention: AtP* refuses per-position resid_pre (tested below)
+    per_pos = True
     true = {"z": activation_patching(model, clean, corrupted, metric, "z", per_position=True),
             "mlp_out": activation_patching(model, clean, corrupted, metric, "mlp_out", per_position=True),
             "resid_pre": activation_patching(model, clean, corrupted, metric, "resid_pre", per_position=per_pos)}
@@ -269,11 +269,34 @@ def test_atp_star_agrees_with_exhaustive_patching(bridges, family) -> None:
         assert est[kind].shape == true[kind].shape
 
 
-def test_atp_star_refuses_per_position_resid_pre_with_parallel_attention(bridges) -> None:
-    model, tok = bridges["neox"]
+@pytest.mark.parametrize("family", ["gpt2", "neox"])
+def test_atp_star_skip_term_is_every_path_but_attention(bridges, family) -> None:
+    """The linear part AtP* keeps for per-position resid_pre nodes equals ``delta . grad`` with the
+    attention's input cut out of the backward pass (sequential GPT-2 and parallel NeoX blocks)."""
+    from interplab.interventions.attribution import _corrupted_grads, _skip_site, _skip_term
+
+    model, tok = bridges[family]
     clean, corrupted = pair(len(tok))
-    with pytest.raises(InterplabError, match="parallel"):
-        atp_star(model, clean, corrupted, metric, "resid_pre", per_position=True)
+    for layer in range(2):
+        site = f"blocks.{layer}.hook_resid_pre"
+        with torch.no_grad():
+            _, cc = cache(model, clean, names=site)
+        corr, grads = _corrupted_grads(model, corrupted, metric, sorted({site, _skip_site(model, layer)}), {})
+        delta = cc[site] - corr[site]
+        ours = _skip_term(model, layer, site, delta, corr, grads)
+        acts = {}
+
+        def keep(a, hook):
+            acts["x"] = a
+            return a
+
+        with torch.enable_grad():
+            out = model.run_with_hooks(corrupted, fwd_hooks=[(site, keep),
+                                                             (f"blocks.{layer}.ln1.hook_out", lambda a, hook: a.detach())])
+            (g,) = torch.autograd.grad(metric(out), acts["x"])
+        want = (delta * g).sum((0, 2))
+        assert torch.allclose(ours, want, atol=1e-5), (layer, ours, want)
+        assert want.abs().max() > 1e-3
 
 
 # -- errors: one sentence ----------------------------------------------------------------------

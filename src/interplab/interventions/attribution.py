@@ -178,9 +178,29 @@ def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str,
     return torch.stack(rows)
 
 
+def _parallel(model: torch.nn.Module) -> bool:
+    """Attention and MLP both read the layer's input (GPT-NeoX/Pythia, GPT-J)."""
+    return bool(getattr(model.cfg, "parallel_attn_mlp", False))
+
+
 def _skip_site(model: torch.nn.Module, layer: int) -> str:
+    if _parallel(model):  # everything but attention: the input's total gradient minus attention's share
+        return f"blocks.{layer}.ln1.hook_out"
     mid = f"blocks.{layer}.hook_resid_mid"
     return mid if mid in model.hook_dict else f"blocks.{layer}.hook_resid_post"
+
+
+def _skip_term(model: torch.nn.Module, layer: int, site: str, delta: Tensor, corr: dict[str, Tensor],
+               grads: dict[str, Tensor]) -> Tensor:
+    """The first-order effect ``[n]`` of ``delta`` at each position along every path but the attention
+    sublayer's: through the gradient after attention, or, when attention and MLP run in parallel, the
+    input's total gradient minus the part that flows back through the attention norm (a VJP of ``ln1``)."""
+    if not _parallel(model):
+        return (delta * grads[_skip_site(model, layer)]).sum((0, 2))
+    with torch.enable_grad():
+        x = corr[site].detach().requires_grad_(True)
+        (through_attn,) = torch.autograd.grad(model.blocks[layer].ln1(x), x, grad_outputs=grads[_skip_site(model, layer)])
+    return (delta * (grads[site] - through_attn)).sum((0, 2))
 
 
 def _resid_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str, Tensor], corr: dict[str, Tensor],
@@ -188,13 +208,14 @@ def _resid_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str, Ten
     """AtP* for residual nodes before a layer, per position: position ``j``'s clean residual gives
     the clean ``q``, ``k``, ``v`` at ``j`` (the norm is per position), so the heads' outputs ``z``
     with them patched in are recomputed exactly; the step from ``z`` onwards and the skip
-    connection (gradient after the attention sublayer) stay linear."""
+    connection (gradient after the attention sublayer; with attention and MLP in parallel, the
+    input's gradient less the attention norm's share) stay linear."""
     rows = []
     for layer, site in enumerate(spec.sites):
         p = f"blocks.{layer}.attn."
         _check_recomputation(model, corr, layer)
         delta = clean[site] - corr[site]  # [b, n, d]
-        skip = (delta * grads[_skip_site(model, layer)]).sum((0, 2))  # [n]
+        skip = _skip_term(model, layer, site, delta, corr, grads)  # [n]
         n_heads = corr[p + "hook_q"].shape[2]
         q_c, k_c, v_c = (_qk(model, clean, layer, "q", corr), _qk(model, clean, layer, "k", corr),
                          _heads(clean[p + "hook_v"], n_heads))
@@ -231,9 +252,10 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
     resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"
                    and not kw.get("positions")]
-    check(not resid_kinds or not getattr(model.cfg, "parallel_attn_mlp", False),
-          "AtP* recomputes per-position resid_pre nodes through the attention sublayer with the MLP reading its "
-          "output, but this model runs attention and MLP in parallel; use atp or activation_patching for them.")
+    check(not resid_kinds or not _parallel(model) or all(_skip_site(model, layer) in model.hook_dict
+                                                           for layer in range(model.cfg.n_layers)),
+          "AtP* needs the attention norm's output (ln1.hook_out) to separate per-position resid_pre nodes' "
+          "attention path in this parallel-attention model; use atp or activation_patching for them.")
     for spec in attn_kinds + resid_kinds:
         for layer in range(len(spec.sites)):
             p = f"blocks.{layer}.attn."
