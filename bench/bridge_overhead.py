@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 
 from interplab import lm
-from interplab.instrument import cache
-from interplab.interventions.patching import site_patch
+from interplab.instrument import cache, run_with_patches
 
 
 def make_checkpoint(path: Path, layers: int, d_model: int) -> None:
@@ -83,8 +82,8 @@ def main() -> None:
         "interplab cache (few sites)": lambda: cache(model, x, names=few),
         "bridge run_with_cache (all sites)": lambda: model.run_with_cache(x),
         "interplab cache (all sites)": lambda: cache(model, x),
-        "interplab patching run (one z head)": lambda: model.run_with_hooks(
-            x, fwd_hooks=site_patch(model, "blocks.1.attn.hook_z", value, mask)),
+        "interplab patching run (one z head)": lambda: run_with_patches(
+            model, x, patches={"blocks.1.attn.hook_z": (value, mask)}),
     }
     totals = dict.fromkeys(runs, 0.0)
     with torch.no_grad():

@@ -3,7 +3,7 @@
 The eis-cnn study scrubs and ablates at ``fc1.hook_post``. Run on the whole network, every
 draw recomputes both convolutions for all inputs; run on :meth:`ConvNet.head` from cached
 ``hook_pool2`` activations, only fc1 and fc2 run. Both use the same engine
-(:func:`interplab.scrub.scrub_many`) with the same hypothesis and seed, so they must give the
+(:func:`interplab.interventions.scrub.scrub_many`) with the same hypothesis and seed, so they must give the
 same agreement; the bench checks that and prints the wall-time ratio, measured in
 interleaved rounds so machine load affects both alike.
 
@@ -18,9 +18,9 @@ import time
 import torch
 
 from interplab import data
-from interplab.interventions.ablate import site_values
+from interplab.instrument import site_values
+from interplab.interventions.scrub import Group, Hypothesis, scrub_many
 from interplab.models import ConvNet, pixels_to_input
-from interplab.scrub import Group, Hypothesis, scrub_many
 from interplab.tasks.mnist import load_mnist
 
 SITE = "fc1.hook_post"

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from interplab.errors import InterplabError
+from interplab.instrument import site_values
 from interplab.interventions.ablate import (
-    ablate, ablated_coordinates, coordinates, replace_coordinates, resample_indices, site_values,
+    ablate, ablated_coordinates, coordinates, replace_coordinates, resample_indices,
 )
 from interplab.models import MLP, MLPConfig, Transformer, TransformerConfig
 

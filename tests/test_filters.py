@@ -1,7 +1,7 @@
 import torch
 
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
-from interplab.interventions.ablate import site_values
+from interplab.instrument import site_values
 from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns
 from interplab.models import Transformer, TransformerConfig
 

@@ -1,6 +1,6 @@
 import torch
 
-from interplab.interventions.ablate import site_values
+from interplab.instrument import site_values
 from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan
 from interplab.models import Transformer, TransformerConfig
 

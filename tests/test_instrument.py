@@ -1,10 +1,12 @@
-"""trace() against run_with_hooks on every model in the zoo, masked patching, non-interleaving."""
+"""trace() against run_with_hooks on every model in the zoo, masked patching, non-interleaving; cache with
+hooks and gradient leaves, batched runs and predictions."""
 
 import pytest
 import torch
 
 from interplab.errors import InterplabError
-from interplab.instrument import cache, masked_patch, run_with_patches, trace
+from interplab.instrument import (Site, cache, default_readout, masked_patch, predict, run_batches, run_with_patches,
+                                  site_values, trace)
 from interplab.models import (MLP, ConvNet, ConvNetConfig, MLPConfig, TMSConfig, ToyModelOfSuperposition,
                               Transformer, TransformerConfig)
 
@@ -162,3 +164,45 @@ def test_break_finishes_the_pass_and_errors_are_clear():
             pass
     for _ in trace(model, *args):
         pass
+
+
+def test_cache_sees_the_edits_of_its_hooks_and_makes_leaves_for_gradients():
+    m = MLP(MLPConfig(d_in=3, d_hidden=(4,), d_out=2), seed=0)
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    double = ("layers.0.hook_post", lambda act, hook: 2 * act)
+    out, acts = cache(m, x, names="layers.0.hook_post", fwd_hooks=[double])
+    _, plain = cache(m, x, names="layers.0.hook_post")
+    assert torch.allclose(acts["layers.0.hook_post"], 2 * plain["layers.0.hook_post"])
+    assert torch.allclose(out, m.run_with_hooks(x, fwd_hooks=[double]))
+    # hook_input has no graph behind it: requires_grad makes it a leaf, and the gradient is W_in-shaped
+    out, acts = cache(m, x, names="hook_input", requires_grad=True)
+    (g,) = torch.autograd.grad(out[:, 1].sum(), acts["hook_input"])
+    assert g.shape == x.shape and g.abs().sum() > 0
+    with pytest.raises(InterplabError, match="no site named 'nope'"):
+        cache(m, x, names=["nope"])
+
+
+def test_batched_runs_match_one_pass_and_write_per_input_values():
+    m = Transformer(TransformerConfig(d_vocab=7, n_ctx=4, d_model=8, n_heads=2, d_mlp=16), seed=0)
+    toks = torch.randint(0, 7, (10, 4), generator=torch.Generator().manual_seed(1))
+    site = "blocks.0.hook_resid_mid"
+    full = site_values(m, toks, site, positions=[-1])
+    assert torch.allclose(site_values(m, toks, site, batch_size=3, positions=[-1]), full)
+    assert torch.equal(predict(m, toks, batch_size=3), default_readout(m(toks)))
+    # writing each input's own value back changes nothing; writing another input's value does
+    values = site_values(m, toks, site)
+    same = predict(m, toks, batch_size=4, values={site: values})
+    assert torch.equal(same, default_readout(m(toks)))
+    swapped = torch.cat([out for _, out in run_batches(m, toks, 4, values={site: values.flip(0)})])
+    assert torch.allclose(swapped, m.run_with_hooks(toks, fwd_hooks=[(site, lambda a, hook: values.flip(0))]))
+    with pytest.raises(InterplabError, match="does not fit site"):
+        predict(m, toks, values={site: values[:, :2]})
+
+
+def test_site_reads_and_writes_rows():
+    s = Site("blocks.0.mlp.hook_post", position=1)
+    a = torch.arange(24.0).reshape(2, 3, 4)
+    assert s.read(a).shape == (2, 4) and torch.equal(s.write(a, s.read(a)), a)
+    assert Site("x").read(a).shape == (6, 4)
+    with pytest.raises(InterplabError, match="no axis 1"):
+        s.read(torch.zeros(2, 4))

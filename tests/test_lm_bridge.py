@@ -172,7 +172,7 @@ def test_activation_patching_matches_explicit_hf_patching(bridges, hf_models, fa
 def test_every_node_kind_patches_on_a_bridge(bridges, hf_models, family) -> None:
     """Grids of every kind have the right shapes (grouped k/v heads for Llama); neurons match explicit
     patching of the HF model's MLP output projection input; a whole residual site restores the clean run."""
-    from interplab.interventions.patching import KINDS
+    from interplab.interventions.nodes import KINDS
 
     model, tok = bridges[family]
     hf = hf_models[family]
@@ -460,7 +460,7 @@ def test_direct_logit_attribution_adds_up_to_each_sublayer(bridges, family) -> N
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_ablation_and_scrubbing_on_a_bridge(bridges, family) -> None:
     from interplab.interventions.ablate import ablate
-    from interplab.scrub import Group, Hypothesis, scrub
+    from interplab.interventions.scrub import Group, Hypothesis, scrub
 
     model, tok = bridges[family]
     x = torch.randint(1, len(tok), (12, 6), generator=torch.Generator().manual_seed(3))

@@ -56,11 +56,12 @@ def test_pursuits_recover_an_exactly_sparse_code_on_orthogonal_atoms():
 
 def test_readout_methods_give_equal_l0_and_reconstruct():
     sae = SAE(SAEConfig(d_in=16, d_sae=64), seed=0)
-    x = torch.randn(40, 16)
+    x = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))
     for method in ("topk", "mp", "omp", "gp"):
         codes, x_hat = readout(sae, x, method, k=5)
         assert ((codes != 0).sum(1) <= 5).all(), method
-        assert ((x - x_hat) ** 2).sum() < ((x - sae.b_dec.detach()) ** 2).sum(), method
+        if method != "topk":  # pursuits never increase the residual; an untrained encoder's top-k can
+            assert ((x - x_hat) ** 2).sum() < ((x - sae.b_dec.detach()) ** 2).sum(), method
     with pytest.raises(InterplabError, match="needs k"):
         readout(sae, x, "omp")
     with pytest.raises(InterplabError, match="readout method"):

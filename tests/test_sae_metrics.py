@@ -2,8 +2,8 @@
 
 import torch
 
+from interplab.instrument import Site
 from interplab.models import MLP, MLPConfig, Transformer, TransformerConfig
-from interplab.sae.buffer import Site
 from interplab.sae.metrics import (cross_entropy_at, enc_dec_cosine, evaluate_sae, kurtosis, loss_recovered, mmcs,
                                    neuron_sparsity)
 from interplab.sae.model import SAE, SAEConfig

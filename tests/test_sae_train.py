@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
 
 from interplab.errors import InterplabError
+from interplab.instrument import Site
 from interplab.models import MLP, MLPConfig
-from interplab.sae.buffer import ActivationBuffer, Site, sample_rows
+from interplab.sae.buffer import ActivationBuffer, sample_rows
 from interplab.sae.ghost import ghost_loss
 from interplab.sae.metrics import mmcs
 from interplab.sae.model import SAE, SAEConfig
@@ -14,26 +17,16 @@ from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 from interplab.train import load_checkpoint
 
 
-class Identity(torch.nn.Module):
+class Identity(HookedRootModule):
     """A 'model' whose only site is its input: lets a test feed synthetic activations."""
 
     def __init__(self):
         super().__init__()
-        from transformer_lens.hook_points import HookPoint
-
         self.hook_x = HookPoint()
-        self.mod_dict = {"hook_x": self.hook_x}
+        self.setup()
 
     def forward(self, x):
         return self.hook_x(x)
-
-    def run_with_hooks(self, x, fwd_hooks):
-        handles = [self.hook_x.register_forward_hook(lambda m, i, o, f=f: f(o, m)) for _, f in fwd_hooks]
-        try:
-            return self(x)
-        finally:
-            for h in handles:
-                h.remove()
 
 
 def _sparse_sampler(D, p=0.05):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from interplab.errors import InterplabError
+from interplab.interventions.scrub import Group, Hypothesis, scrub, scrub_many, scrubbed_values
 from interplab.models import MLP, MLPConfig
-from interplab.scrub import Group, Hypothesis, scrub, scrub_many, scrubbed_values
 
 
 def identity_model(d: int = 3) -> MLP:

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from interplab.errors import InterplabError
+from interplab.io import load_tensors
 from interplab.models import Transformer
-from interplab.runs import load_tensors
 from interplab.tasks.modular import modular_task
 from interplab.tasks.sequences import sorting_task
 from interplab.train import TrainConfig, train

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -49,8 +50,13 @@ STUDIES = {
 # Sub-applications living beside the technique they drive, each exposing ``app``.
 SUBAPPS = {"sae": "interplab.sae.cli"}
 
+_REGISTERED: list[bool] = []
+
 
 def _register() -> None:
+    if _REGISTERED:
+        return
+    _REGISTERED.append(True)
     for name, module_name in STUDIES.items():
         if importlib.util.find_spec(module_name) is None:
             continue
@@ -66,70 +72,51 @@ def _register() -> None:
             app.add_typer(importlib.import_module(module_name).app, name=name)
 
 
-# Per task: its builder options and the training defaults that make it learn.
-TASKS: dict[str, dict[str, Any]] = {
-    "modular-addition": {"options": ("p", "frac_train"), "fixed": {"op": "+"},
-                         "train": {"epochs": 3000, "lr": 1e-3, "weight_decay": 10.0}},
-    "modular-subtraction": {"options": ("p", "frac_train"), "fixed": {"op": "-"},
-                            "train": {"epochs": 3000, "lr": 1e-3, "weight_decay": 10.0}},
-    "modular-division": {"options": ("p", "frac_train"), "fixed": {"op": "/"},
-                         "train": {"epochs": 3000, "lr": 1e-3, "weight_decay": 10.0}},
-    "pair-labels": {"options": ("labels", "frac_train"), "fixed": {},
-                    "train": {"epochs": 5000, "lr": 5e-4, "weight_decay": 1.0}},
-    "sorting": {"options": ("n_values", "k", "n_examples", "frac_train"), "fixed": {},
-                "train": {"epochs": 300, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 256}},
-    "min-max": {"options": ("n_values", "frac_train"), "fixed": {},
-                "train": {"epochs": 500, "lr": 1e-3, "weight_decay": 0.1, "batch_size": 512}},
-    "induction": {"options": ("n_values", "length", "n_examples", "frac_train"), "fixed": {},
-                  "train": {"epochs": 200, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 256}},
-    "previous-token": {"options": ("n_values", "length", "n_examples", "frac_train"), "fixed": {},
-                       "train": {"epochs": 100, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 256}},
-    "memorization": {"options": ("n", "n_classes", "frac_train"), "fixed": {},
-                     "train": {"epochs": 500, "lr": 1e-3, "weight_decay": 0.0}},
+MODEL_SIZES = ("d_model", "n_layers", "n_heads", "d_mlp")
+TRAIN_HELP = {
+    "epochs": "Epochs (task default if omitted).", "lr": "AdamW learning rate (task default if omitted).",
+    "weight_decay": "AdamW weight decay (task default if omitted).", "betas": "AdamW betas, comma-separated.",
+    "batch_size": "Minibatch size (task default; full batch if none).",
+    "schedule": "constant, warmup, cosine or linear.", "warmup_epochs": "Linear warm-up epochs.",
+    "seed": "Seed for the split, the initialisation and the batch order.", "log_every": "Log metrics every N epochs.",
+    "checkpoint_every": "Checkpoint every N epochs.", "keep_history": "Keep a weight snapshot at every checkpoint.",
+    "patience": "Stop once train accuracy is 100% and test accuracy has not improved for N epochs.",
+    "max_grad_norm": "Clip the gradient norm to this value.",
 }
 
 
-@app.command("train")
-def train_command(
-    task: str = typer.Argument(..., help=f"One of: {', '.join(TASKS)}."),
-    out: Path = typer.Option(..., "--out", help="Run directory to write (or to continue with --resume)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out to its configured end, "
-                                "with its stored settings (other options are ignored)."),
-    seed: int = typer.Option(0, help="Seed for the split, the initialisation and the batch order."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (task default if omitted)."),
-    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (task default if omitted)."),
-    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (task default if omitted)."),
-    beta1: float = typer.Option(0.9, help="AdamW beta1."),
-    beta2: float = typer.Option(0.98, help="AdamW beta2."),
-    batch_size: Optional[int] = typer.Option(None, help="Minibatch size (task default; full batch if none)."),
-    schedule: str = typer.Option("constant", help="constant, warmup, cosine or linear."),
-    warmup_epochs: int = typer.Option(0, help="Linear warm-up epochs."),
-    log_every: int = typer.Option(10, help="Log metrics every N epochs."),
-    checkpoint_every: int = typer.Option(100, help="Checkpoint every N epochs."),
-    patience: Optional[int] = typer.Option(None, help="Stop once train accuracy is 100%% and test accuracy "
-                                           "has not improved for N epochs."),
-    p: Optional[int] = typer.Option(None, help="[modular] The modulus (default 113)."),
-    frac_train: Optional[float] = typer.Option(None, help="Fraction of examples used for training."),
-    labels: Optional[str] = typer.Option(None, help="[pair-labels] 'published', 'builtin', or a path/URL of a "
-                                         "numpy-only label pickle (default: published if the data directory "
-                                         "has it, else builtin)."),
-    n_values: Optional[int] = typer.Option(None, help="[sequences] Number of token values."),
-    k: Optional[int] = typer.Option(None, help="[sorting] List length."),
-    length: Optional[int] = typer.Option(None, help="[induction, previous-token] Sequence length."),
-    n_examples: Optional[int] = typer.Option(None, help="[sequences] Number of sequences."),
-    n: Optional[int] = typer.Option(None, help="[memorization] Integers per side of a pair."),
-    n_classes: Optional[int] = typer.Option(None, help="[memorization] Number of random labels."),
-    d_model: Optional[int] = typer.Option(None, help="[transformer] Override the default width."),
-    n_layers: Optional[int] = typer.Option(None, help="[transformer] Override the default depth."),
-    n_heads: Optional[int] = typer.Option(None, help="[transformer] Override the default head count."),
-    d_mlp: Optional[int] = typer.Option(None, help="[transformer] Override the default MLP width."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-) -> None:
-    """Train a model on a task, writing config.json, metrics.jsonl, checkpoints/ and model.safetensors."""
+def _train_params() -> list[inspect.Parameter]:
+    """The options of ``interplab train``: task options, TrainConfig fields, model sizes (generated)."""
+    from interplab.options import common, options_from, parameter
+    from interplab.tasks.registry import TASKS
+    from interplab.train import TrainConfig
+
+    params = [inspect.Parameter("task", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                                default=typer.Argument(..., help=f"One of: {', '.join(TASKS)}."))]
+    params += common(out_help="Run directory to write (or to continue with --resume).")
+    params.append(inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--resume", help="Continue the run in --out to its configured end, with its stored settings "
+        "(other options are ignored).")))
+    seen: dict[str, Any] = {}
+    for spec in TASKS.values():
+        for name, opt in spec.options.items():
+            seen.setdefault(name, (spec, opt))
+    for name, (spec, opt) in seen.items():
+        tp = inspect.signature(spec.builder).parameters[name].annotation
+        tp = {"int": int, "float": float, "str": str}.get(tp, tp) if isinstance(tp, str) else tp
+        params.append(parameter(name, tp, None, opt.help + " (task default if omitted)", opt.bounds))
+    task_set = {k for spec in TASKS.values() for k in spec.train}
+    params += options_from(TrainConfig, defaults={k: None for k in task_set}, helps=TRAIN_HELP, probe=True)
+    for name in MODEL_SIZES:
+        params.append(parameter(name, int, None, f"[transformer] Override the default {name}.", {"ge": 1, "le": 65536}))
+    params.append(parameter("data_dir", Path, None, "Data directory (default: $INTERPLAB_DATA or ../shared/data)."))
+    return params
+
+
+def _train(task: str, out: Path, quiet: bool, resume: bool, data_dir: Optional[Path], **given: Any) -> None:
     from interplab.errors import check
-    from interplab.models import model_from_config_dict
-    from interplab.tasks import make_task
+    from interplab.models import model_for_config
+    from interplab.tasks.registry import TASKS
     from interplab.train import TrainConfig, resume_run, train
 
     if resume:
@@ -138,37 +125,35 @@ def train_command(
         return
     check(task in TASKS, f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     spec = TASKS[task]
-    given = {"p": p, "frac_train": frac_train, "labels": labels, "n_values": n_values, "k": k, "length": length,
-             "n_examples": n_examples, "n": n, "n_classes": n_classes}
-    for name, value in given.items():
-        check(value is None or name in spec["options"],
-              f"--{name.replace('_', '-')} does not apply to {task} (its options: "
-              f"{', '.join('--' + o.replace('_', '-') for o in spec['options'])}).")
-    params = {k_: v for k_, v in given.items() if v is not None}
-    the_task = make_task({"name": task, **spec["fixed"], **params, "seed": seed}, data_dir=data_dir)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    options = {k: v for k, v in given.items() if v is not None and k not in train_fields and k not in MODEL_SIZES}
+    the_task = spec.build(options, seed=given["seed"], data_dir=data_dir)
     model_cfg = the_task.default_model_config()
-    overrides = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_mlp": d_mlp}
-    overrides = {k_: v for k_, v in overrides.items() if v is not None}
-    if overrides:
-        check(hasattr(model_cfg, "d_model"), f"Model size options apply to transformer tasks, not {task}.")
-        model_cfg = dataclasses.replace(model_cfg, **overrides)
-    model = model_from_config_dict({"class": "Transformer" if hasattr(model_cfg, "d_model") else "MLP",
-                                    "seed": seed, "cfg": dataclasses.asdict(model_cfg)})
-    defaults = spec["train"]
-    cfg = TrainConfig(
-        epochs=epochs if epochs is not None else defaults["epochs"],
-        lr=lr if lr is not None else defaults["lr"],
-        weight_decay=weight_decay if weight_decay is not None else defaults["weight_decay"],
-        betas=(beta1, beta2), batch_size=batch_size if batch_size is not None else defaults.get("batch_size"),
-        schedule=schedule, warmup_epochs=warmup_epochs, seed=seed, log_every=min(log_every, 50),
-        checkpoint_every=min(checkpoint_every, 100), patience=patience,
-    )
+    sizes = {k: given[k] for k in MODEL_SIZES if given[k] is not None}
+    if sizes:
+        names = {f.name for f in dataclasses.fields(model_cfg)}
+        check(set(sizes) <= names, f"--{next(iter(set(sizes) - names)).replace('_', '-')} does not apply to the "
+              f"{type(model_cfg).__name__} of {task}.")
+        model_cfg = dataclasses.replace(model_cfg, **sizes)
+    model = model_for_config(model_cfg, seed=given["seed"])
+    settings = {k: given[k] for k in train_fields if given[k] is not None}
+    cfg = TrainConfig(**{**spec.train, **settings})
     if not quiet:
         source = the_task.extras.get("source")
         typer.echo(f"task {task}" + (f" (labels: {source})" if source else "") + f", {len(the_task.train_idx)} train / "
                    f"{len(the_task.test_idx)} test examples, {sum(q.numel() for q in model.parameters())} parameters")
     result = train(model, the_task, cfg, out, quiet=quiet)
     _print_final(out, result.final, result.stopped_early)
+
+
+def _register_train() -> None:
+    from interplab.options import command
+
+    doc = "Train a model on a task, writing config.json, metrics.jsonl, checkpoints/ and model.safetensors."
+    app.command("train")(command(_train, _train_params(), doc))
+
+
+_register_train()
 
 
 def _print_final(out: Path, final: dict[str, Any], stopped_early: bool) -> None:
@@ -180,7 +165,7 @@ def _print_final(out: Path, final: dict[str, Any], stopped_early: bool) -> None:
 @app.command()
 def info(run_dir: Path = typer.Argument(..., help="A run directory written by `interplab train`.")) -> None:
     """Print a run's configuration and its last logged metrics."""
-    from interplab.runs import read_json
+    from interplab.io import read_json
 
     from interplab.errors import check
 
@@ -220,17 +205,34 @@ def lm_info(
                f"{len(lm_model.hook_dict)} hook names, e.g. blocks.0.hook_resid_pre, blocks.0.attn.hook_z")
 
 
-def main() -> None:
-    """Entry point: run the app; user errors become one sentence on stderr and exit code 2."""
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: run the app; user errors (bad options included) become one sentence on stderr, exit 2."""
+    try:  # typer >= 0.29 carries its own copy of click
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover - older typer on click
+        from click.exceptions import NoArgsIsHelpError, UsageError
+
     try:
         _register()
-        app()
+        code = app(args=argv, standalone_mode=False)
+    except NoArgsIsHelpError:  # typer has printed the help
+        sys.exit(2)
+    except UsageError as e:
+        typer.echo(f"error: {_sentence(e.format_message())}", err=True)
+        sys.exit(2)
     except InterplabError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted; completed checkpoints are kept, rerun with --resume to continue.", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _sentence(message: str) -> str:
+    """A usage error from the parser as one line ending in a full stop."""
+    text = " ".join(message.replace("Value error, ", "").split())
+    return text if text.endswith(".") else text + "."
 
 
 if __name__ == "__main__":

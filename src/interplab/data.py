@@ -4,7 +4,7 @@ Where data comes from, in order: an explicit ``--data-dir``, the ``INTERPLAB_DAT
 environment variable, then ``../shared/data`` beside the checkout (or beside the current
 directory) when it exists. Files the project did not make are never committed; the ones it
 knows are listed in :data:`KNOWN_FILES` with their md5 and public homes, and
-:func:`download` fetches and verifies them.
+:func:`download` fetches and verifies them with pooch.
 
 Published ``.pkl`` tables can run code when unpickled, so :func:`load_numpy_pickle` reads
 them with an unpickler that admits numpy arrays and plain containers, nothing else.
@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from interplab.errors import InterplabError, check
-from interplab.runs import PathLike, atomic_write_bytes
+from interplab.io import PathLike, atomic_write_bytes
 
 ENV_VAR = "INTERPLAB_DATA"
 
@@ -140,11 +139,9 @@ def md5sum(path: PathLike) -> str:
         >>> md5sum(p)
         '900150983cd24fb0d6963f7d28e17f72'
     """
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    import pooch
+
+    return pooch.file_hash(str(path), alg="md5")
 
 
 def fetch(url: str, timeout: float = 60.0) -> bytes:
@@ -170,7 +167,7 @@ def download(
     md5: str | None = None,
     timeout: float = 60.0,
 ) -> Path:
-    """Fetch a known file into ``dest_dir/relpath``, verifying its md5, trying each URL in turn.
+    """Fetch a known file into ``dest_dir/relpath`` with pooch, verifying its md5, trying each URL in turn.
 
     ``urls``/``md5`` default to the entry in :data:`KNOWN_FILES`. An existing file with the
     right checksum is kept; a bad download is never left on disk.
@@ -188,22 +185,21 @@ def download(
         assert known is not None
         urls = urls or known.urls
         md5 = md5 or known.md5
+    import pooch
+    import requests
+
+    pooch.get_logger().setLevel("WARNING")
     dest = Path(dest_dir) / relpath
-    if dest.is_file() and md5sum(dest) == md5:
-        return dest
     errors = []
-    for url in urls:
+    for url in urls:  # pooch keeps a file with the right hash, verifies a download, and never leaves a bad one
         try:
-            payload = fetch(url, timeout)
-        except InterplabError as e:
-            errors.append(str(e))
-            continue
-        digest = hashlib.md5(payload).hexdigest()
-        if digest != md5:
-            errors.append(f"{url}: md5 {digest} instead of {md5}")
-            continue
-        atomic_write_bytes(dest, payload)
-        return dest
+            return Path(pooch.retrieve(url, known_hash=f"md5:{md5}", fname=dest.name, path=dest.parent,
+                                       progressbar=False, downloader=pooch.HTTPDownloader(timeout=timeout)
+                                       if url.startswith("http") else None))
+        except ValueError as e:  # pooch's hash mismatch
+            errors.append(f"{url}: md5 mismatch ({' '.join(str(e).split())[:120]})")
+        except (requests.exceptions.RequestException, OSError) as e:
+            errors.append(f"{url}: {type(e).__name__}")
     raise InterplabError(f"Could not download {relpath} ({'; '.join(errors)}).")
 
 

@@ -1,10 +1,17 @@
-"""Instrumentation: read, overwrite (optionally under a mask) and iterate a model's sites.
+"""Instrumentation: the one way to read, overwrite and iterate a model's activation sites.
 
-Three habits, one module:
-
-- :func:`cache`: the activations at chosen sites (``run_with_cache`` with a name filter);
+- :class:`Site`: a TransformerLens hook name and an optional index along axis 1; it reads a
+  site's value as rows ``[rows, d]`` and writes rows back (what an SAE reads and splices);
+- :func:`cache`: the activations at chosen sites in one forward pass (``run_with_cache`` with a
+  name filter, extra hooks, optionally as gradient leaves);
+- :func:`site_values`: one site's activations over a dataset, in batches;
+- :func:`run_batches` / :func:`predict`: batched forward passes with hooks and per-input
+  values written into sites, and a readout (predicted classes by default);
 - :func:`run_with_patches` / :func:`masked_patch`: overwrite sites with other values, only
   where a boolean mask is true (masked injection);
+- :func:`site_groups` / :func:`write_hooks`: what makes the above work on a TransformerBridge
+  (one hook point known by several names, read once and keyed by the name asked for; writes to
+  ``hook_resid_mid`` that reach both the MLP and the skip connection);
 - :func:`trace`: iterate a forward pass site by site. The forward pass runs in a greenlet that
   switches back to the caller at each hook, so the loop body sees ``site.name`` and
   ``site.value``, may assign ``site.value = ...`` (or ``site.patch(v, mask)``), may keep any
@@ -29,7 +36,8 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +48,45 @@ from transformer_lens import HookedRootModule
 from interplab.errors import InterplabError, check
 
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
+Hook = Callable[[Tensor, Any], Tensor | None]
+Hooks = Sequence[tuple[str, Hook]]
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hook name and an optional index along axis 1 (``position``; negative allowed).
+
+    ``position`` picks a token position of a sequence model, or an instance of a toy model of
+    superposition. :meth:`read` turns the hook's value into rows ``[rows, d]``; :meth:`write`
+    puts rows back (for splicing a reconstruction into the forward pass).
+
+    Example:
+        >>> s = Site("blocks.0.mlp.hook_post", position=-1)
+        >>> a = torch.arange(24.0).reshape(2, 3, 4)
+        >>> s.read(a).tolist()
+        [[8.0, 9.0, 10.0, 11.0], [20.0, 21.0, 22.0, 23.0]]
+        >>> s.write(a, torch.zeros(2, 4))[:, -1].abs().sum().item()
+        0.0
+    """
+
+    name: str
+    position: int | None = None
+
+    def read(self, act: Tensor) -> Tensor:
+        """Rows ``[rows, d]``: ``act[:, position]`` or every leading index flattened."""
+        if self.position is None:
+            return act.reshape(-1, act.shape[-1])
+        check(act.dim() >= 3, f"Site {self.name} has shape {tuple(act.shape)}, which has no axis 1 to pick "
+              f"position {self.position} from.")
+        return act[:, self.position].reshape(-1, act.shape[-1])
+
+    def write(self, act: Tensor, rows: Tensor) -> Tensor:
+        """A copy of ``act`` with the rows :meth:`read` takes replaced by ``rows``."""
+        if self.position is None:
+            return rows.reshape(act.shape).to(act.dtype)
+        out = act.clone()
+        out[:, self.position] = rows.reshape(out[:, self.position].shape).to(act.dtype)
+        return out
 
 
 def _name_filter(names: NameFilter) -> Callable[[str], bool]:
@@ -98,12 +145,17 @@ def site_groups(model: HookedRootModule, names: NameFilter = None) -> list[tuple
     return [(g[0], g) for g in groups.values()]
 
 
-def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwargs: Any
-          ) -> tuple[Tensor, dict[str, Tensor]]:
+def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hooks: Hooks = (),
+          requires_grad: bool = False, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """Run ``model(*args, **kwargs)`` and return ``(output, {site: activation})`` for ``names``.
 
     ``names``: one site name, a list of names, a predicate, or None for every site. The
-    activations stay in the autograd graph when gradients are enabled.
+    activations stay in the autograd graph when gradients are enabled; ``requires_grad=True``
+    also makes an activation nothing before it needs gradients for (e.g. ``hook_input``) a
+    leaf that requires grad, so ``torch.autograd.grad(f(output), acts[name])`` always works.
+    ``fwd_hooks`` (TransformerLens ``(name, fn)`` pairs) act in the same pass; at a site they
+    also edit, the cache holds the edited value. Raises :class:`InterplabError` for a name
+    the model does not have.
 
     Example:
         >>> import torch
@@ -117,13 +169,100 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     acts: dict[str, Tensor] = {}
 
     def save(act: Tensor, hook: Any, known_as: list[str]) -> Tensor:
+        if requires_grad and not act.requires_grad:
+            act = act.detach().requires_grad_(True)
         for n in known_as:  # the names asked for, not hook.name (a bridge's canonical name)
             acts[n] = act
         return act  # returned, so that the pass uses this very tensor (a bridge reshapes e.g. hook_z)
 
-    hooks = [(n, functools.partial(save, known_as=g)) for n, g in site_groups(model, names)]
+    hooks = [*fwd_hooks, *((n, functools.partial(save, known_as=g)) for n, g in site_groups(model, names))]
     out = model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
     return out, acts
+
+
+@torch.no_grad()
+def site_values(model: HookedRootModule, inputs: Tensor, site: str, batch_size: int = 4096,
+                fwd_hooks: Hooks = (), **forward_kwargs: Any) -> Tensor:
+    """The activations ``[N, ...]`` of ``model`` at ``site`` on ``inputs`` (batched, detached).
+
+    ``fwd_hooks`` act in every batch (the values are the edited ones where they edit ``site``);
+    ``forward_kwargs`` go to the model (e.g. ``positions=[-1]``).
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=5, n_ctx=3, d_model=8, n_heads=2, d_mlp=16))
+        >>> site_values(m, torch.tensor([[1, 2, 4]]), "blocks.0.hook_resid_mid", positions=[-1]).shape
+        torch.Size([1, 1, 8])
+    """
+    check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
+    out = [cache(model, chunk, names=site, fwd_hooks=fwd_hooks, **forward_kwargs)[1][site]
+           for chunk in inputs.split(batch_size)]
+    return torch.cat(out)
+
+
+def default_readout(out: Tensor) -> Tensor:
+    """Predicted class per input: argmax of the logits at the last position if there are positions.
+
+    Example:
+        >>> import torch
+        >>> default_readout(torch.tensor([[[0.0, 1.0], [2.0, 0.0]]])).tolist()
+        [0]
+    """
+    return (out[:, -1] if out.dim() == 3 else out).argmax(-1)
+
+
+def run_batches(model: HookedRootModule, inputs: Tensor, batch_size: int = 4096, fwd_hooks: Hooks = (),
+                values: Mapping[str, Tensor] | None = None, **forward_kwargs: Any) -> Iterator[tuple[slice, Any]]:
+    """Run ``model`` on ``inputs`` in batches; yield ``(rows, output)`` for each batch.
+
+    ``rows`` is the slice of ``inputs`` the batch holds. ``fwd_hooks`` act in every batch;
+    ``values`` (``{site: [N, ...]}``, one value per input) are written into their sites, each
+    batch getting its own rows. Gradients follow the caller's grad mode. Raises
+    :class:`InterplabError` for an unknown site or a value that does not fit its site.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> m = MLP(MLPConfig(d_in=2, d_hidden=[3], d_out=2), seed=0)
+        >>> x = torch.randn(5, 2)
+        >>> zeros = {"layers.0.hook_post": torch.zeros(5, 3)}
+        >>> [(r.start, out.shape[0]) for r, out in run_batches(m, x, batch_size=3, values=zeros)]
+        [(0, 3), (3, 2)]
+        >>> all(torch.allclose(out, m.b_U) for _, out in run_batches(m, x, batch_size=3, values=zeros))
+        True
+    """
+    check(batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
+    values = dict(values or {})
+    _check_names(model, list(values))
+    for start in range(0, len(inputs), batch_size):
+        rows = slice(start, start + batch_size)
+        hooks = list(fwd_hooks)
+        for site, value in values.items():
+            def put(act: Tensor, hook: Any, part: Tensor = value[rows], site: str = site) -> Tensor:
+                check(act.shape == part.shape, f"A value of shape {tuple(part.shape)} does not fit site {site} "
+                      f"of shape {tuple(act.shape)} in this batch.")
+                return part.to(act.dtype)
+
+            hooks += write_hooks(model, site, put)  # (a bridge's resid_mid: on both paths)
+        yield rows, model.run_with_hooks(inputs[rows], fwd_hooks=hooks, **forward_kwargs)
+
+
+@torch.no_grad()
+def predict(model: HookedRootModule, inputs: Tensor, fwd_hooks: Hooks = (),
+            readout: Callable[[Tensor], Tensor] = default_readout, batch_size: int = 4096,
+            values: Mapping[str, Tensor] | None = None, **forward_kwargs: Any) -> Tensor:
+    """``readout(output)`` of ``model`` on ``inputs``, batched, with hooks and values (see :func:`run_batches`).
+
+    The default readout gives predicted classes ``[N]``.
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import MLP, MLPConfig
+        >>> predict(MLP(MLPConfig(d_in=2, d_hidden=[3], d_out=2)), torch.zeros(5, 2)).shape
+        torch.Size([5])
+    """
+    out = [readout(o) for _, o in run_batches(model, inputs, batch_size, fwd_hooks, values, **forward_kwargs)]
+    return torch.cat(out)
 
 
 def masked_patch(act: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -191,8 +330,9 @@ def write_hooks(model: HookedRootModule, site: str, fn: Callable[..., Tensor | N
         if site in hook_dict and hook_dict[site] is hook_dict.get(prefix + "ln2.hook_in"):
             seen: dict[str, Tensor] = {}
 
-            def keep(act: Tensor, hook: Any) -> None:
+            def keep(act: Tensor, hook: Any) -> Tensor:
                 seen["pre"] = act
+                return act  # (a reading hook returns what it keeps)
 
             def through_attn_out(act: Tensor, hook: Any) -> Tensor:
                 new = fn(seen["pre"] + act, hook)
@@ -224,7 +364,7 @@ def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, 
 _ACTIVE: list[Trace] = []
 
 
-class Site:
+class TracedSite:
     """One activation site met during a :func:`trace`: ``name``, ``value`` (assignable).
 
     ``site.value = v`` replaces the activation for the rest of the forward pass;
@@ -259,7 +399,7 @@ class Site:
         return self._value
 
     def __repr__(self) -> str:
-        return f"Site({self.name!r}, shape={tuple(self._value.shape)})"
+        return f"TracedSite({self.name!r}, shape={tuple(self._value.shape)})"
 
 
 class Trace:
@@ -283,7 +423,7 @@ class Trace:
 
     def _forward(self, caller: greenlet) -> Any:
         def hook(act: Tensor, hook: Any, name: str) -> Tensor:
-            site = Site(name, act, len(self.names))
+            site = TracedSite(name, act, len(self.names))
             self.names.append(name)
             caller.switch(site)  # hand the site to the loop body; resume when it asks for the next
             return site._value
@@ -291,14 +431,14 @@ class Trace:
         fwd_hooks = [(n, functools.partial(hook, name=n)) for n, _ in site_groups(self.model, self.names_arg)]
         return self.model.run_with_hooks(*self.args, fwd_hooks=fwd_hooks, **self.kwargs)
 
-    def __iter__(self) -> Iterator[Site]:
+    def __iter__(self) -> Iterator[TracedSite]:
         check(not self._started, "A trace can be iterated only once; call trace() again for another pass.")
         check(not _ACTIVE, "Another trace is in progress; traces cannot be interleaved (finish its loop first).")
         self._started = True
         _ACTIVE.append(self)
         return self._run()
 
-    def _run(self) -> Iterator[Site]:
+    def _run(self) -> Iterator[TracedSite]:
         caller = greenlet.getcurrent()
         glet = greenlet(self._forward, parent=caller)
         try:
@@ -342,4 +482,5 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     return Trace(model, args, kwargs, names)
 
 
-__all__ = ["cache", "site_groups", "write_hooks", "masked_patch", "patch_hooks", "run_with_patches", "trace", "Trace", "Site"]
+__all__ = ["Site", "Hook", "cache", "site_groups", "site_values", "default_readout", "run_batches", "predict",
+           "masked_patch", "patch_hooks", "write_hooks", "run_with_patches", "trace", "Trace", "TracedSite"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import html
 import io
 import platform
 import sys
@@ -35,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from interplab.runs import PathLike, atomic_write_text  # noqa: E402
+from interplab.io import PathLike, atomic_write_text  # noqa: E402
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
@@ -49,6 +48,42 @@ figure{margin:1em 0} figcaption{color:#555;font-size:.92em} img{max-width:100%}
 .num b{display:block;font-size:1.3em} .num span{color:#666;font-size:.85em}
 pre{background:#f7f7f7;padding:.8em;overflow-x:auto} .prov{color:#777;font-size:.85em}
 """
+
+
+def announce(headline: str | Sequence[str], report_path: PathLike) -> None:
+    """Print a study's headline numbers, then the path of its report: the one printing path of studies.
+
+    Always printed: a study's ``quiet`` silences progress bars and intermediate lines only.
+
+    Example:
+        >>> announce(["accuracy 0.98"], "out/report.html")
+        accuracy 0.98
+        report: out/report.html
+    """
+    for line in [headline] if isinstance(headline, str) else headline:
+        print(line)
+    print(f"report: {report_path}")
+
+
+def image_grid(images: Any, titles: Sequence[str], cols: int = 20, size: float = 0.75, cmap: str = "gray") -> Figure:
+    """A matplotlib figure of images ([n, H, W] on [0, 1]) in a grid, each with a small title.
+
+    Example:
+        >>> import numpy as np
+        >>> fig = image_grid(np.zeros((3, 4, 4)), ["a", "b", "c"], cols=2)
+        >>> len(fig.axes)
+        4
+        >>> plt.close(fig)
+    """
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.15), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i], cmap=cmap, vmin=0, vmax=1)
+            ax.set_title(titles[i], fontsize=6)
+    return fig
 
 
 def fmt(x: Any) -> str:
@@ -65,53 +100,86 @@ def fmt(x: Any) -> str:
     return f"{x:.4g}"
 
 
+_TEMPLATE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{{ title }}</title><style>{{ css }}</style></head>
+<body>
+<h1>{{ title }}</h1>
+{% if subtitle %}<p class="sub">{{ subtitle }}</p>{% endif %}
+{% for b in blocks %}
+{%- if b.kind == "section" %}<h2>{{ b.heading }}</h2>
+{%- elif b.kind == "text" %}<p>{{ b.content }}</p>
+{%- elif b.kind == "code" %}<pre>{{ b.source }}</pre>
+{%- elif b.kind == "numbers" %}<div class="nums">{% for k, v in b.tiles %}<div class="num"><b>{{ v }}</b><span>{{ k }}</span></div>{% endfor %}</div>
+{%- elif b.kind == "table" %}<table>{% if b.caption %}<caption>{{ b.caption }}</caption>{% endif %}<tr>{% for h in b.header %}<th>{{ h }}</th>{% endfor %}</tr>
+{% for row in b.body %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
+{%- elif b.kind == "figure" %}<figure><img src="data:image/png;base64,{{ b.png }}" alt="{{ b.caption }}">{% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure>
+{%- endif %}
+{% endfor %}
+<hr><p class="prov">{{ provenance }}</p>
+</body></html>
+"""
+
+
+def _environment() -> Any:
+    import jinja2
+
+    return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True)
+
+
 class Report:
-    """An HTML report assembled section by section; see the module docstring."""
+    """An HTML report assembled section by section; see the module docstring.
+
+    The page is rendered by a jinja2 template with autoescaping: every title, heading, number,
+    table cell and caption is escaped; only :meth:`text` takes (trusted) markup. Figures are
+    embedded as base64 PNG, so the file is self-contained.
+    """
 
     def __init__(self, title: str, subtitle: str = "") -> None:
         self.title = title
-        self.parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
-        if subtitle:
-            self.parts.append(f"<p class='sub'>{html.escape(subtitle)}</p>")
+        self.subtitle = subtitle
+        self.blocks: list[dict[str, Any]] = []
 
     def section(self, heading: str) -> None:
         """Start a new section with a heading."""
-        self.parts.append(f"<h2>{html.escape(heading)}</h2>")
+        self.blocks.append({"kind": "section", "heading": heading})
 
     def text(self, content: str) -> None:
-        """A paragraph; ``content`` may contain simple HTML markup (b, i, code)."""
-        self.parts.append(f"<p>{content}</p>")
+        """A paragraph; ``content`` is trusted markup written by the study (b, i, code), not user data."""
+        from markupsafe import Markup
+
+        self.blocks.append({"kind": "text", "content": Markup(content)})
 
     def code(self, source: str) -> None:
         """A block of source code, shown verbatim."""
-        self.parts.append(f"<pre>{html.escape(source)}</pre>")
+        self.blocks.append({"kind": "code", "source": source})
 
     def numbers(self, values: Mapping[str, Any]) -> None:
         """Headline numbers as tiles (name under value)."""
-        tiles = "".join(
-            f"<div class='num'><b>{html.escape(fmt(v))}</b><span>{html.escape(k)}</span></div>"
-            for k, v in values.items()
-        )
-        self.parts.append(f"<div class='nums'>{tiles}</div>")
+        self.blocks.append({"kind": "numbers", "tiles": [(str(k), fmt(v)) for k, v in values.items()]})
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]], caption: str = "") -> None:
         """A table; numbers are formatted with :func:`fmt`."""
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
-        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        self.parts.append(f"<table>{cap}<tr>{head}</tr>{body}</table>")
+        self.blocks.append({"kind": "table", "header": [str(h) for h in header],
+                            "body": [[fmt(c) for c in row] for row in rows], "caption": caption})
 
     def figure(self, fig: Figure, caption: str = "", dpi: int = 110) -> None:
         """Embed a matplotlib figure as PNG and close it."""
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
         plt.close(fig)
-        data = base64.b64encode(buf.getvalue()).decode("ascii")
-        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>{cap}</figure>")
+        png = base64.b64encode(buf.getvalue()).decode("ascii")
+        self.blocks.append({"kind": "figure", "png": png, "caption": caption})
 
     def html(self) -> str:
-        """The whole page as a string, with a provenance footer."""
+        """The whole page as a string, with a provenance footer.
+
+        Example:
+            >>> r = Report("<script>x</script>")
+            >>> r.table(["a<b"], [[1]])
+            >>> page = r.html()
+            >>> "<script>x" in page, "&lt;script&gt;x" in page, "a&lt;b" in page
+            (False, True, True)
+        """
         import torch
 
         from interplab import __version__
@@ -119,16 +187,19 @@ class Report:
         prov = (
             f"interplab {__version__}, torch {torch.__version__}, Python {sys.version.split()[0]}, "
             f"{platform.platform()}, written {datetime.datetime.now().isoformat(timespec='seconds')}; "
-            f"command: {html.escape(' '.join(sys.argv))}"
+            f"command: {' '.join(sys.argv)}"
         )
-        body = "\n".join(self.parts)
-        return (
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-            f"<style>{_CSS}</style></head><body>{body}<hr><p class='prov'>{prov}</p></body></html>\n"
-        )
+        return _environment().from_string(_TEMPLATE).render(
+            title=self.title, subtitle=self.subtitle, blocks=self.blocks, css=_CSS_MARKUP(), provenance=prov)
 
     def save(self, path: PathLike) -> Path:
         """Write the report atomically; returns the path."""
         path = Path(path)
         atomic_write_text(path, self.html())
         return path
+
+
+def _CSS_MARKUP() -> Any:
+    from markupsafe import Markup
+
+    return Markup(_CSS)

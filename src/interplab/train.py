@@ -40,8 +40,8 @@ import torch
 from tqdm.auto import tqdm
 
 from interplab.errors import InterplabError, check
-from interplab.runs import (PathLike, atomic_write_bytes, load_torch, read_json, save_model, save_tensors,
-                            save_torch)
+from interplab.io import PathLike, atomic_write_bytes, load_torch, read_json, save_tensors, save_torch
+from interplab.runs import save_model
 
 SCHEDULES = ("constant", "warmup", "cosine", "linear")
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from interplab.errors import check
+from interplab.instrument import cache
 
 OPS = ("and", "or")
 
@@ -288,16 +289,8 @@ def gradient_subspace(
     gram: Tensor | None = None
     with torch.enable_grad():
         for chunk in inputs.split(batch_size):
-            store: dict[str, Tensor] = {}
-
-            def grab(value: Tensor, hook: Any = None) -> Tensor:
-                if not value.requires_grad:
-                    value = value.detach().requires_grad_()
-                store["v"] = value
-                return value
-
-            out = model.run_with_hooks(chunk, fwd_hooks=[*fwd_hooks, (site, grab)], **forward_kwargs)
-            (g,) = torch.autograd.grad(metric(out).sum(), store["v"])
+            out, acts = cache(model, chunk, names=site, fwd_hooks=fwd_hooks, requires_grad=True, **forward_kwargs)
+            (g,) = torch.autograd.grad(metric(out).sum(), acts[site])
             g = g.reshape(len(chunk), -1, g.shape[-1])[:, -1].double()
             gram = g.T @ g if gram is None else gram + g.T @ g
     assert gram is not None

@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
+from interplab.instrument import cache
 
 
 def unit_directions(d: int, units: Sequence[int] | None = None) -> Tensor:
@@ -69,13 +70,7 @@ def site_objective(model: Any, x: Tensor, site: str, directions: Tensor, **forwa
         torch.Size([3])
     """
     check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
-    store: dict[str, Tensor] = {}
-
-    def grab(value: Tensor, hook: Any = None) -> None:
-        store["v"] = value
-
-    model.run_with_hooks(x, fwd_hooks=[(site, grab)], **forward_kwargs)
-    value = store["v"].flatten(1)
+    value = cache(model, x, names=site, **forward_kwargs)[1][site].flatten(1)
     check(value.shape[1] == directions.shape[-1],
           f"directions have {directions.shape[-1]} entries but site {site} has {value.shape[1]} per input.")
     return (value * directions.to(value.dtype)).sum(1)
@@ -121,35 +116,22 @@ def visualize(
         p.requires_grad_(False)
     was_training = model.training
     model.eval()
-    store: dict[str, Tensor] = {}
-
-    def grab(value: Tensor, hook: Any = None) -> None:
-        store["v"] = value
-
-    def objective() -> Tensor:
-        model(x, **forward_kwargs)
-        value = store["v"].flatten(1)
-        check(value.shape[1] == dirs.shape[-1],
-              f"directions have {dirs.shape[-1]} entries but site {site} has {value.shape[1]} per input.")
-        return (value * dirs).sum(1)
-
     check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
     try:
-        with model.hooks(fwd_hooks=[(site, grab)]):
-            scale = None
-            for _ in tqdm(range(steps), disable=quiet, desc="featviz", leave=False):
-                obj = objective()
-                if scale is None:
-                    scale = obj.detach().abs().clamp(min=1e-3)
-                penalty = l2 * x.pow(2).flatten(1).mean(1) + tv * total_variation(x)
-                loss = -(obj / scale - penalty).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    x.clamp_(lo, hi)
+        scale = None
+        for _ in tqdm(range(steps), disable=quiet, desc="featviz", leave=False):
+            obj = site_objective(model, x, site, dirs, **forward_kwargs)
+            if scale is None:
+                scale = obj.detach().abs().clamp(min=1e-3)
+            penalty = l2 * x.pow(2).flatten(1).mean(1) + tv * total_variation(x)
+            loss = -(obj / scale - penalty).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
             with torch.no_grad():
-                final = objective().reshape(n_starts, k)
+                x.clamp_(lo, hi)
+        with torch.no_grad():
+            final = site_objective(model, x, site, dirs, **forward_kwargs).reshape(n_starts, k)
     finally:
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)

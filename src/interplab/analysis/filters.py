@@ -17,7 +17,7 @@ Example:
     >>> import torch
     >>> from interplab.models import Transformer, TransformerConfig
     >>> from interplab.interventions.fixed_attention import mean_patterns, fixed_attention_hooks
-    >>> from interplab.interventions.ablate import site_values
+    >>> from interplab.instrument import site_values
     >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=3, d_model=8, n_heads=2, d_mlp=16), seed=0)
     >>> a, b = torch.meshgrid(torch.arange(5), torch.arange(5), indexing="ij")
     >>> toks = torch.stack([a.flatten(), b.flatten(), torch.full((25,), 5)], 1)

@@ -87,4 +87,29 @@ def group_units(
     return out
 
 
-__all__ = ["dead_units", "activation_profiles", "group_units"]
+def groups_by_selectivity(acts: Tensor, group_ids: Tensor, region: Tensor) -> dict[str, Tensor]:
+    """Name three unit groups by how selective they are for a region of the inputs.
+
+    ``acts`` [N, units]; ``group_ids`` [units] from :func:`group_units` with 3 groups (-1: dead);
+    ``region`` [N] bool. A group's selectivity is ``(m_in - m_out) / (m_in + m_out)`` of its mean
+    activation inside and outside the region. Returns unit indices: ``a`` (most selective for the
+    region), ``b`` (most selective against it), ``other`` and ``dead``.
+
+    Example:
+        >>> acts = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+        >>> g = groups_by_selectivity(acts, torch.tensor([0, 1, 2, -1]), torch.tensor([True, False]))
+        >>> {k: v.tolist() for k, v in g.items()}
+        {'a': [0], 'b': [1], 'other': [2], 'dead': [3]}
+    """
+    stats = []
+    for k in range(3):
+        members = (group_ids == k).nonzero().reshape(-1)
+        m_hi = float(acts[region][:, members].mean()) if region.any() and len(members) else 0.0
+        m_lo = float(acts[~region][:, members].mean()) if (~region).any() and len(members) else 0.0
+        stats.append((members, (m_hi - m_lo) / (m_hi + m_lo + 1e-9)))
+    by_sel = sorted(stats, key=lambda s: s[1])
+    return {"a": by_sel[-1][0], "b": by_sel[0][0], "other": by_sel[1][0],
+            "dead": (group_ids == -1).nonzero().reshape(-1)}
+
+
+__all__ = ["dead_units", "activation_profiles", "group_units", "groups_by_selectivity"]

@@ -229,4 +229,21 @@ def search_rules(
     return found
 
 
-__all__ = ["KINDS", "Rule", "fit_score_rule", "search_rules"]
+def source_agreement(source: str, images: np.ndarray, labels: np.ndarray) -> float:
+    r"""Run the ``rule(images)`` defined by ``source`` (from :meth:`Rule.source`) and return its agreement with ``labels``.
+
+    The source is the study's own printed rule (never user input): executing it checks that
+    the published text gives the labels the fitted rule gives.
+
+    Example:
+        >>> src = "import numpy as np\ndef rule(images):\n    return np.zeros(len(images), dtype=np.int64)\n"
+        >>> source_agreement(src, np.zeros((4, 28, 28), np.uint8), np.array([0, 0, 1, 0]))
+        0.75
+    """
+    ns: dict[str, object] = {}
+    exec(compile(source, "<rule>", "exec"), ns)
+    check(callable(ns.get("rule")), "The rule source defines no function named rule.")
+    return float((np.asarray(ns["rule"](images)) == labels).mean())  # type: ignore[operator]
+
+
+__all__ = ["KINDS", "Rule", "fit_score_rule", "search_rules", "source_agreement"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from interplab.errors import InterplabError, check
-from interplab.runs import PathLike
+from interplab.io import PathLike
 
 CENTERS = ("none", "mean", "mid")
 SIDE = 28

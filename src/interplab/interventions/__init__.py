@@ -1,1 +1,1 @@
-"""Interventions on a model's activations: ablations, fixed attention, patching."""
+"""Interventions that write a model's activations: ablation, fixed attention, patching, attribution, scrubbing."""

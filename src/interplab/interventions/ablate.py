@@ -20,6 +20,7 @@ Example:
     >>> model = MLP(MLPConfig(d_in=4, d_hidden=[8], d_out=2), seed=0)
     >>> x = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
     >>> site = "layers.0.hook_post"
+    >>> from interplab.instrument import site_values
     >>> out = ablate(model, x, site, "mean", units=[0, 1], reference=site_values(model, x, site))
     >>> out.shape
     torch.Size([16, 2])
@@ -27,18 +28,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from interplab.errors import check
-from interplab.instrument import write_hooks
+from interplab.instrument import Hook, write_hooks
 
 METHODS = ("zero", "mean", "min", "resample")
 Units = Sequence[int] | Tensor | None
-Hook = Callable[[Tensor, Any], Tensor]
 
 
 def _units_index(units: Units, d: int) -> Tensor:
@@ -237,31 +237,6 @@ def ablation_hook(
 
 
 @torch.no_grad()
-def site_values(model: Any, inputs: Tensor, site: str, batch_size: int = 4096,
-                fwd_hooks: Sequence[tuple[str, Hook]] = (), **forward_kwargs: Any) -> Tensor:
-    """The activations of ``model`` at ``site`` on ``inputs`` (batched; extra hooks applied).
-
-    Example:
-        >>> import torch
-        >>> from interplab.models import Transformer, TransformerConfig
-        >>> m = Transformer(TransformerConfig(d_vocab=5, n_ctx=3, d_model=8, n_heads=2, d_mlp=16))
-        >>> site_values(m, torch.tensor([[1, 2, 4]]), "blocks.0.hook_resid_mid", positions=[-1]).shape
-        torch.Size([1, 1, 8])
-    """
-    check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
-    out = []
-    for chunk in inputs.split(batch_size):
-        store: dict[str, Tensor] = {}
-
-        def grab(value: Tensor, hook: Any = None) -> None:
-            store["v"] = value.detach()
-
-        model.run_with_hooks(chunk, fwd_hooks=[*fwd_hooks, (site, grab)], **forward_kwargs)
-        out.append(store["v"])
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def ablate(
     model: Any,
     inputs: Tensor,
@@ -277,7 +252,8 @@ def ablate(
 ) -> Tensor:
     """Run ``model`` on ``inputs`` with ``site`` ablated; returns the model's output.
 
-    ``reference``: the site's activations on a reference set (e.g. from :func:`site_values`);
+    ``reference``: the site's activations on a reference set (e.g. from
+    :func:`interplab.instrument.site_values`);
     for ``resample`` it defaults to the batch itself, sources drawn with ``seed`` unless
     given. ``fwd_hooks`` are applied too (e.g. fixed attention); ``forward_kwargs`` go to
     the model (e.g. ``positions=[-1]``).
@@ -301,4 +277,4 @@ def ablate(
 
 
 __all__ = ["METHODS", "coordinates", "replace_coordinates", "resample_indices", "ablated_coordinates",
-           "ablation_hook", "site_values", "ablate"]
+           "ablation_hook", "ablate"]

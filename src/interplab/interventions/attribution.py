@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,8 +39,8 @@ from torch import Tensor
 from interplab.analysis.logit_attribution import direct_logit_attribution as unit_attribution
 from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
-from interplab.instrument import cache, site_groups
-from interplab.interventions.patching import Metric, NodeKind, _as_kinds, _scalar, node_kind
+from interplab.instrument import cache
+from interplab.interventions.nodes import Metric, NodeKind, as_kinds, metric_value, node_kind
 
 
 def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, sites: list[str],
@@ -51,26 +50,18 @@ def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, 
     With ``drop_layer``, the backward pass does not flow through that layer's attention and
     MLP outputs (GradDrop); the forward numbers are unchanged.
     """
-    acts: dict[str, Tensor] = {}
-
-    def save(act: Tensor, hook: Any, known_as: list[str]) -> Tensor:
-        for n in known_as:  # the names asked for (a bridge's hook.name may be another alias)
-            acts[n] = act
-        return act  # returned, so that gradients flow through this tensor (a bridge reshapes e.g. hook_z)
-
     def stop(act: Tensor, hook: Any) -> Tensor:
         return act.detach()
 
-    hooks: list[tuple[str, Any]] = [(n, functools.partial(save, known_as=g)) for n, g in site_groups(model, sites)]
-    if drop_layer is not None:
-        hooks += [(f"blocks.{drop_layer}.{s}", stop) for s in ("hook_attn_out", "hook_mlp_out")
-                  if f"blocks.{drop_layer}.{s}" in model.hook_dict]
+    stopped = [] if drop_layer is None else [f"blocks.{drop_layer}.{s}" for s in ("hook_attn_out", "hook_mlp_out")
+                                             if f"blocks.{drop_layer}.{s}" in model.hook_dict]
     with torch.enable_grad():
-        out = model.run_with_hooks(corrupted, fwd_hooks=hooks, **kw)
-        value = _scalar(metric(out))
-        tensors = [acts[s] for s in sites if acts[s].requires_grad]  # not e.g. a bridge's rotary cos/sin
-        grads = dict(zip([s for s in sites if acts[s].requires_grad],
-                         torch.autograd.grad(value, tensors, allow_unused=True)))
+        out, acts = cache(model, corrupted, names=sites, fwd_hooks=[(s, stop) for s in stopped], **kw)
+        value = metric_value(metric(out))
+        # a stopped site passes no gradient back: its own gradient counts as zero; so does a site
+        # outside the graph (e.g. a bridge's rotary cos/sin)
+        live = [s for s in sites if s not in stopped and acts[s].requires_grad]
+        grads = dict(zip(live, torch.autograd.grad(value, [acts[s] for s in live], allow_unused=True)))
     return ({s: a.detach() for s, a in acts.items()},
             {s: (torch.zeros_like(acts[s]) if grads.get(s) is None else grads[s]) for s in sites})
 
@@ -247,7 +238,7 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     kw = model_kwargs or {}
     check(clean.shape == corrupted.shape,
           f"clean and corrupted inputs must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}.")
-    specs = [node_kind(model, k, per_position) for k in _as_kinds(kinds)]
+    specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
     sites = {s for spec in specs for s in spec.sites}
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
     resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"

@@ -30,8 +30,7 @@ import torch
 from torch import Tensor
 
 from interplab.errors import check
-from interplab.interventions.ablate import Hook, site_values
-from interplab.scrub import default_readout
+from interplab.instrument import Hook, default_readout, predict, site_values
 
 
 def pattern_sites(model: Any) -> list[str]:
@@ -88,23 +87,6 @@ def fixed_attention_hooks(means: dict[str, Tensor], x: float = 0.0) -> list[tupl
 
 
 @torch.no_grad()
-def predict(model: Any, inputs: Tensor, fwd_hooks: Sequence[tuple[str, Hook]] = (),
-            readout: Callable[[Tensor], Tensor] = default_readout, batch_size: int = 4096,
-            **forward_kwargs: Any) -> Tensor:
-    """Predicted classes of ``model`` on ``inputs`` with ``fwd_hooks`` applied (batched).
-
-    Example:
-        >>> import torch
-        >>> from interplab.models import MLP, MLPConfig
-        >>> predict(MLP(MLPConfig(d_in=2, d_hidden=[3], d_out=2)), torch.zeros(5, 2)).shape
-        torch.Size([5])
-    """
-    out = [readout(model.run_with_hooks(c, fwd_hooks=list(fwd_hooks), **forward_kwargs))
-           for c in inputs.split(batch_size)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def perturbation_scan(
     model: Any,
     inputs: Tensor,
@@ -139,4 +121,4 @@ def perturbation_scan(
     return scan
 
 
-__all__ = ["pattern_sites", "mean_patterns", "fixed_attention_hooks", "predict", "perturbation_scan"]
+__all__ = ["pattern_sites", "mean_patterns", "fixed_attention_hooks", "perturbation_scan"]

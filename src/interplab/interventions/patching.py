@@ -41,9 +41,7 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,109 +49,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
-from interplab.instrument import cache, write_hooks
-
-Metric = Callable[[Tensor], Tensor]
-
-# kind -> (site template, unit axes (of the activation without batch), unit axes per position)
-_KINDS: dict[str, tuple[str, tuple[int, ...], tuple[int, ...]]] = {
-    "resid_pre": ("blocks.{l}.hook_resid_pre", (), (0,)),
-    "resid_mid": ("blocks.{l}.hook_resid_mid", (), (0,)),
-    "resid_post": ("blocks.{l}.hook_resid_post", (), (0,)),
-    "attn_out": ("blocks.{l}.hook_attn_out", (), (0,)),
-    "mlp_out": ("blocks.{l}.hook_mlp_out", (), (0,)),
-    "z": ("blocks.{l}.attn.hook_z", (1,), (1, 0)),
-    "q": ("blocks.{l}.attn.hook_q", (1,), (1, 0)),
-    "k": ("blocks.{l}.attn.hook_k", (1,), (1, 0)),
-    "v": ("blocks.{l}.attn.hook_v", (1,), (1, 0)),
-    "pattern": ("blocks.{l}.attn.hook_pattern", (0,), (0, 1)),
-    "neuron": ("blocks.{l}.mlp.hook_post", (1,), (1, 0)),
-}
-KINDS = tuple(_KINDS)
-
-
-@dataclass(frozen=True)
-class NodeKind:
-    """Where a kind of component lives: one site per layer and the unit axes within it."""
-
-    kind: str
-    sites: tuple[str, ...]
-    unit_axes: tuple[int, ...]
-
-    def grid_shape(self, acts: Sequence[Tensor]) -> tuple[int, ...]:
-        """The effect grid's shape: ``[layer, *unit axes]`` for activations ``acts`` (with batch)."""
-        shapes = {tuple(a.shape[1 + ax] for ax in self.unit_axes) for a in acts}
-        check(len(shapes) == 1, f"Nodes of kind {self.kind} have different sizes across layers; pass a full "
-                                "forward pass (no readout positions) to patch them per position.")
-        return (len(self.sites), *shapes.pop())
-
-    def units(self, acts: Sequence[Tensor]) -> list[tuple[int, ...]]:
-        """Every component index ``(layer, *unit)`` in grid order."""
-        return list(itertools.product(*(range(n) for n in self.grid_shape(acts))))
-
-    def mask(self, act: Tensor, unit: tuple[int, ...]) -> Tensor:
-        """Boolean mask over ``act`` (with batch) selecting one unit (without the layer index)."""
-        m = torch.zeros(act.shape[1:], dtype=torch.bool, device=act.device)
-        idx: list[Any] = [slice(None)] * m.dim()
-        for ax, i in zip(self.unit_axes, unit):
-            idx[ax] = i
-        m[tuple(idx)] = True
-        return m
-
-    def per_unit(self, x: Tensor) -> Tensor:
-        """Sum ``x`` (shaped like the activation, with batch) over everything but the unit axes."""
-        axes = [1 + ax for ax in self.unit_axes]
-        rest = [d for d in range(x.dim()) if d not in axes]
-        return x.permute(*axes, *rest).flatten(len(axes)).sum(-1) if axes else x.sum()
-
-
-def node_kind(model: torch.nn.Module, kind: str, per_position: bool = False) -> NodeKind:
-    """The sites and unit axes of ``kind`` in ``model`` (a :class:`~interplab.models.Transformer`).
-
-    Example:
-        >>> from interplab.models import Transformer, TransformerConfig
-        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=16, n_layers=2, n_heads=2))
-        >>> node_kind(m, "q").sites
-        ('blocks.0.attn.hook_q', 'blocks.1.attn.hook_q')
-        >>> node_kind(m, "heads")
-        Traceback (most recent call last):
-        ...
-        interplab.errors.InterplabError: Unknown component kind 'heads' (known: resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v, pattern, neuron).
-    """
-    check(kind in _KINDS, f"Unknown component kind {kind!r} (known: {', '.join(KINDS)}).")
-    template, axes, axes_pos = _KINDS[kind]
-    n_layers = getattr(getattr(model, "cfg", None), "n_layers", None)
-    check(n_layers is not None, f"Component kinds apply to transformers, not {type(model).__name__}.")
-    sites = tuple(template.format(l=layer) for layer in range(n_layers))
-    hook_dict = getattr(model, "hook_dict", {})
-    check(all(s in hook_dict for s in sites), f"This model has no {kind} sites (e.g. {sites[0]}).")
-    return NodeKind(kind, sites, axes_pos if per_position else axes)
-
-
-def _as_kinds(kinds: str | Sequence[str]) -> list[str]:
-    return [kinds] if isinstance(kinds, str) else list(kinds)
-
-
-def _scalar(value: Tensor) -> Tensor:
-    check(value.numel() == 1, f"The metric must return a scalar, got shape {tuple(value.shape)}.")
-    return value.reshape(())
-
-
-def site_patch(model: torch.nn.Module, site: str, value: Tensor, mask: Tensor) -> list[tuple[str, Any]]:
-    """Forward hooks writing ``value`` into ``site`` where ``mask`` is true, on the model's real path
-    (see :func:`interplab.instrument.write_hooks`: a bridge's ``hook_resid_mid`` is written through
-    ``hook_attn_out``).
-
-    Example:
-        >>> from interplab.models import Transformer, TransformerConfig
-        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=8, n_layers=1, n_heads=2))
-        >>> [name for name, _ in site_patch(m, "blocks.0.hook_resid_mid", torch.zeros(4, 8), torch.ones(4, 8) > 0)]
-        ['blocks.0.hook_resid_mid']
-    """
-    def put(act: Tensor, hook: Any) -> Tensor:
-        return torch.where(mask, value, act)
-
-    return write_hooks(model, site, put)
+from interplab.instrument import cache, run_with_patches
+from interplab.interventions.nodes import Metric, as_kinds, metric_value, node_kind
 
 
 def activation_patching(
@@ -178,11 +75,11 @@ def activation_patching(
     kw = model_kwargs or {}
     check(clean.shape == corrupted.shape,
           f"clean and corrupted inputs must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}.")
-    specs = [node_kind(model, k, per_position) for k in _as_kinds(kinds)]
+    specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
     sites = sorted({s for spec in specs for s in spec.sites})
     with torch.no_grad():
         _, clean_acts = cache(model, clean, names=sites, **kw)
-        base = _scalar(metric(model(corrupted, **kw)))
+        base = metric_value(metric(model(corrupted, **kw)))
         out: dict[str, Tensor] = {}
         total = sum(len(spec.units([clean_acts[s] for s in spec.sites])) for spec in specs)
         bar = tqdm(total=total, disable=quiet, desc="patching", unit="run")
@@ -191,10 +88,8 @@ def activation_patching(
             grid = torch.zeros(spec.grid_shape(acts))
             for unit in spec.units(acts):
                 site, value = spec.sites[unit[0]], acts[unit[0]]
-                mask = spec.mask(value, unit[1:])
-
-                patched = model.run_with_hooks(corrupted, fwd_hooks=site_patch(model, site, value, mask), **kw)
-                grid[unit] = _scalar(metric(patched)) - base
+                patched = run_with_patches(model, corrupted, patches={site: (value, spec.mask(value, unit[1:]))}, **kw)
+                grid[unit] = metric_value(metric(patched)) - base
                 bar.update()
             out[spec.kind] = grid
         bar.close()
@@ -272,7 +167,7 @@ def path_patching(
     with torch.no_grad():
         _, clean_acts = cache(model, clean, names=list(names), **kw)
         corrupt_out, corr_acts = cache(model, corrupted, names=list(names), **kw)
-        base = _scalar(metric(corrupt_out))
+        base = metric_value(metric(corrupt_out))
         delta = _component_output(model, clean_acts, sender) - _component_output(model, corr_acts, sender)
         n = corrupted.shape[1]
         q_pos = model.positions_index(kw.get("positions"), n) if hasattr(model, "positions_index") else None
@@ -304,7 +199,7 @@ def path_patching(
 
             hooks.append((f"blocks.{layer}.attn.hook_{which}", replace))
         patched = model.run_with_hooks(corrupted, fwd_hooks=hooks, **kw)
-        return _scalar(metric(patched)) - base
+        return metric_value(metric(patched)) - base
 
 
-__all__ = ["KINDS", "NodeKind", "node_kind", "site_patch", "activation_patching", "path_patching", "Metric"]
+__all__ = ["activation_patching", "path_patching"]

@@ -51,6 +51,19 @@ def register(cls: type[HookedModel]) -> type[HookedModel]:
     return cls
 
 
+def model_for_config(cfg: Any, seed: int = 0) -> HookedModel:
+    """A fresh model of the registered class whose ``config_class`` is ``type(cfg)``.
+
+    Example:
+        >>> from interplab.models import MLPConfig
+        >>> type(model_for_config(MLPConfig(2, (3,), 2))).__name__
+        'MLP'
+    """
+    found = [c for c in _REGISTRY.values() if c.config_class is type(cfg)]
+    check(len(found) == 1, f"No registered model class takes a {type(cfg).__name__}.")
+    return found[0](cfg, seed=seed)
+
+
 def config_from_dict(config_class: type, d: dict[str, Any]) -> Any:
     """Build a frozen config dataclass from JSON data, turning lists back into tuples.
 

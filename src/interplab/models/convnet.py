@@ -31,8 +31,8 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from interplab.errors import check
+from interplab.io import PathLike, load_state_into, load_torch
 from interplab.models.base import HookedModel, register
-from interplab.runs import PathLike, load_state_into, load_torch
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Where an SAE reads, and a shuffled buffer of activations from there.
 
-A :class:`Site` is a TransformerLens hook name plus, optionally, one index along axis 1 (a
-token position of a sequence model, or an instance of a toy model of superposition); it turns
-the hook's activation into rows ``[rows, d]`` and writes rows back for splicing.
+A :class:`~interplab.instrument.Site` is a TransformerLens hook name plus, optionally, one
+index along axis 1 (a token position of a sequence model, or an instance of a toy model of
+superposition); it turns the hook's activation into rows ``[rows, d]`` and writes rows back
+for splicing.
 
 An :class:`ActivationBuffer` runs a hooked model on inputs drawn by a sampler
 ``(generator, n) -> inputs``, keeps ``size`` rows, hands out random batches, and when half of
@@ -12,6 +13,7 @@ saves what exact resume needs.
 
 Example:
     >>> import torch
+    >>> from interplab.instrument import Site
     >>> from interplab.models import MLP, MLPConfig
     >>> model = MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2))
     >>> g = torch.Generator().manual_seed(0)
@@ -23,48 +25,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from interplab.errors import check
+from interplab.instrument import Site, site_values
 
 Sampler = Callable[[torch.Generator, int], Tensor]
-
-
-@dataclass(frozen=True)
-class Site:
-    """A hook name and an optional index along axis 1 (``position``; negative allowed).
-
-    Example:
-        >>> s = Site("blocks.0.mlp.hook_post", position=-1)
-        >>> a = torch.arange(24.0).reshape(2, 3, 4)
-        >>> s.read(a).tolist()
-        [[8.0, 9.0, 10.0, 11.0], [20.0, 21.0, 22.0, 23.0]]
-        >>> s.write(a, torch.zeros(2, 4))[:, -1].abs().sum().item()
-        0.0
-    """
-
-    name: str
-    position: int | None = None
-
-    def read(self, act: Tensor) -> Tensor:
-        """Rows ``[rows, d]``: ``act[:, position]`` or every leading index flattened."""
-        if self.position is None:
-            return act.reshape(-1, act.shape[-1])
-        check(act.dim() >= 3, f"Site {self.name} has shape {tuple(act.shape)}, which has no axis 1 to pick "
-              f"position {self.position} from.")
-        return act[:, self.position].reshape(-1, act.shape[-1])
-
-    def write(self, act: Tensor, rows: Tensor) -> Tensor:
-        """A copy of ``act`` with the rows :meth:`read` takes replaced by ``rows``."""
-        if self.position is None:
-            return rows.reshape(act.shape).to(act.dtype)
-        out = act.clone()
-        out[:, self.position] = rows.reshape(out[:, self.position].shape).to(act.dtype)
-        return out
 
 
 def sample_rows(inputs: Tensor) -> Sampler:
@@ -83,23 +52,15 @@ def sample_rows(inputs: Tensor) -> Sampler:
     return sample
 
 
-@torch.no_grad()
-def collect(model: torch.nn.Module, site: Site, inputs: Any) -> Tensor:
-    """Run ``model`` on ``inputs`` and return ``site``'s rows (raises if the site is unknown).
+def collect(model: torch.nn.Module, site: Site, inputs: Any, batch_size: int = 4096) -> Tensor:
+    """Run ``model`` on ``inputs`` (in batches) and return ``site``'s rows (raises if the site is unknown).
 
     Example:
         >>> from interplab.models import MLP, MLPConfig
         >>> collect(MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2)), Site("layers.0.hook_pre"), torch.randn(3, 4)).shape
         torch.Size([3, 8])
     """
-    store: list[Tensor] = []
-
-    def grab(act: Tensor, hook: Any) -> None:
-        store.append(site.read(act).detach())
-
-    check(site.name in model.mod_dict, f"The model has no activation site named {site.name!r}.")
-    model.run_with_hooks(inputs, fwd_hooks=[(site.name, grab)])
-    return store[0]
+    return site.read(site_values(model, inputs, site.name, batch_size))
 
 
 class ActivationBuffer:

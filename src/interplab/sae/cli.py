@@ -20,6 +20,10 @@ import torch.nn.functional as F
 import typer
 
 from interplab.errors import check
+from interplab.options import number
+from interplab.sae.train import SAETrainConfig
+
+_D = SAETrainConfig()  # the defaults of the options below (one home: the dataclass)
 
 app = typer.Typer(help="Sparse autoencoders: train on a run's activations, evaluate, write feature dashboards.",
                   no_args_is_help=True)
@@ -27,7 +31,8 @@ app = typer.Typer(help="Sparse autoencoders: train on a run's activations, evalu
 
 def _load_run(run: Path, data_dir: Optional[Path]) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """The run's model, its task or objective (None if the run has none) and its config."""
-    from interplab.runs import load, read_json
+    from interplab.io import read_json
+    from interplab.runs import load
 
     model = load(run)
     config = read_json(run / "config.json")
@@ -80,35 +85,53 @@ def _loss_fn(task: Any) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch
     return None
 
 
+def _checked_position(model: torch.nn.Module, site: Any, inputs: torch.Tensor) -> Any:
+    """``site`` after checking that its position exists along axis 1 of the site's activations."""
+    from interplab.instrument import Site
+    from interplab.sae.buffer import collect
+
+    if site.position is None:
+        return site
+    n = collect(model, Site(site.name), inputs).shape[0] // len(inputs)
+    check(-n <= site.position < n, f"--position {site.position} is out of range for {site.name}, which has "
+          f"{n} positions.")
+    return site
+
+
 @app.command("train")
 def train_command(
     run: Path = typer.Option(..., "--run", help="A run directory written by `interplab train` (model and task)."),
     site: str = typer.Option(..., "--site", help="Activation site (TransformerLens name), e.g. blocks.0.mlp.hook_post."),
     out: Path = typer.Option(..., "--out", help="Directory to write: SAELens layout (cfg.json, sae_weights.safetensors), "
                              "metrics.jsonl, checkpoints/."),
-    position: Optional[int] = typer.Option(None, help="Index along axis 1 of the site (token position or TMS "
-                                           "instance); default: the task's readout position, else all rows."),
-    d_sae: Optional[int] = typer.Option(None, help="Number of features (default: expansion x site width)."),
-    expansion: int = typer.Option(4, help="Features per site dimension when --d-sae is not given."),
-    l1: float = typer.Option(1e-3, help="L1 coefficient."),
-    l1_warmup_steps: int = typer.Option(0, help="Steps of linear L1 warm-up."),
-    steps: int = typer.Option(2000, help="Optimizer steps."),
-    batch_size: int = typer.Option(256, help="Activation rows per step."),
-    lr: float = typer.Option(1e-3, help="Adam learning rate."),
-    beta1: float = typer.Option(0.0, help="Adam beta1."),
-    beta2: float = typer.Option(0.999, help="Adam beta2."),
+    position: Optional[int] = number(None, "--position", "Index along axis 1 of the site (token position or TMS "
+                                     "instance; negative counts from the end); default: the task's readout position, "
+                                     "else all rows.", le=65536, ge=-65536),
+    d_sae: Optional[int] = number(None, "--d-sae", "Number of features (default: expansion x site width).", ge=1,
+                                  le=1 << 20),
+    expansion: int = number(4, "--expansion", "Features per site dimension when --d-sae is not given.", ge=1, le=1024),
+    l1: float = number(_D.l1_coeff, "--l1", "L1 coefficient.", float, ge=0, le=1e6),
+    l1_warmup_steps: int = number(_D.l1_warmup_steps, "--l1-warmup-steps", "Steps of linear L1 warm-up.", ge=0),
+    steps: int = number(_D.steps, "--steps", "Optimizer steps.", ge=1),
+    batch_size: int = number(_D.batch_size, "--batch-size", "Activation rows per step.", ge=1, le=1 << 20),
+    lr: float = number(_D.lr, "--lr", "Adam learning rate.", float, gt=0, le=10),
+    beta1: float = number(_D.betas[0], "--beta1", "Adam beta1.", float, ge=0, lt=1),
+    beta2: float = number(_D.betas[1], "--beta2", "Adam beta2.", float, ge=0, lt=1),
     dead_fix: str = typer.Option("none", help="none, resample, ghost-original, ghost-scaled or ghost-dead-only."),
-    dead_window: int = typer.Option(200, help="Steps without firing after which a feature counts as dead."),
-    resample_every: int = typer.Option(500, help="[resample] Steps between resamplings."),
-    buffer_size: int = typer.Option(16384, help="Rows in the shuffled activation buffer."),
-    checkpoint_every: int = typer.Option(500, help="Steps between checkpoints."),
-    seed: int = typer.Option(0, help="Seed for the initialisation, the buffer and resampling."),
+    dead_window: int = number(_D.dead_window, "--dead-window", "Steps without firing after which a feature counts "
+                              "as dead.", ge=1),
+    resample_every: int = number(_D.resample_every, "--resample-every", "[resample] Steps between resamplings.", ge=1),
+    buffer_size: int = number(_D.buffer_size, "--buffer-size", "Rows in the shuffled activation buffer.", ge=2,
+                              le=1 << 24),
+    checkpoint_every: int = number(_D.checkpoint_every, "--checkpoint-every", "Steps between checkpoints.", ge=1),
+    seed: int = number(_D.seed, "--seed", "Seed for the initialisation, the buffer and resampling.", ge=0),
     resume: bool = typer.Option(False, "--resume", help="Continue the SAE run in --out (same options)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train an SAE on a site of a trained run; leaves an SAELens-layout directory in --out."""
-    from interplab.sae.buffer import Site, collect
+    from interplab.instrument import Site
+    from interplab.sae.buffer import collect
     from interplab.sae.model import SAE, SAEConfig
     from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 
@@ -116,12 +139,13 @@ def train_command(
     check(site in model.mod_dict, f"The model of {run} has no activation site named {site!r}.")
     the_site = Site(site, _default_position(task, position))
     sampler = _sampler(task, run)
-    width = collect(model, the_site, sampler(torch.Generator().manual_seed(seed), 2)).shape[1]
+    probe = sampler(torch.Generator().manual_seed(seed), 2)
+    width = collect(model, _checked_position(model, the_site, probe), probe).shape[1]
     cfg = SAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, beta2), l1_coeff=l1,
                          l1_warmup_steps=l1_warmup_steps, buffer_size=buffer_size, dead_fix=dead_fix,
                          dead_window=dead_window, resample_every=resample_every, seed=seed,
                          checkpoint_every=checkpoint_every, log_every=min(100, checkpoint_every))
-    sae = SAE(SAEConfig(d_in=width, d_sae=d_sae or expansion * width, hook_name=site, position=the_site.position), seed=seed)
+    sae = SAE(SAEConfig(d_in=width, d_sae=d_sae if d_sae is not None else expansion * width, hook_name=site, position=the_site.position), seed=seed)
     result = train_sae(sae, make_buffer(model, the_site, sampler, cfg), cfg, out, resume=resume, quiet=quiet,
                        model_name=str(run))
     final = result.final
@@ -136,20 +160,23 @@ def eval_command(
     sae_dir: Path = typer.Option(..., "--sae", help="An SAELens-layout SAE directory."),
     run: Path = typer.Option(..., "--run", help="The run whose model the SAE reads."),
     method: str = typer.Option("encoder", help="Readout: encoder, topk, mp, omp or gp."),
-    k: Optional[int] = typer.Option(None, help="Active features for topk, mp, omp, gp."),
+    k: Optional[int] = number(None, "--k", "Active features for topk, mp, omp, gp.", ge=1, le=1 << 20),
     site: Optional[str] = typer.Option(None, help="Override the site stored with the SAE."),
-    position: Optional[int] = typer.Option(None, help="Override the position stored with the SAE."),
-    n_eval: int = typer.Option(4096, help="Inputs to sample when the task has no fixed input set."),
-    seed: int = typer.Option(0, help="Seed for sampled evaluation inputs."),
+    position: Optional[int] = number(None, "--position", "Override the position stored with the SAE.", ge=-65536,
+                                     le=65536),
+    n_eval: int = number(4096, "--n-eval", "Inputs to sample when the task has no fixed input set.", ge=1,
+                         le=1 << 22),
+    seed: int = number(0, "--seed", "Seed for sampled evaluation inputs.", ge=0),
     out: Optional[Path] = typer.Option(None, help="Where to write the JSON (default: <sae>/eval_<method>.json)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
 ) -> None:
     """Evaluate an SAE: L0, MSE, variance explained, dead counts, loss recovered when spliced in."""
-    from interplab.runs import atomic_write_json
-    from interplab.sae.buffer import Site
+    from interplab.instrument import Site
+    from interplab.io import atomic_write_json
+    from interplab.sae.buffer import collect
     from interplab.sae.ito import readout
     from interplab.sae.metrics import (density_counts, feature_density, l0, loss_recovered, mse,
-                                       site_activations, variance_explained)
+                                       variance_explained)
     from interplab.sae.saelens import load_saelens
 
     sae = load_saelens(sae_dir)
@@ -160,7 +187,8 @@ def eval_command(
     the_site = Site(name, position if position is not None else sae.cfg.position)
     check(task is not None, f"Run {run} records no task, so there are no inputs to evaluate on.")
     inputs, labels = _eval_inputs(task, n_eval, seed)
-    acts = site_activations(model, inputs, the_site)
+    _checked_position(model, the_site, inputs[:2])
+    acts = collect(model, the_site, inputs)
     check(acts.shape[1] == sae.cfg.d_in, f"The site {name} has width {acts.shape[1]} but the SAE reads {sae.cfg.d_in}.")
     codes, x_hat = readout(sae, acts, method, k)
     result: dict[str, Any] = {"method": method, "k": k, "l0": l0(codes), "mse": mse(acts, x_hat),
@@ -183,13 +211,13 @@ def dashboard_command(
     run: Path = typer.Option(..., "--run", help="The run whose model the SAE reads (its task lists the inputs)."),
     out: Path = typer.Option(..., "--out", help="Directory for index.html and feature_<i>.html."),
     features: Optional[str] = typer.Option(None, help="Comma-separated feature indices (default: the --top-n densest)."),
-    top_n: int = typer.Option(10, help="How many features when --features is not given."),
+    top_n: int = number(10, "--top-n", "How many features when --features is not given.", ge=1, le=10_000),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
 ) -> None:
     """Write an HTML dashboard per feature: top inputs, activation histogram, effect on the logits."""
-    from interplab.sae.buffer import Site
+    from interplab.instrument import Site
+    from interplab.sae.buffer import collect
     from interplab.sae.dashboard import write_dashboards
-    from interplab.sae.metrics import site_activations
     from interplab.sae.saelens import load_saelens
 
     sae = load_saelens(sae_dir)
@@ -204,7 +232,7 @@ def dashboard_command(
             chosen = []
         check(bool(chosen), f"--features must be comma-separated integers, got {features!r}.")
     else:
-        density = (sae.encode(site_activations(model, task.inputs, site)) > 0).float().mean(0)
+        density = (sae.encode(collect(model, site, task.inputs)) > 0).float().mean(0)
         chosen = density.argsort(descending=True)[:top_n].tolist()
     index = write_dashboards(sae, model, task.inputs, site, chosen, out,
                              describe=lambda x: " ".join(str(v) for v in x.tolist()))

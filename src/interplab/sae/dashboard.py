@@ -9,7 +9,7 @@ path from the site to the output, not only the direct one).
 Example:
     >>> import tempfile, torch
     >>> from interplab.models import MLP, MLPConfig
-    >>> from interplab.sae.buffer import Site
+    >>> from interplab.instrument import Site
     >>> from interplab.sae.model import SAE, SAEConfig
     >>> model = MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=3), seed=0)
     >>> sae = SAE(SAEConfig(d_in=8, d_sae=16, hook_name="layers.0.hook_post"))
@@ -30,9 +30,10 @@ import torch
 from torch import Tensor
 
 from interplab.errors import check
+from interplab.instrument import Site
+from interplab.io import PathLike
 from interplab.report import Report
-from interplab.runs import PathLike
-from interplab.sae.buffer import Site, collect
+from interplab.sae.buffer import collect
 
 
 def _last(out: Tensor) -> Tensor:
@@ -81,7 +82,7 @@ def feature_dashboard(
 
     check(0 <= feature < sae.cfg.d_sae, f"feature must be in [0, {sae.cfg.d_sae}), got {feature}.")
     if acts is None:
-        acts = sae.encode(torch.cat([collect(model, site, chunk) for chunk in inputs.split(4096)]))
+        acts = sae.encode(collect(model, site, inputs))
     check(len(acts) == len(inputs), "The site must give one row per input for a dashboard (set a position).")
     describe = describe or (lambda x: " ".join(str(v) for v in x.flatten().tolist()[:16]))
     a = acts[:, feature]
@@ -132,7 +133,7 @@ def write_dashboards(
     Example: see the module docstring.
     """
     out = Path(out_dir)
-    acts = sae.encode(torch.cat([collect(model, site, chunk) for chunk in inputs.split(4096)]))
+    acts = sae.encode(collect(model, site, inputs))
     density = (acts > 0).float().mean(0)
     links = []
     for i in features:

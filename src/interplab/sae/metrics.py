@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from interplab.errors import check
-from interplab.sae.buffer import Site, collect
+from interplab.instrument import Site, run_batches
+from interplab.sae.buffer import collect
 
 
 def l0(f: Tensor) -> float:
@@ -155,20 +156,6 @@ def cross_entropy_at(position: int = -1) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 @torch.no_grad()
-def site_activations(model: torch.nn.Module, inputs: Tensor, site: Site, batch_size: int = 4096) -> Tensor:
-    """The rows ``[rows, d]`` that ``site`` reads on ``inputs``.
-
-    Example:
-        >>> from interplab.models import MLP, MLPConfig
-        >>> m = MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2))
-        >>> site_activations(m, torch.randn(5, 4), Site("layers.0.hook_post")).shape
-        torch.Size([5, 8])
-    """
-    out = [collect(model, site, chunk) for chunk in inputs.split(batch_size)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def spliced_loss(
     model: torch.nn.Module,
     inputs: Tensor,
@@ -180,11 +167,11 @@ def spliced_loss(
 ) -> float:
     """Mean loss of the model with ``site``'s rows replaced by ``replace(rows)`` (None: clean)."""
     total, n = 0.0, 0
-    for xi, yi in zip(inputs.split(batch_size), labels.split(batch_size)):
-        hooks = [] if replace is None else [(site.name, lambda a, hook: site.write(a, replace(site.read(a))))]
-        out = model.run_with_hooks(xi, fwd_hooks=hooks)
-        total += loss_fn(out, yi).item() * len(xi)
-        n += len(xi)
+    hooks = [] if replace is None else [(site.name, lambda a, hook: site.write(a, replace(site.read(a))))]
+    for rows, out in run_batches(model, inputs, batch_size, hooks):
+        yi = labels[rows]
+        total += loss_fn(out, yi).item() * len(yi)
+        n += len(yi)
     return total / n
 
 
@@ -215,7 +202,7 @@ def loss_recovered(
         (1.0, 1.0)
     """
     if mean_act is None:
-        mean_act = site_activations(model, inputs, site, batch_size).mean(0)
+        mean_act = collect(model, site, inputs, batch_size).mean(0)
     mean_row = mean_act
     clean = spliced_loss(model, inputs, labels, site, None, loss_fn, batch_size)
     spliced = spliced_loss(model, inputs, labels, site, reconstruct, loss_fn, batch_size)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from interplab.errors import check
-from interplab.runs import PathLike, atomic_write_json, load_tensors, read_json, save_tensors
+from interplab.io import PathLike, atomic_write_json, load_tensors, read_json, save_tensors
 from interplab.sae.model import SAE, SAEConfig
 
 CFG_FILENAME = "cfg.json"

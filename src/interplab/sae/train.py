@@ -21,7 +21,8 @@ written there in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``)
 Example:
     >>> import tempfile, torch
     >>> from interplab.models import MLP, MLPConfig
-    >>> from interplab.sae.buffer import Site, sample_rows
+    >>> from interplab.instrument import Site
+    >>> from interplab.sae.buffer import sample_rows
     >>> from interplab.sae.model import SAE, SAEConfig
     >>> model = MLP(MLPConfig(d_in=8, d_hidden=(16,), d_out=2), seed=0)
     >>> cfg = SAETrainConfig(steps=30, batch_size=32, buffer_size=256, log_every=10, dead_fix="ghost-scaled")
@@ -46,8 +47,9 @@ import torch
 from tqdm.auto import tqdm
 
 from interplab.errors import InterplabError, check
-from interplab.runs import PathLike, atomic_write_bytes, atomic_write_json, save_torch
-from interplab.sae.buffer import ActivationBuffer, Sampler, Site
+from interplab.instrument import Site
+from interplab.io import PathLike, atomic_write_bytes, atomic_write_json, save_torch
+from interplab.sae.buffer import ActivationBuffer, Sampler
 from interplab.sae.ghost import ghost_loss
 from interplab.sae.model import SAE, SAEOutput
 from interplab.sae.resample import resample_dead

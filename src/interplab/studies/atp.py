@@ -25,24 +25,37 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-import typer
 
+from interplab.options import setting, study_command
 from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
 from interplab.interventions.attribution import agreement, atp, atp_star
 from interplab.interventions.patching import activation_patching
+from interplab.io import write_results
 from interplab.models import Transformer
-from interplab.report import Report
-from interplab.runs import write_results
+from interplab.report import Report, announce
 from interplab.tasks import Task
 from interplab.tasks.sequences import induction_task, min_max_task
 from interplab.train import TrainConfig, train
 
 KINDS = ("z", "q", "k", "v", "pattern", "resid_pre")
 HEAD_THRESHOLD = 0.4
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study can be asked to change (``FULL`` and ``QUICK`` below)."""
+
+    seed: int = setting(0, "Seed for data, initialisation and training.", ge=0)
+    n_prompts: int = setting(64, "Clean/corrupted prompt pairs per model.", ge=1, le=100_000)
+
+
+FULL = Settings()
+QUICK = Settings(n_prompts=16)
 
 
 def _train(task: Task, model_cfg: Any, cfg: TrainConfig, seed: int, quiet: bool) -> Transformer:
@@ -132,7 +145,7 @@ def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     return info, compare(model, clean, corrupted, metric, quiet)
 
 
-def run(out_dir: str | Path, seed: int = 0, n_prompts: int = 64, quiet: bool = False) -> dict[str, Any]:
+def run(out_dir: str | Path, seed: int = FULL.seed, n_prompts: int = FULL.n_prompts, quiet: bool = False) -> dict[str, Any]:
     """Train both models, compare AtP and AtP* with exhaustive patching, write results and report."""
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -166,14 +179,12 @@ def run(out_dir: str | Path, seed: int = 0, n_prompts: int = 64, quiet: bool = F
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
     path = _report(results, ind_info, ind, sat_info, sat).save(out / "report.html")
-    if not quiet:
-        typer.echo(f"induction model: recall@10 AtP {results['atp_recall10']:.2f}, AtP* {results['atpstar_recall10']:.2f}; "
-                   f"Spearman AtP {results['atp_spearman']:.3f}, AtP* {results['atpstar_spearman']:.3f}; exhaustive "
-                   f"patching takes {results['time_ratio_exhaustive_over_atpstar']:.1f}x the time of AtP*")
-        typer.echo(f"induction heads {results['induction_heads']}, previous-token heads {results['prev_token_heads']}")
-        typer.echo(f"saturated attention: false negatives AtP {results['atp_false_negatives']}, "
-                   f"AtP* {results['atpstar_false_negatives']}")
-        typer.echo(f"report: {path}")
+    announce([f"induction model: recall@10 AtP {results['atp_recall10']:.2f}, AtP* {results['atpstar_recall10']:.2f}; "
+              f"Spearman AtP {results['atp_spearman']:.3f}, AtP* {results['atpstar_spearman']:.3f}; exhaustive "
+              f"patching takes {results['time_ratio_exhaustive_over_atpstar']:.1f}x the time of AtP*",
+              f"induction heads {results['induction_heads']}, previous-token heads {results['prev_token_heads']}",
+              f"saturated attention: false negatives AtP {results['atp_false_negatives']}, "
+              f"AtP* {results['atpstar_false_negatives']}"], path)
     return results
 
 
@@ -245,11 +256,6 @@ def _report(results: dict[str, Any], ind_info: dict[str, Any], ind: dict[str, An
     return r
 
 
-def cli(
-    out: Path = typer.Option(..., "--out", help="Study directory for results.json and report.html."),
-    seed: int = typer.Option(0, help="Seed for data, initialisation and training."),
-    n_prompts: int = typer.Option(64, help="Clean/corrupted prompt pairs per model."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """AtP and AtP* against exhaustive activation patching (induction and saturated-attention models)."""
-    run(out, seed=seed, n_prompts=n_prompts, quiet=quiet)
+cli = study_command(Settings, run, {"full": FULL, "quick": QUICK},
+                    doc="AtP and AtP* against exhaustive activation patching (induction and saturated-attention models).")
+

@@ -31,26 +31,29 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-import typer
 
 from interplab import data
+from interplab.options import parameter, setting, study_command
 from interplab.analysis.arms import fit_arms
 from interplab.analysis.featviz import unit_directions, visualize
-from interplab.analysis.grouping import group_units
+from interplab.analysis.grouping import group_units, groups_by_selectivity
 from interplab.analysis.logit_attribution import (direct_logit_attribution, logit_diff, logit_diff_bias,
                                                   logit_diff_direction)
 from interplab.analysis.pca import pca
-from interplab.analysis.rules import Rule, fit_score_rule, search_rules
+from interplab.analysis.rules import Rule, fit_score_rule, search_rules, source_agreement
 from interplab.analysis.templates import decode_rendered_digit, load_image, to_template
-from interplab.interventions.ablate import ablate, site_values
+from interplab.instrument import site_values
+from interplab.interventions.ablate import ablate
+from interplab.interventions.scrub import Group, Hypothesis, scrub_many
+from interplab.io import PathLike, write_results
 from interplab.models import ConvNet, pixels_to_input
-from interplab.report import Report
-from interplab.runs import PathLike, write_results
-from interplab.scrub import Group, Hypothesis, scrub_many
+from interplab.report import Report, announce, image_grid
+from interplab.tasks import mnist
 from interplab.tasks.mnist import has_split, load_mnist
 
 SITE = "fc1.hook_post"
@@ -58,6 +61,23 @@ PRE_SITE = "fc1.hook_pre"
 TOLERANCES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 MODEL_FILE = "eis-vii/mnist_model.pt"
 HINT_FILE = "eis-vii/mnist_example.png"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study can be asked to change (``FULL`` and ``QUICK`` below)."""
+
+    seed: int = setting(0, "Seed for every random draw.", ge=0)
+    n_draws: int = setting(5, "Random draws per causal scrubbing setting.", ge=1, le=1000, flag="--draws")
+    featviz_steps: int = setting(96, "Optimisation steps of the feature visualisations.", ge=1, le=100_000)
+    n_extreme: int = setting(50, "Inputs furthest along an arm averaged into its extreme template.", ge=1,
+                             le=10_000)
+    max_train: int = setting(20000, "Most MNIST training images the rule is fitted on (when the data directory "
+                             "has the training set).", ge=1, le=60_000)
+
+
+FULL = Settings()
+QUICK = Settings(n_draws=2)
 
 
 @torch.no_grad()
@@ -72,21 +92,6 @@ def _regions(rule: Rule, scores: np.ndarray) -> tuple[np.ndarray, float]:
     else:
         cut = (rule.lo + rule.hi) / 2.0  # type: ignore[operator]
     return scores > cut, float(cut)
-
-
-def _image_grid(images: np.ndarray, titles: list[str], cols: int = 20, size: float = 0.75,
-                cmap: str = "gray") -> Any:
-    import matplotlib.pyplot as plt
-
-    n = len(images)
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.15), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < n:
-            ax.imshow(images[i], cmap=cmap, vmin=0, vmax=1)
-            ax.set_title(titles[i], fontsize=6)
-    return fig
 
 
 def _mechanism(groups: dict[str, torch.Tensor], acts: torch.Tensor, rh: torch.Tensor, v: torch.Tensor,
@@ -131,11 +136,11 @@ def run(
     data_dir: PathLike | None = None,
     model_path: PathLike | None = None,
     hint_path: PathLike | None = None,
-    seed: int = 0,
-    n_draws: int = 5,
-    featviz_steps: int = 96,
-    n_extreme: int = 50,
-    max_train: int = 20000,
+    seed: int = FULL.seed,
+    n_draws: int = FULL.n_draws,
+    featviz_steps: int = FULL.featviz_steps,
+    n_extreme: int = FULL.n_extreme,
+    max_train: int = FULL.max_train,
     tolerances: tuple[float, ...] = TOLERANCES,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -188,7 +193,7 @@ def run(
     # -- input scale check: [0, 1] vs MNIST-normalized -------------------------------------
     with torch.no_grad():
         probs = logits.softmax(-1)
-        probs_norm = net((X - 0.1307) / 0.3081).softmax(-1)
+        probs_norm = net(mnist.normalize(X)).softmax(-1)
 
     # -- logit difference and direct logit attribution ---------------------------------------
     W = net.fc2.weight.detach().T  # [d_fc, 2]
@@ -224,9 +229,7 @@ def run(
     rule_agree = float((rule.predict(fit_x) == labels_np).mean())
     test_vs_rule = float((rule.predict(test_x) == test_labels).mean())
     source = rule.source()
-    ns: dict[str, Any] = {}
-    exec(compile(source, "<rule>", "exec"), ns)  # the printed source gives the same labels
-    source_agree = float((np.asarray(ns["rule"](test_x)) == test_labels).mean())
+    source_agree = source_agreement(source, test_x, test_labels)  # the printed source gives the same labels
     # the same template under MNIST-normalized inputs, thresholds refitted
     labels_norm = probs_norm.argmax(-1).numpy()
     norm_agree = fit_score_rule(rule.scores(fit_x), labels_norm)[3]
@@ -237,18 +240,8 @@ def run(
     region_hi, cut = _regions(rule, score)
     gid = group_units(acts, n_groups=3, seed=seed)
     rh = torch.as_tensor(region_hi)
-    stats = []
-    for k in range(3):
-        members = (gid == k).nonzero().reshape(-1)
-        m_hi = float(acts[rh][:, members].mean()) if rh.any() and len(members) else 0.0
-        m_lo = float(acts[~rh][:, members].mean()) if (~rh).any() and len(members) else 0.0
-        sel = (m_hi - m_lo) / (m_hi + m_lo + 1e-9)
-        stats.append((k, members, m_hi, m_lo, sel))
-    by_sel = sorted(stats, key=lambda s: s[4])
-    group_b, group_a = by_sel[0], by_sel[-1]  # a: detectors of the high-score side, b: of the low side
-    group_other = by_sel[1]
-    dead = (gid == -1).nonzero().reshape(-1)
-    groups = {"a": group_a[1], "b": group_b[1], "other": group_other[1], "dead": dead}
+    groups = groups_by_selectivity(acts, gid, rh)  # a: detectors of the high-score side, b: of the low side
+    dead = groups["dead"]
 
     # -- ablations per group, split by region ------------------------------------------------
     ablation_rows, abl = [], {}
@@ -415,11 +408,11 @@ def run(
                           f"fitted arm directions (arrows) have weights {results['arm_logit_diff_weights']} on the "
                           "logit difference.")
     r.section("Feature visualization")
-    r.figure(_image_grid(fv_arms, [f"arm {a}" for a in range(2)], cols=2, size=2.0),
+    r.figure(image_grid(fv_arms, [f"arm {a}" for a in range(2)], cols=2, size=2.0),
              caption="Inputs that maximize each arm direction.")
     order_units = torch.cat([groups["a"], groups["b"], groups["other"], dead]).tolist()
     gname = {int(u): k for k, m in groups.items() for u in m.tolist()}
-    r.figure(_image_grid(fv_units[order_units], [f"{u} {gname[u]}" for u in order_units]),
+    r.figure(image_grid(fv_units[order_units], [f"{u} {gname[u]}" for u in order_units]),
              caption="Inputs that maximize each fc1 unit's pre-activation, by group (a, b, other, dead: never "
                      "active on the data).")
     r.section("Rule search")
@@ -427,7 +420,7 @@ def run(
         r.text(f"With the templates taken from the network alone (feature visualizations and extreme inputs "
                f"of the arms, no hint), the best rule uses <i>{from_network[0].template_name}</i> and agrees "
                f"on {from_network[0].agree:.4f}; the hint's template sharpens this to {rule.agree:.4f}.")
-    r.figure(_image_grid(np.stack([t / 255.0 for t in templates.values()]), list(templates), cols=6, size=1.6),
+    r.figure(image_grid(np.stack([t / 255.0 for t in templates.values()]), list(templates), cols=6, size=1.6),
              caption="Candidate templates: the hint, its inverse, and for each arm its feature visualization "
                      f"and the mean of the {n_extreme} inputs furthest along it.")
     r.table(["template", "centering", "form", "lo", "hi", "agreement"],
@@ -471,34 +464,28 @@ def run(
     report_path = r.save(out / "report.html")
     write_results(out, results)
 
-    say("recovered rule:")
-    say(source)
-    say(f"rule agrees with the network on {rule_agree:.4f} of {len(fit_x)} images "
-        f"(network accuracy against the rule on the test set: {test_vs_rule:.4f})")
-    say(f"groups: a {len(groups['a'])}, b {len(groups['b'])}, other {len(groups['other'])}, dead {len(dead)}; "
-        f"min-ablating a: own region {results.get('min_ablate_own_region_agree_a', float('nan')):.3f}, "
-        f"other {results.get('min_ablate_other_region_agree_a', float('nan')):.3f}; "
-        f"b: own {results.get('min_ablate_own_region_agree_b', float('nan')):.3f}, "
-        f"other {results.get('min_ablate_other_region_agree_b', float('nan')):.3f}")
-    say(f"causal scrubbing agreement at 1% tolerance: {at_1pct:.4f}; curve {', '.join(f'{k}: {v_:.3f}' for k, v_ in curve.items())}")
-    say(f"report: {report_path}")
+    announce(["recovered rule:", source,
+              f"rule agrees with the network on {rule_agree:.4f} of {len(fit_x)} images "
+              f"(network accuracy against the rule on the test set: {test_vs_rule:.4f})",
+              f"groups: a {len(groups['a'])}, b {len(groups['b'])}, other {len(groups['other'])}, dead {len(dead)}; "
+              f"min-ablating a: own region {results.get('min_ablate_own_region_agree_a', float('nan')):.3f}, "
+              f"other {results.get('min_ablate_other_region_agree_a', float('nan')):.3f}; "
+              f"b: own {results.get('min_ablate_own_region_agree_b', float('nan')):.3f}, "
+              f"other {results.get('min_ablate_other_region_agree_b', float('nan')):.3f}",
+              f"causal scrubbing agreement at 1% tolerance: {at_1pct:.4f}; curve "
+              f"{', '.join(f'{k}: {v_:.3f}' for k, v_ in curve.items())}"], report_path)
     return results
 
 
-def cli(
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (default: $INTERPLAB_DATA or "
-                                            "../shared/data)."),
-    model: Optional[Path] = typer.Option(None, "--model", help="A state dict of the challenge architecture "
-                                         "(default: eis-vii/mnist_model.pt in the data directory)."),
-    hint: Optional[Path] = typer.Option(None, "--hint", help="The hint image (default: eis-vii/mnist_example.png "
-                                        "in the data directory)."),
-    out: Path = typer.Option(Path("runs/eis-cnn"), "--out", help="Output directory."),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random draw."),
-    draws: int = typer.Option(5, "--draws", help="Random draws per causal scrubbing setting."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """Recover the EIS VII challenge 1 labeling rule from the CNN's internals and test it causally."""
-    run(out, data_dir=data_dir, model_path=model, hint_path=hint, seed=seed, n_draws=draws, quiet=quiet)
+cli = study_command(
+    Settings, run, {"full": FULL, "quick": QUICK}, out_default=Path("runs/eis-cnn"),
+    doc="Recover the EIS VII challenge 1 labeling rule from the CNN's internals and test it causally.",
+    extra=[parameter("data_dir", Path, None, "Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+           parameter("model_path", Path, None, "A state dict of the challenge architecture (default: "
+                     "eis-vii/mnist_model.pt in the data directory).", flag="--model"),
+           parameter("hint_path", Path, None, "The hint image (default: eis-vii/mnist_example.png in the data "
+                     "directory).", flag="--hint")])
+
 
 
 __all__ = ["run", "cli", "SITE", "TOLERANCES"]

@@ -29,24 +29,25 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import torch
-import typer
 
+from interplab.options import parameter, setting, study_command
 from interplab.analysis.directions import (
     ThresholdRule, fit_threshold_rule, gradient_subspace, lift_rule, readout_basis, subspace_r2,
 )
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
 from interplab.analysis.pca import pca
 from interplab.errors import check
-from interplab.interventions.ablate import site_values
-from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan, predict
+from interplab.instrument import predict, site_values
+from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan
+from interplab.interventions.scrub import Group, Hypothesis, ScrubResult, scrub_many
+from interplab.io import PathLike, read_json, write_results
 from interplab.models import Transformer, TransformerConfig
-from interplab.report import Report
-from interplab.runs import PathLike, read_json, write_results
-from interplab.scrub import Group, Hypothesis, ScrubResult, scrub_many
+from interplab.report import Report, announce
 from interplab.tasks import Task
 from interplab.tasks.pair_labels import P, challenge2_config, pair_label_task, resolve_labels
 from interplab.train import TrainConfig, train
@@ -66,6 +67,23 @@ SETTING_WORDS = {
     "1_2_3b": "1 + 2 + 3b",
     "1_2_3a_3b": "1 + 2 + 3a + 3b (sides recomputed after 3a)",
 }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study can be asked to change (``FULL`` and ``QUICK`` below)."""
+
+    labels: Optional[str] = setting(None, "'builtin', 'published', or a path/URL of a numpy-only pickle with a "
+                                    "113x113 'labels' table (default: the published table from the data directory "
+                                    "when present, else the built-in rule).")
+    seed: int = setting(0, "Seed for the split, the initialisation and every random draw.", ge=0)
+    patience: Optional[int] = setting(PATIENCE, "Early stopping: epochs without a better test accuracy once train "
+                                      "accuracy is 100%.", ge=1)
+    n_draws: int = setting(5, "Random draws per causal scrubbing setting.", ge=1, le=1000, flag="--draws")
+
+
+FULL = Settings()
+QUICK = Settings(n_draws=2)
 
 
 def published_train_config(seed: int = 0, patience: int | None = PATIENCE, epochs: int = 5000) -> TrainConfig:
@@ -172,12 +190,12 @@ def _hypotheses(rule: ThresholdRule, basis: torch.Tensor) -> list[Hypothesis]:
 @torch.no_grad()
 def run(
     out_dir: PathLike,
-    labels: str | None = None,
+    labels: str | None = FULL.labels,
     data_dir: PathLike | None = None,
     run_dir: PathLike | None = None,
-    seed: int = 0,
-    patience: int | None = PATIENCE,
-    n_draws: int = 5,
+    seed: int = FULL.seed,
+    patience: int | None = FULL.patience,
+    n_draws: int = FULL.n_draws,
     model_config: TransformerConfig | None = None,
     train_config: TrainConfig | None = None,
     quiet: bool = False,
@@ -196,7 +214,7 @@ def run(
     check(n_draws >= 1, f"n_draws must be at least 1, got {n_draws}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = print  # quiet only silences progress bars; the headline numbers are always printed
+    say = (lambda *a: None) if quiet else print  # intermediate lines; the headline goes through announce()
     say(f"labels: {source}")
     task = pair_label_task(labels=spec, seed=seed, data_dir=data_dir)
     tcfg = train_config if train_config is not None else published_train_config(seed, patience)
@@ -305,8 +323,7 @@ def run(
     path = report.save(out / "report.html")
     res["seconds"] = time.perf_counter() - t_start
     write_results(out, res)
-    say(_headline(res))
-    say(f"report: {path}")
+    announce(_headline(res), path)
     return res
 
 
@@ -481,23 +498,13 @@ def _explanation(res: dict[str, Any]) -> str:
     )
 
 
-def cli(
-    labels: Optional[str] = typer.Option(None, "--labels", help="'builtin', 'published', or a path/URL of a "
-                                         "numpy-only pickle with a 113x113 'labels' table (default: the published "
-                                         "table from the data directory when present, else the built-in rule)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Data directory (default: $INTERPLAB_DATA or "
-                                            "../shared/data)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run", help="Reuse this trained run instead of training."),
-    out: Path = typer.Option(Path("runs/eis-transformer"), "--out", help="Output directory."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the split, the initialisation and every random draw."),
-    patience: int = typer.Option(PATIENCE, "--patience", help="Early stopping: epochs without a better test accuracy "
-                                 "once train accuracy is 100%."),
-    draws: int = typer.Option(5, "--draws", help="Random draws per causal scrubbing setting."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """Reverse-engineer the EIS VII challenge 2 transformer: fixed attention, two directions, filters, causal scrubbing."""
-    run(out, labels=labels, data_dir=data_dir, run_dir=run_dir, seed=seed, patience=patience, n_draws=draws,
-        quiet=quiet)
+cli = study_command(
+    Settings, run, {"full": FULL, "quick": QUICK}, out_default=Path("runs/eis-transformer"),
+    doc="Reverse-engineer the EIS VII challenge 2 transformer: fixed attention, two directions, filters, causal "
+        "scrubbing.",
+    extra=[parameter("data_dir", Path, None, "Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+           parameter("run_dir", Path, None, "Reuse this trained run instead of training.", flag="--run")])
+
 
 
 __all__ = ["run", "cli", "check_labels", "published_train_config", "small_setup", "SETTINGS", "PATIENCE"]

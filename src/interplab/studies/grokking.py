@@ -19,24 +19,38 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
-import typer
 
+from interplab.options import setting, study_command
 from interplab.analysis.fourier import (fourier_2d, fourier_basis, frequency_norms, key_frequencies,
                                         neuron_frequencies, progress_measures)
 from interplab.errors import check
 from interplab.instrument import cache
+from interplab.io import load_tensors, load_state_into, read_json, write_results
 from interplab.models import Transformer
-from interplab.report import Report
-from interplab.runs import load_tensors, load_state_into, read_json, write_results
+from interplab.report import Report, announce
 from interplab.tasks.modular import modular_task
 from interplab.train import TrainConfig, train
 
-FULL = {"p": 113, "frac_train": 0.3, "max_epochs": 20000, "checkpoint_every": 200}
-QUICK = {"p": 53, "frac_train": 0.6, "max_epochs": 5000, "checkpoint_every": 100}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The modulus, split, training length and checkpoint spacing (``FULL`` and ``QUICK`` below)."""
+
+    p: int = setting(113, "Modulus (odd).", ge=3, le=1000)
+    frac_train: float = setting(0.3, "Fraction of pairs used for training.", gt=0, lt=1)
+    max_epochs: int = setting(20000, "Most epochs to train (training stops earlier once grokked).", ge=1)
+    checkpoint_every: int = setting(200, "Epochs between weight snapshots.", ge=1)
+    seed: int = setting(0, "Seed for the split, the initialisation and training.", ge=0)
+
+
+FULL = Settings()
+QUICK = Settings(p=53, frac_train=0.6, max_epochs=5000, checkpoint_every=100)
 
 
 class _StopAfterCleanup:
@@ -69,10 +83,10 @@ def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None
     """Train (or reuse) the grokking run in ``out_dir``, analyse it, write results.json and report.html."""
     t0 = time.perf_counter()
     preset = QUICK if quick else FULL
-    p = p if p is not None else preset["p"]
-    frac_train = frac_train if frac_train is not None else preset["frac_train"]
-    max_epochs = max_epochs if max_epochs is not None else preset["max_epochs"]
-    checkpoint_every = checkpoint_every if checkpoint_every is not None else preset["checkpoint_every"]
+    p = p if p is not None else preset.p
+    frac_train = frac_train if frac_train is not None else preset.frac_train
+    max_epochs = max_epochs if max_epochs is not None else preset.max_epochs
+    checkpoint_every = checkpoint_every if checkpoint_every is not None else preset.checkpoint_every
     check(p >= 3 and p % 2 == 1, f"The Fourier analysis needs an odd modulus p >= 3, got {p}.")
     out = Path(out_dir)
     task = modular_task(p=p, frac_train=frac_train, seed=seed)
@@ -155,15 +169,13 @@ def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None
     write_results(out, results)
     report = _report(results, metrics, emb_norms, keys, neuron_freq, neuron_share, alive, logits)
     path = report.save(out / "report.html")
-    if not quiet:
-        typer.echo(f"grokking p={p}: final test acc {results['final_test_acc']:.4f} after {result.epochs_run} epochs; "
-                   f"train acc >= 0.99 at epoch {ep_train99}, test acc >= 0.99 at epoch {ep_test99}")
-        typer.echo(f"key frequencies {keys}; {frac_neurons_key:.0%} of live neurons read one of them")
-        typer.echo(f"restricted loss {results['restricted_loss_at_memorization']:.3g} -> "
-                   f"{results['restricted_loss_before_drop']:.3g}, excluded loss "
-                   f"{results['excluded_loss_at_memorization']:.3g} -> {results['excluded_loss_before_drop']:.3g} "
-                   f"(memorisation -> just before the test loss drops at epoch {results['epoch_test_loss_drop']})")
-        typer.echo(f"report: {path}")
+    announce([f"grokking p={p}: final test acc {results['final_test_acc']:.4f} after {result.epochs_run} epochs; "
+              f"train acc >= 0.99 at epoch {ep_train99}, test acc >= 0.99 at epoch {ep_test99}",
+              f"key frequencies {keys}; {frac_neurons_key:.0%} of live neurons read one of them",
+              f"restricted loss {results['restricted_loss_at_memorization']:.3g} -> "
+              f"{results['restricted_loss_before_drop']:.3g}, excluded loss "
+              f"{results['excluded_loss_at_memorization']:.3g} -> {results['excluded_loss_before_drop']:.3g} "
+              f"(memorisation -> just before the test loss drops at epoch {results['epoch_test_loss_drop']})"], path)
     return results
 
 
@@ -231,14 +243,6 @@ def _report(results: dict[str, Any], metrics: list[dict[str, Any]], emb_norms: t
     return r
 
 
-def cli(
-    out: Path = typer.Option(..., "--out", help="Study directory (training run, results.json, report.html)."),
-    quick: bool = typer.Option(False, "--quick", help=f"Smaller modulus (p={QUICK['p']}, {QUICK['frac_train']:.0%} of pairs "
-                               "for training) for a run of a few minutes."),
-    p: int = typer.Option(None, help=f"Modulus (default {FULL['p']}, or {QUICK['p']} with --quick)."),
-    max_epochs: int = typer.Option(None, help="Most epochs to train (training stops earlier once grokked)."),
-    seed: int = typer.Option(0, help="Seed for the split, the initialisation and training."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-) -> None:
-    """Grokking of modular addition: Fourier circuit, key frequencies, restricted and excluded loss."""
-    run(out, p=p, max_epochs=max_epochs, seed=seed, quick=quick, quiet=quiet)
+cli = study_command(Settings, run, {"full": FULL, "quick": QUICK},
+                    doc="Grokking of modular addition: Fourier circuit, key frequencies, restricted and excluded loss.")
+

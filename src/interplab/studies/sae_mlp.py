@@ -19,25 +19,47 @@ Results (``results.json``): ``pareto`` (method -> list of [L0, loss_recovered]),
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import typer
 
+from interplab.options import parameter, setting, study_command
 from interplab.errors import check
-from interplab.report import Report
-from interplab.runs import PathLike, read_json, write_results
-from interplab.sae.buffer import Site, sample_rows
+from interplab.instrument import Site
+from interplab.io import PathLike, read_json, write_results
+from interplab.report import Report, announce
+from interplab.sae.buffer import collect, sample_rows
 from interplab.sae.dashboard import write_dashboards
 from interplab.sae.ito import READOUTS, readout
 from interplab.sae.metrics import (cross_entropy_at, density_histogram, enc_dec_cosine, feature_density, kurtosis, l0,
-                                   loss_recovered, neuron_sparsity, site_activations, variance_explained)
+                                   loss_recovered, neuron_sparsity, variance_explained)
 from interplab.sae.model import SAE, SAEConfig
 from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 
 RECIPES = {"plain": "none", "resampling": "resample", "ghost grads original": "ghost-original",
            "ghost grads rescaled": "ghost-scaled"}
 SITE = "blocks.0.mlp.hook_post"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study can be asked to change (``FULL`` and ``QUICK`` below)."""
+
+    p: int = setting(53, "Modulus of the modular-addition model trained when --run is not given.", ge=2, le=1000)
+    frac_train: float = setting(0.5, "Fraction of pairs that model trains on.", gt=0, le=1)
+    model_epochs: int = setting(1500, "Epochs for that model.", ge=1)
+    expansion: int = setting(1, "SAE width as a multiple of d_mlp.", ge=1, le=256)
+    steps: int = setting(1200, "Training steps per SAE.", ge=1)
+    batch_size: int = setting(128, "Activation rows per SAE step.", ge=1, le=1 << 20)
+    l1_values: tuple[float, ...] = setting((0.03, 0.1, 0.3), "Comma-separated L1 coefficients, in units of the "
+                                           "activation RMS norm.", ge=0, le=1e6, flag="--l1")
+    dashboards: int = setting(6, "Feature dashboards to write (densest features).", ge=0, le=10_000)
+    seed: int = setting(0, "Seed for the model, the SAEs and their buffers.", ge=0)
+
+
+FULL = Settings()
+QUICK = Settings(model_epochs=600, steps=400, dashboards=2)
 
 
 def _model_and_task(out: Path, run_dir: Optional[PathLike], p: int, frac_train: float, epochs: int, seed: int,
@@ -68,17 +90,17 @@ def _model_and_task(out: Path, run_dir: Optional[PathLike], p: int, frac_train: 
 def run(
     out_dir: PathLike,
     run_dir: Optional[PathLike] = None,
-    p: int = 53,
-    frac_train: float = 0.5,
-    model_epochs: int = 1500,
-    expansion: int = 1,
-    steps: int = 1200,
-    batch_size: int = 128,
-    l1_values: tuple[float, ...] = (0.03, 0.1, 0.3),
+    p: int = FULL.p,
+    frac_train: float = FULL.frac_train,
+    model_epochs: int = FULL.model_epochs,
+    expansion: int = FULL.expansion,
+    steps: int = FULL.steps,
+    batch_size: int = FULL.batch_size,
+    l1_values: tuple[float, ...] = FULL.l1_values,
     recipes: tuple[str, ...] = tuple(RECIPES),
     ito_recipe: str = "plain",
-    dashboards: int = 6,
-    seed: int = 0,
+    dashboards: int = FULL.dashboards,
+    seed: int = FULL.seed,
     quiet: bool = False,
     data_dir: Any = None,
 ) -> dict[str, Any]:
@@ -107,7 +129,7 @@ def run(
     test_acc = (labels[task.test_idx] == task.labels[task.test_idx]).float().mean().item() if len(task.test_idx) else float("nan")
     train_acc = (labels[task.train_idx] == task.labels[task.train_idx]).float().mean().item()
     ce = cross_entropy_at(task.positions[0])
-    acts = site_activations(model, inputs, site)
+    acts = collect(model, site, inputs)
     rms = acts.pow(2).sum(-1).mean().sqrt().item()
     mean_act = acts.mean(0)
     d_in = acts.shape[1]
@@ -170,11 +192,11 @@ def run(
     write_results(out, results)
     report_path = _report(out, results, rows, saes, acts, l1_values, recipes, mid, model, chosen, inputs, site,
                           dashboards, model_dir)
-    print(f"sae-mlp: ITO at L0 {k} on the {ito_recipe} dictionary (l1 {mid:g}): "
-          + ", ".join(f"{m} {v[1]:.4f}" for m, v in ito.items()))
     best = max(rows, key=lambda r: r["recovered_zero"])
-    print(f"sae-mlp: best loss recovered {best['recovered_zero']:.4f} at L0 {best['l0']:.1f} ({best['recipe']}); "
-          f"report: {report_path}")
+    announce([f"sae-mlp: ITO at L0 {k} on the {ito_recipe} dictionary (l1 {mid:g}): "
+              + ", ".join(f"{m} {v[1]:.4f}" for m, v in ito.items()),
+              f"sae-mlp: best loss recovered {best['recovered_zero']:.4f} at L0 {best['l0']:.1f} ({best['recipe']})"],
+             report_path)
     return results
 
 
@@ -234,29 +256,13 @@ def _report(out: Path, results: dict[str, Any], rows: list[dict[str, Any]], saes
     return r.save(out / "report.html")
 
 
-def cli(
-    out: Path = typer.Option(..., "--out", help="Directory for results.json, report.html, the model and the SAEs."),
-    run_dir: Optional[Path] = typer.Option(None, "--run", help="Reuse a trained 1-layer transformer run instead of "
-                                           "training one."),
-    p: int = typer.Option(53, help="Modulus of the modular-addition model trained when --run is not given."),
-    model_epochs: int = typer.Option(1500, help="Epochs for that model."),
-    expansion: int = typer.Option(1, help="SAE width as a multiple of d_mlp."),
-    steps: int = typer.Option(1200, help="Training steps per SAE."),
-    batch_size: int = typer.Option(128, help="Activation rows per SAE step."),
-    l1: str = typer.Option("0.03,0.1,0.3", help="Comma-separated L1 coefficients, in units of the activation RMS norm."),
-    dashboards: int = typer.Option(6, help="Feature dashboards to write (densest features)."),
-    seed: int = typer.Option(0, help="Seed for the model, the SAEs and their buffers."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (for --run on a pair-labels model)."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """SAEs on the MLP neurons of a 1-layer transformer: dead-feature fixes and ITO readouts."""
-    try:
-        values = tuple(float(v) for v in l1.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    check(bool(values), f"--l1 must be comma-separated numbers, got {l1!r}.")
-    run(out, run_dir=run_dir, p=p, model_epochs=model_epochs, expansion=expansion, steps=steps, batch_size=batch_size,
-        l1_values=values, dashboards=dashboards, seed=seed, quiet=quiet, data_dir=data_dir)
+cli = study_command(
+    Settings, run, {"full": FULL, "quick": QUICK},
+    doc="SAEs on the MLP neurons of a 1-layer transformer: dead-feature fixes and ITO readouts.",
+    extra=[parameter("run_dir", Path, None, "Reuse a trained 1-layer transformer run instead of training one.",
+                     flag="--run"),
+           parameter("data_dir", Path, None, "Data directory (for --run on a pair-labels model).")])
+
 
 
 __all__ = ["run", "cli", "RECIPES"]

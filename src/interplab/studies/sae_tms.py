@@ -15,20 +15,42 @@ best MMCS over L1), ``l0`` (that best run's L0), ``mmcs_grid`` (L1 -> MMCS per w
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import typer
 
+from interplab.options import setting, study_command
 from interplab.errors import check
-from interplab.report import Report
-from interplab.runs import PathLike, write_results
-from interplab.sae.buffer import Site
+from interplab.instrument import Site
+from interplab.io import PathLike, write_results
+from interplab.report import Report, announce
 from interplab.sae.metrics import enc_dec_cosine, feature_density, l0, mmcs, variance_explained
 from interplab.sae.model import SAE, SAEConfig
 from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 
 REPRESENTED = 0.5  # a feature counts as represented when its column of W has at least this norm
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the study can be asked to change (``FULL`` and ``QUICK`` below)."""
+
+    n_features: int = setting(16, "Features of the toy model.", ge=2, le=100_000)
+    n_hidden: int = setting(8, "Hidden dimensions of the toy model.", ge=1, le=100_000)
+    sparsity: float = setting(0.95, "Probability that a feature is zero.", ge=0, lt=1)
+    tms_epochs: int = setting(50, "Epochs (100 batches each) for the toy model.", ge=1)
+    widths: Optional[tuple[int, ...]] = setting(None, "Comma-separated SAE widths (default: 1/4 to 2 times "
+                                                "n_features).", ge=1, le=1 << 20)
+    l1_values: tuple[float, ...] = setting((0.1, 0.3, 1.0), "Comma-separated L1 coefficients.", ge=0, le=1e6,
+                                           flag="--l1")
+    steps: int = setting(2000, "Training steps per SAE.", ge=1)
+    batch_size: int = setting(256, "Activation rows per SAE step.", ge=1, le=1 << 20)
+    seed: int = setting(0, "Seed for the toy model, the SAEs and the data.", ge=0)
+
+
+FULL = Settings()
+QUICK = Settings(tms_epochs=20, steps=600)
 
 
 def train_tms(out: Path, n_features: int, n_hidden: int, sparsity: float, epochs: int, seed: int,
@@ -57,15 +79,15 @@ def train_tms(out: Path, n_features: int, n_hidden: int, sparsity: float, epochs
 
 def run(
     out_dir: PathLike,
-    n_features: int = 16,
-    n_hidden: int = 8,
-    sparsity: float = 0.95,
-    tms_epochs: int = 50,
-    widths: Optional[tuple[int, ...]] = None,
-    l1_values: tuple[float, ...] = (0.1, 0.3, 1.0),
-    steps: int = 2000,
-    batch_size: int = 256,
-    seed: int = 0,
+    n_features: int = FULL.n_features,
+    n_hidden: int = FULL.n_hidden,
+    sparsity: float = FULL.sparsity,
+    tms_epochs: int = FULL.tms_epochs,
+    widths: Optional[tuple[int, ...]] = FULL.widths,
+    l1_values: tuple[float, ...] = FULL.l1_values,
+    steps: int = FULL.steps,
+    batch_size: int = FULL.batch_size,
+    seed: int = FULL.seed,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Run the study into ``out_dir``; returns the results dict (see the module docstring).
@@ -129,8 +151,8 @@ def run(
                "width_sweep": width_sweep, "mmcs_grid": grid, "feature_norms": norms.tolist()}
     write_results(out, results)
     path = _report(out, results, runs, W, widths, l1_values)
-    print(f"sae-tms: MMCS {best['mmcs']:.4f} at the true width {n_true} (l1 {best['l1']:g}, L0 {best['l0']:.2f}); "
-          f"width sweep: " + ", ".join(f"{w}: {v:.3f}" for w, v in width_sweep.items()) + f"; report: {path}")
+    announce(f"sae-tms: MMCS {best['mmcs']:.4f} at the true width {n_true} (l1 {best['l1']:g}, L0 {best['l0']:.2f}); "
+             f"width sweep: " + ", ".join(f"{w}: {v:.3f}" for w, v in width_sweep.items()), path)
     return results
 
 
@@ -171,28 +193,9 @@ def _report(out: Path, results: dict[str, Any], runs: list[dict[str, Any]], W: t
     return r.save(out / "report.html")
 
 
-def cli(
-    out: Path = typer.Option(..., "--out", help="Directory for results.json, report.html, the toy model and the SAEs."),
-    n_features: int = typer.Option(16, help="Features of the toy model."),
-    n_hidden: int = typer.Option(8, help="Hidden dimensions of the toy model."),
-    sparsity: float = typer.Option(0.95, help="Probability that a feature is zero."),
-    tms_epochs: int = typer.Option(50, help="Epochs (100 batches each) for the toy model."),
-    widths: str = typer.Option("", help="Comma-separated SAE widths (default: 1/4 to 2 times n_features)."),
-    l1: str = typer.Option("0.1,0.3,1", help="Comma-separated L1 coefficients."),
-    steps: int = typer.Option(2000, help="Training steps per SAE."),
-    seed: int = typer.Option(0, help="Seed for the toy model, the SAEs and the data."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """SAEs recover the known features of a toy model of superposition, once wide enough."""
-    try:
-        ws = tuple(int(v) for v in widths.split(",") if v.strip())
-        l1s = tuple(float(v) for v in l1.split(",") if v.strip())
-    except ValueError:
-        ws, l1s = (), ()
-        check(False, "--widths must be integers and --l1 numbers, comma-separated.")
-    check(bool(l1s), "--l1 needs at least one value.")
-    run(out, n_features=n_features, n_hidden=n_hidden, sparsity=sparsity, tms_epochs=tms_epochs, widths=ws or None,
-        l1_values=l1s, steps=steps, seed=seed, quiet=quiet)
+cli = study_command(Settings, run, {"full": FULL, "quick": QUICK},
+                    doc="SAEs recover the known features of a toy model of superposition, once wide enough.")
+
 
 
 __all__ = ["run", "cli", "train_tms"]

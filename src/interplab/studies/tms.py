@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import typer
 
 from interplab.analysis import superposition as sp
 from interplab.errors import check
+from interplab.io import read_json, write_results
 from interplab.models import TMSConfig, ToyModelOfSuperposition
 from interplab.models.base import model_config_dict
-from interplab.report import Report
-from interplab.runs import read_json, write_results
+from interplab.report import Report, announce
+from interplab.options import parameter, setting, study_command
 from interplab.tasks.superposition import SparseFeatures
 from interplab.train import TrainConfig, TrainResult, train
 
@@ -47,32 +47,33 @@ class Settings:
     """Sizes of the four experiments (``FULL`` and ``QUICK`` below)."""
 
     # 1. n=5 features, m=2 dimensions, importance 0.9^i
-    geometry_sparsity: tuple[float, ...] = (0.0, 0.7, 0.8, 0.9, 0.97)
-    geometry_restarts: int = 8
-    geometry_steps: int = 2000
-    geometry_batch: int = 1024
+    geometry_sparsity: tuple[float, ...] = setting((0.0, 0.7, 0.8, 0.9, 0.97), "Geometry: Feature sparsities.", ge=0, lt=1)
+    geometry_restarts: int = setting(8, "Geometry: Restarts per sparsity.", ge=1, le=1000)
+    geometry_steps: int = setting(2000, "Geometry: Training steps.", ge=1)
+    geometry_batch: int = setting(1024, "Geometry: Batch size.", ge=1, le=1 << 20)
     # 2. n=2, m=1 phase diagram: density 1 .. phase_min_density, importance 0.1 .. 10
-    phase_grid: int = 20
-    phase_min_density: float = 0.01
-    phase_restarts: int = 6
-    phase_steps: int = 1000
-    phase_batch: int = 128
+    phase_grid: int = setting(20, "Phase diagram: Grid points per axis.", ge=2, le=1000)
+    phase_min_density: float = setting(0.01, "Phase diagram: Smallest feature density.", gt=0, lt=1)
+    phase_restarts: int = setting(6, "Phase diagram: Restarts per grid point.", ge=1, le=1000)
+    phase_steps: int = setting(1000, "Phase diagram: Training steps.", ge=1)
+    phase_batch: int = setting(128, "Phase diagram: Batch size.", ge=1, le=1 << 20)
     # 3. dimensions per feature, uniform importance, 1/(1-S) from 1 to dim_max_inv_density
-    dim_features: int = 200
-    dim_hidden: int = 20
-    dim_points: int = 20
-    dim_max_inv_density: float = 20.0
-    dim_steps: int = 1500
-    dim_batch: int = 256
-    dim_lr: float = 1e-2
+    dim_features: int = setting(200, "Dimensionality: Features.", ge=2, le=100_000)
+    dim_hidden: int = setting(20, "Dimensionality: Hidden dimensions.", ge=1, le=100_000)
+    dim_points: int = setting(20, "Dimensionality: Sparsity values.", ge=2, le=1000)
+    dim_max_inv_density: float = setting(20.0, "Dimensionality: Largest 1/(1-S).", gt=1, le=1e6)
+    dim_steps: int = setting(1500, "Dimensionality: Training steps.", ge=1)
+    dim_batch: int = setting(256, "Dimensionality: Batch size.", ge=1, le=1 << 20)
+    dim_lr: float = setting(1e-2, "Dimensionality: Learning rate.", gt=0, le=10)
     # 4. finite datasets of T points
-    finite_features: int = 20
-    finite_sparsity: float = 0.9
-    finite_T: tuple[int, ...] = (3, 5, 8, 12, 20, 50, 100, 300, 1000, 3000)
-    finite_steps: int = 3000
-    finite_batch: int = 1024
-    finite_weight_decay: float = 0.1
-    steps_per_epoch: int = 100
+    finite_features: int = setting(20, "Finite data: Features.", ge=2, le=100_000)
+    finite_sparsity: float = setting(0.9, "Finite data: Feature sparsity.", ge=0, lt=1)
+    finite_T: tuple[int, ...] = setting((3, 5, 8, 12, 20, 50, 100, 300, 1000, 3000), "Finite data: Dataset sizes.", ge=1,
+                                        le=10_000_000)
+    finite_steps: int = setting(3000, "Finite data: Training steps.", ge=1)
+    finite_batch: int = setting(1024, "Finite data: Batch size.", ge=1, le=1 << 20)
+    finite_weight_decay: float = setting(0.1, "Finite data: Weight decay.", ge=0, le=1e3)
+    steps_per_epoch: int = setting(100, "Optimizer steps per epoch of the training loop.", ge=1)
 
 
 FULL = Settings()
@@ -223,13 +224,11 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     results["seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
     path = _report(out, s, quick, seed, results, geo, phase, dim, fin)
-    for v, name in zip(geo["sparsity"], geo["names"]):
-        typer.echo(f"S={v:g}: {name}")
     counts = {p: sum(row.count(p) for row in phase["cells"]) for p in sp.PHASES}
-    typer.echo("phase diagram cells: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-    typer.echo(f"plateaus of dimensions per feature: {results['plateaus']}")
-    typer.echo(f"finite data, T = {fin['T']}: data points {results['finite_datapoint_geometry']}")
-    typer.echo(f"report: {path}")
+    announce([*(f"S={v:g}: {name}" for v, name in zip(geo["sparsity"], geo["names"])),
+              "phase diagram cells: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v),
+              f"plateaus of dimensions per feature: {results['plateaus']}",
+              f"finite data, T = {fin['T']}: data points {results['finite_datapoint_geometry']}"], path)
     return results
 
 
@@ -313,11 +312,7 @@ def _report(out: Path, s: Settings, quick: bool, seed: int, results: dict[str, A
     return r.save(out / "report.html")
 
 
-def cli(
-    out: Path = typer.Option(Path("runs/tms"), "--out", help="Directory for results.json, report.html and runs/."),
-    quick: bool = typer.Option(False, "--quick", help="Smaller grids and fewer steps (under a minute)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for initialisation and data."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
-) -> None:
-    """Toy models of superposition: geometry by sparsity, phase diagram, sticky dimensionality, finite data."""
-    run(out, quick=quick, seed=seed, quiet=quiet)
+cli = study_command(
+    Settings, run, {"full": FULL, "quick": QUICK}, settings_arg="settings", out_default=Path("runs/tms"),
+    doc="Toy models of superposition: geometry by sparsity, phase diagram, sticky dimensionality, finite data.",
+    extra=[parameter("seed", int, 0, "Seed for initialisation and data.", {"ge": 0})])

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from interplab.errors import check
+from interplab.instrument import predict
 
 IGNORE = -100
 """Label of a readout position without a target (``F.cross_entropy``'s default ignore index)."""
@@ -79,12 +80,16 @@ class Task:
         idx = self.train_idx if which == "train" else self.test_idx
         return self.inputs[idx], self.labels[idx]
 
+    def _forward_kwargs(self) -> dict[str, Any]:
+        return {} if self.positions is None else {"positions": self.positions}
+
+    def _at_labels(self, out: Tensor) -> Tensor:
+        """The model output ``[N, P, C]`` at the readout positions shaped like ``labels``."""
+        return out[:, 0] if self.positions is not None and self.labels.dim() == 1 else out
+
     def logits(self, model: torch.nn.Module, inputs: Tensor) -> Tensor:
         """Model logits at the readout positions: [N, C] or [N, P, C] matching ``labels``."""
-        if self.positions is None:
-            return model(inputs)
-        out = model(inputs, positions=self.positions)
-        return out[:, 0] if self.labels.dim() == 1 else out
+        return self._at_labels(model(inputs, **self._forward_kwargs()))
 
     # -- Objective protocol -------------------------------------------------------------
     def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Tensor]:
@@ -129,7 +134,8 @@ class Task:
             >>> t.predict(Transformer(t.default_model_config()), "test").shape
             torch.Size([15])
         """
-        return self.logits(model, self.split(which)[0]).argmax(-1)
+        return predict(model, self.split(which)[0], readout=lambda out: self._at_labels(out).argmax(-1),
+                       **self._forward_kwargs())
 
     def default_model_config(self) -> Any:
         """The model config this task was designed for (see each generator)."""
@@ -149,7 +155,7 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         >>> t.inputs.shape
         torch.Size([25, 3])
     """
-    from interplab.tasks import memorization, modular, pair_labels, sequences
+    from interplab.tasks.registry import TASKS
 
     d = dict(description)
     name = d.pop("name", None)
@@ -157,15 +163,7 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         from interplab.tasks.superposition import from_description
 
         return from_description(description)
-    builders = {
-        "modular-addition": modular.modular_task,
-        "modular-subtraction": modular.modular_task,
-        "modular-division": modular.modular_task,
-        "pair-labels": pair_labels.pair_label_task,
-        "memorization": memorization.memorization_task,
-        **sequences.BUILDERS,
-    }
-    check(name in builders, f"Unknown task {name!r} (known: {', '.join(sorted(builders))}).")
-    if name == "pair-labels":
+    check(name in TASKS, f"Unknown task {name!r} (known: {', '.join(sorted(TASKS))}).")
+    if TASKS[name].data_dir:
         d["data_dir"] = data_dir
-    return builders[name](**d)
+    return TASKS[name].builder(**d)

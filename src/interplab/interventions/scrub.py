@@ -45,8 +45,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
-from interplab.interventions.ablate import Hook, coordinates, resample_indices, site_values
-from interplab.instrument import write_hooks
+from interplab.instrument import Hook, default_readout, predict, site_values
+from interplab.interventions.ablate import coordinates, resample_indices
 
 RULES = ("keep", "free", "same")
 PerInput = Tensor | Callable[[Tensor], Tensor] | None
@@ -140,17 +140,6 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, tuple[
         return m, (m, m)
     half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * v.std().item() / math.sqrt(len(v))
     return m, (m - half, m + half)
-
-
-def default_readout(out: Tensor) -> Tensor:
-    """Predicted class per input: argmax of the logits at the last position if there are positions.
-
-    Example:
-        >>> import torch
-        >>> default_readout(torch.tensor([[[0.0, 1.0], [2.0, 0.0]]])).tolist()
-        [0]
-    """
-    return (out[:, -1] if out.dim() == 3 else out).argmax(-1)
 
 
 def _per_input(spec: PerInput, coords: Tensor, index: Tensor | None) -> Tensor | None:
@@ -281,7 +270,7 @@ def scrub_many(
     check(n_draws >= 1, f"n_draws must be at least 1, got {n_draws}.")
     for h in hypotheses:
         check(h.site in model.hook_dict, f"Unknown activation site {h.site!r} for {type(model).__name__}.")
-    clean_pred = _predict(model, inputs, fwd_hooks, readout, batch_size, None, "", **forward_kwargs)
+    clean_pred = predict(model, inputs, fwd_hooks, readout, batch_size, **forward_kwargs)
     clean_by_site: dict[str, Tensor] = {}
     results = []
     for i, hypothesis in enumerate(hypotheses):
@@ -294,7 +283,7 @@ def scrub_many(
         agree, acc, unmatched = [], [], []
         for _ in tqdm(range(n_draws), desc=f"scrub {hypothesis.name}".strip(), disable=quiet, leave=False):
             values, miss = scrubbed_values(hypothesis, clean, generator)
-            pred = _predict(model, inputs, fwd_hooks, readout, batch_size, values, site, **forward_kwargs)
+            pred = predict(model, inputs, fwd_hooks, readout, batch_size, {site: values}, **forward_kwargs)
             agree.append((pred == clean_pred).double().mean().item())
             if labels is not None:
                 acc.append((pred == labels.reshape(pred.shape)).double().mean().item())
@@ -309,22 +298,4 @@ def scrub_many(
     return results
 
 
-def _predict(model: Any, inputs: Tensor, fwd_hooks: Sequence[tuple[str, Hook]], readout: Callable[[Tensor], Tensor],
-             batch_size: int, values: Tensor | None, site: str, **forward_kwargs: Any) -> Tensor:
-    preds = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start:start + batch_size]
-        hooks = list(fwd_hooks)
-        if values is not None:
-            part = values[start:start + batch_size]
-
-            def put(value: Tensor, hook: Any = None, part: Tensor = part) -> Tensor:
-                check(value.shape == part.shape, f"The site {site} changed shape between runs.")
-                return part.to(value.dtype)
-
-            hooks += write_hooks(model, site, put)  # (a bridge's resid_mid: on both paths)
-        preds.append(readout(model.run_with_hooks(chunk, fwd_hooks=hooks, **forward_kwargs)))
-    return torch.cat(preds)
-
-
-__all__ = ["Group", "Hypothesis", "ScrubResult", "scrub", "scrub_many", "scrubbed_values", "mean_ci", "default_readout", "RULES"]
+__all__ = ["Group", "Hypothesis", "ScrubResult", "scrub", "scrub_many", "scrubbed_values", "mean_ci", "RULES"]
