@@ -27,7 +27,7 @@ ROOT = "interplab"
 LAYERS: list[list[str]] = [
     ["interplab.errors"],
     ["interplab.io"],
-    ["interplab.models", "interplab.instrument", "interplab.data"],
+    ["interplab.models", "interplab.instrument", "interplab.data", "interplab.lm"],
     ["interplab.runs", "interplab.report", "interplab.tasks"],
     ["interplab.analysis"],
     ["interplab.interventions", "interplab.sae"],

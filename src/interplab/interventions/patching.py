@@ -53,6 +53,7 @@ from interplab.errors import check
 from interplab.instrument import cache, run_with_patches
 from interplab.interventions.nodes import Metric, as_kinds, metric_value, node_kind
 
+
 def activation_patching(
     model: torch.nn.Module,
     clean: Tensor,
@@ -177,7 +178,8 @@ def path_patching(
         check(isinstance(r, tuple) and len(r) == 3 and r[2] in ("q", "k", "v"),
               f"A receiver must be (layer, head, 'q'|'k'|'v'), (layer, 'mlp') or 'logits', got {r!r}.")
         layer, head, _ = r
-        check(s_layer < layer < cfg.n_layers and 0 <= head < cfg.n_heads,
+        n_units = cfg.n_heads if r[2] == "q" else (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+        check(s_layer < layer < cfg.n_layers and 0 <= head < n_units,
               f"Receiver {r!r} must be a head in a layer after the sender's ({s_layer}).")
         parsed.append(r)
     L = cfg.n_layers - 1
@@ -231,8 +233,9 @@ def path_patching(
                 x = x[:, q_pos]
             W = getattr(block.attn, f"W_{which.upper()}")[head]
             new = x @ W
-            if block.attn.bias:
-                new = new + getattr(block.attn, f"b_{which.upper()}")[head]
+            bias = getattr(block.attn, f"b_{which.upper()}", None) if getattr(block.attn, "bias", True) else None
+            if bias is not None:  # (a bridge has no `bias` flag; its b_Q/b_K/b_V are None without biases)
+                new = new + bias[head]
 
             def replace(act: Tensor, hook: Any, new: Tensor = new, head: int = head) -> Tensor:
                 act = act.clone()
