@@ -41,6 +41,7 @@ from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
 from interplab.instrument import cache
 from interplab.interventions.nodes import Metric, NodeKind, as_kinds, metric_value, node_kind
+from interplab.models.base import readout_positions
 
 
 def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, sites: list[str],
@@ -150,8 +151,8 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
     sites = {s for spec in specs for s in spec.sites}
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
-    resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"
-                   and not kw.get("positions")]
+    full_pass = readout_positions(kw.get("positions"), corrupted.shape[-1]) is None
+    resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre" and full_pass]
     for spec in attn_kinds + resid_kinds:
         for layer in range(len(spec.sites)):
             p = f"blocks.{layer}.attn."
@@ -318,7 +319,7 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
             out.append(contrib)
         n_pos = min(c.shape[1] for c in out)  # with readout positions the last layer is restricted
         if n_pos != out[0].shape[1] or n_pos != out[-1].shape[1]:
-            q_pos = model.positions_index(kw.get("positions"), tokens.shape[1])
+            q_pos = readout_positions(kw.get("positions"), tokens.shape[1])
             out = [c if c.shape[1] == n_pos else c[:, q_pos] for c in out]
         result = torch.stack(out, dim=2)
         if has_ln:

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from interplab.errors import check
 from interplab.instrument import cache, run_with_patches
 from interplab.interventions.nodes import Metric, as_kinds, metric_value, node_kind
+from interplab.models.base import readout_positions
 
 def activation_patching(
     model: torch.nn.Module,
@@ -167,12 +168,13 @@ def path_patching(
         corrupt_out, corr_acts = cache(model, corrupted, names=list(names), **kw)
         base = metric_value(metric(corrupt_out))
         delta = _component_output(model, clean_acts, sender) - _component_output(model, corr_acts, sender)
-        n = corrupted.shape[1]
-        q_pos = model.positions_index(kw.get("positions"), n) if hasattr(model, "positions_index") else None
+        # with readout positions the last layer works only at those positions: a sender there
+        # already has them, an earlier sender's output is taken at them for the logits path
+        q_pos = readout_positions(kw.get("positions"), corrupted.shape[1])
         hooks: list[tuple[str, Callable[..., Tensor]]] = []
         for r in parsed:
             if r == "logits":
-                d = delta if q_pos is None else delta[:, q_pos]
+                d = delta if q_pos is None or s_layer == L else delta[:, q_pos]
 
                 def add(act: Tensor, hook: Any, d: Tensor = d) -> Tensor:
                     return act + d.to(act.dtype)
