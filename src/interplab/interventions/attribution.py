@@ -226,6 +226,9 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
     components by true magnitude that are also in the estimate's top ``k``) and
     ``false_negatives`` (components whose true magnitude is at least ``threshold`` times the
     largest but whose estimate's magnitude is below that level), with ``n_components``.
+    Where a side's magnitudes are all equal (e.g. all-zero effects) the rank correlation is
+    undefined; ``spearman`` is then 1.0 if both sides are constant and 0.0 if one is. Raises
+    :class:`InterplabError` for empty grids.
 
     Example:
         >>> t = torch.tensor([5.0, 3.0, 0.1, 0.0])
@@ -233,6 +236,8 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
         1
         >>> agreement(t, t * 2, k=2)["recall"], agreement(t, t * 2, k=2)["spearman"]
         (1.0, 1.0)
+        >>> agreement(t, torch.zeros(4))["spearman"]   # a constant estimate ranks nothing
+        0.0
     """
     from scipy.stats import spearmanr
 
@@ -244,12 +249,18 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
     else:
         check(isinstance(estimate, Tensor) and estimate.shape == true.shape, "true and estimate must have the same shape.")
         t, e = true.flatten(), estimate.flatten()
+    check(t.numel() > 0, "true and estimate hold no components to compare.")
+    check(k >= 1, f"k must be at least 1, got {k}.")
     t, e = t.abs().double(), e.abs().double()
     k = min(k, t.numel())
     top_t = set(t.topk(k).indices.tolist())
     top_e = set(e.topk(k).indices.tolist())
     level = threshold * t.max()
-    rho = spearmanr(t.numpy(), e.numpy()).statistic
+    t_const, e_const = bool((t == t[0]).all()), bool((e == e[0]).all())
+    if t_const or e_const:  # a rank correlation with a constant side is undefined
+        rho = 1.0 if t_const and e_const else 0.0
+    else:
+        rho = spearmanr(t.numpy(), e.numpy()).statistic
     return {
         "spearman": float(rho),
         "recall": len(top_t & top_e) / k,
