@@ -135,23 +135,34 @@ def units_index(units: int | Sequence[int] | Tensor, d: int) -> Tensor:
     return idx
 
 
-def _name_filter(names: NameFilter) -> Callable[[str], bool]:
+def site_filter(model: HookedRootModule, names: NameFilter) -> Callable[[str], bool]:
+    """The sites ``names`` selects, as a predicate; checks every named site exists.
+
+    ``names``: None (every site), one site name, any iterable of names (list, tuple, set,
+    generator: read once), or a predicate ``name -> bool``. Raises :class:`InterplabError`
+    for a name the model does not have or a value of another kind.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> m = MLP(MLPConfig(d_in=3, d_hidden=(4,), d_out=2))
+        >>> keep = site_filter(m, (n for n in ["hook_input", "hook_logits"]))
+        >>> [n for n in m.hook_dict if keep(n)]
+        ['hook_input', 'hook_logits']
+    """
     if names is None:
         return lambda _: True
     if isinstance(names, str):
-        return lambda n: n == names
-    if callable(names):
+        names = (names,)
+    elif callable(names):
         return names
-    wanted = set(names)
-    return lambda n: n in wanted
-
-
-def _check_names(model: HookedRootModule, names: NameFilter) -> None:
-    if names is None or callable(names):
-        return
-    wanted = [names] if isinstance(names, str) else list(names)
-    unknown = [n for n in wanted if n not in model.hook_dict]
+    check(isinstance(names, Iterable), f"Site names must be a name, an iterable of names or a predicate, got {names!r}.")
+    try:
+        wanted = frozenset(names)
+    except TypeError:
+        raise InterplabError(f"Site names must be strings, got {names!r}.") from None
+    unknown = sorted((n for n in wanted if n not in model.hook_dict), key=repr)
     check(not unknown, f"The model has no site named {unknown[0]!r}." if unknown else "")
+    return wanted.__contains__
 
 
 def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hooks: Hooks = (),
@@ -174,8 +185,7 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hoo
         >>> list(acts), acts["layers.0.hook_post"].shape
         (['layers.0.hook_post'], torch.Size([5, 4]))
     """
-    _check_names(model, names)
-    keep = _name_filter(names)
+    keep = site_filter(model, names)
     acts: dict[str, Tensor] = {}
 
     def save(act: Tensor, hook: Any) -> Tensor:
@@ -245,7 +255,7 @@ def run_batches(model: HookedRootModule, inputs: Tensor, batch_size: int = 4096,
     check(batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
     check(len(inputs) > 0, "inputs are empty; pass at least one example.")
     values = dict(values or {})
-    _check_names(model, list(values))
+    site_filter(model, list(values))
     for start in range(0, len(inputs), batch_size):
         rows = slice(start, start + batch_size)
         hooks = list(fwd_hooks)
@@ -332,7 +342,7 @@ def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, 
         >>> torch.allclose(out[1], m.b_U), torch.allclose(out[0], m(x)[0])
         (True, True)
     """
-    _check_names(model, list(patches))
+    site_filter(model, list(patches))
     return model.run_with_hooks(*args, fwd_hooks=patch_hooks(patches), **kwargs)
 
 
@@ -384,9 +394,8 @@ class Trace:
 
     def __init__(self, model: HookedRootModule, args: tuple[Any, ...], kwargs: dict[str, Any],
                  names: NameFilter) -> None:
-        _check_names(model, names)
+        self.keep = site_filter(model, names)
         self.model, self.args, self.kwargs = model, args, kwargs
-        self.keep = _name_filter(names)
         self.names: list[str] = []
         self._output: Any = None
         self._finished = False
@@ -459,5 +468,6 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     return Trace(model, args, kwargs, names)
 
 
-__all__ = ["Site", "Hook", "units_index", "cache", "site_values", "default_readout", "run_batches", "predict", "masked_patch",
+__all__ = ["Site", "Hook", "units_index", "site_filter",
+           "cache", "site_values", "default_readout", "run_batches", "predict", "masked_patch",
            "patch_hooks", "run_with_patches", "trace", "Trace", "TracedSite"]
