@@ -245,3 +245,29 @@ def test_analysis_on_degenerate_data(no_warnings):
         fit_arms(torch.zeros(12, 2))
     with pytest.raises(InterplabError, match="distinct"):
         group_units(torch.ones(6, 4), n_groups=2)
+
+
+@pytest.mark.parametrize("positions", [[3, 2, 1, 0], [3, 3, 3, 3, 3], [0, 3], -1])
+def test_direct_logit_attribution_at_readout_positions(with_mlp, positions):
+    from interplab.interventions.attribution import direct_logit_attribution
+    from interplab.models import readout_positions
+
+    d = torch.zeros(7)
+    d[3], d[1] = 1.0, -1.0
+    idx = readout_positions(positions, 4)
+    for kind in ("head", "neuron"):
+        full = direct_logit_attribution(with_mlp, CLEAN, d, kind=kind)
+        got = direct_logit_attribution(with_mlp, CLEAN, d, kind=kind, model_kwargs={"positions": positions})
+        torch.testing.assert_close(got, full[:, idx], atol=1e-5, rtol=0)
+
+
+def test_per_position_grids_refuse_readout_positions_that_reorder_the_last_layer(attn_only):
+    kw = {"positions": [3, 2, 1, 0]}  # as many readout rows as positions: the sizes alone do not tell
+    with pytest.raises(InterplabError, match="per position"):
+        activation_patching(attn_only, CLEAN, CORRUPT, _row_metric(0), "z", per_position=True, model_kwargs=kw)
+    with pytest.raises(InterplabError, match="per position"):
+        atp(attn_only, CLEAN, CORRUPT, _row_metric(0), "z", per_position=True, model_kwargs=kw)
+    # resid_pre keeps every position in the last layer: allowed, and equal to the full pass read at row 0 = position 3
+    got = activation_patching(attn_only, CLEAN, CORRUPT, _row_metric(0), "resid_pre", per_position=True, model_kwargs=kw)
+    want = activation_patching(attn_only, CLEAN, CORRUPT, _row_metric(3), "resid_pre", per_position=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

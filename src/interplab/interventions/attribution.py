@@ -40,7 +40,7 @@ from interplab.analysis.logit_attribution import direct_logit_attribution as uni
 from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
 from interplab.instrument import cache
-from interplab.interventions.nodes import Metric, NodeKind, as_kinds, metric_value, node_kind
+from interplab.interventions.nodes import Metric, NodeKind, as_kinds, check_readout, metric_value, node_kind
 from interplab.models.base import readout_positions
 
 
@@ -149,6 +149,7 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     check(clean.shape == corrupted.shape,
           f"clean and corrupted inputs must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}.")
     specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
+    check_readout(specs, per_position, kw.get("positions"), clean.shape[-1])
     sites = {s for spec in specs for s in spec.sites}
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
     full_pass = readout_positions(kw.get("positions"), corrupted.shape[-1]) is None
@@ -328,10 +329,9 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
             else:  # each neuron writes post_n * W_out[n]
                 contrib = unit_attribution(acts[names[layer]], back(read, block.mlp.W_out)[:, None])
             out.append(contrib)
-        n_pos = min(c.shape[1] for c in out)  # with readout positions the last layer is restricted
-        if n_pos != out[0].shape[1] or n_pos != out[-1].shape[1]:
-            q_pos = readout_positions(kw.get("positions"), tokens.shape[1])
-            out = [c if c.shape[1] == n_pos else c[:, q_pos] for c in out]
+        q_pos = readout_positions(kw.get("positions"), tokens.shape[1])
+        if q_pos is not None:  # the last layer works only at the readout positions: take the others there
+            out = [c[:, q_pos] for c in out[:-1]] + [out[-1]]
         result = torch.stack(out, dim=2)
         if has_ln:
             result = result / scale[..., None]

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from interplab.errors import check
 from interplab.instrument import cache, run_with_patches
-from interplab.interventions.nodes import Metric, as_kinds, metric_value, node_kind
+from interplab.interventions.nodes import Metric, as_kinds, check_readout, metric_value, node_kind
 from interplab.models.base import readout_positions
 
 def activation_patching(
@@ -76,6 +76,7 @@ def activation_patching(
     check(clean.shape == corrupted.shape,
           f"clean and corrupted inputs must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}.")
     specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
+    check_readout(specs, per_position, kw.get("positions"), clean.shape[-1])
     sites = sorted({s for spec in specs for s in spec.sites})
     with torch.no_grad():
         _, clean_acts = cache(model, clean, names=sites, **kw)
