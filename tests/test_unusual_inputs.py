@@ -271,3 +271,17 @@ def test_per_position_grids_refuse_readout_positions_that_reorder_the_last_layer
     got = activation_patching(attn_only, CLEAN, CORRUPT, _row_metric(0), "resid_pre", per_position=True, model_kwargs=kw)
     want = activation_patching(attn_only, CLEAN, CORRUPT, _row_metric(3), "resid_pre", per_position=True)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_zero_batch_size_is_refused_not_replaced_by_a_default():
+    from interplab.tasks.modular import modular_task
+    from interplab.tasks.superposition import SparseFeatures
+
+    g = torch.Generator().manual_seed(0)
+    tms = SparseFeatures(n_instances=1, n_features=5, steps_per_epoch=1, eval_batch=4)
+    assert next(iter(tms.batches(g, 7))).shape[0] == 7
+    for task in (tms, modular_task(p=5, frac_train=0.5, seed=0)):
+        with pytest.raises(InterplabError, match="batch_size must be at least 1"):
+            next(iter(task.batches(g, 0)))
+    with pytest.raises(InterplabError, match="batch_size must be at least 1"):
+        site_values(MLP(MLPConfig(d_in=3, d_hidden=(4,), d_out=2)), torch.ones(2, 3), "hook_logits", batch_size=0)

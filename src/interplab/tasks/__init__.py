@@ -94,6 +94,7 @@ class Task:
     # -- Objective protocol -------------------------------------------------------------
     def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Tensor]:
         """Index batches over the training split: full batch, or a seeded permutation."""
+        check(batch_size is None or batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
         if batch_size is None or batch_size >= len(self.train_idx):
             yield self.train_idx
             return
