@@ -285,3 +285,13 @@ def test_zero_batch_size_is_refused_not_replaced_by_a_default():
             next(iter(task.batches(g, 0)))
     with pytest.raises(InterplabError, match="batch_size must be at least 1"):
         site_values(MLP(MLPConfig(d_in=3, d_hidden=(4,), d_out=2)), torch.ones(2, 3), "hook_logits", batch_size=0)
+
+
+def test_task_split_without_labels_is_a_sentence_not_nan():
+    from interplab.tasks import IGNORE, Task
+
+    x = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    task = Task("t", x, torch.full((2,), IGNORE), torch.tensor([0]), torch.tensor([1]), n_classes=3, positions=[-1])
+    m = Transformer(TransformerConfig(d_vocab=3, n_ctx=3, d_model=8, n_heads=2, d_mlp=None))
+    with pytest.raises(InterplabError, match="no labelled readout position"):
+        task.evaluate(m)

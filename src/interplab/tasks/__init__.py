@@ -115,6 +115,8 @@ class Task:
                 continue
             logits = self.logits(model, self.inputs[idx])
             y = self.labels[idx]
+            check(bool((y != IGNORE).any()), f"The {which} split has no labelled readout position (every label is "
+                                             f"{IGNORE}), so its loss and accuracy are undefined.")
             out[f"{which}_loss"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)).item()
             keep = y != IGNORE
             out[f"{which}_acc"] = (logits.argmax(-1) == y)[keep].float().mean().item()
