@@ -3,7 +3,9 @@
 - On activations: :func:`l0`, :func:`mse`, :func:`variance_explained`, :func:`feature_density`
   with :func:`density_counts` (dead, below 1e-4, below 1e-5) and :func:`density_histogram`.
 - In the model: :func:`loss_recovered` splices a reconstruction into the model at its site and
-  compares ``(L_ablated - L_sae) / (L_ablated - L_clean)`` for zero and mean ablation.
+  compares ``(L_ablated - L_sae) / (L_ablated - L_clean)`` for zero and mean ablation; on a
+  language model :func:`lm_loss_recovered` does it with the next-token cross-entropy
+  (:func:`next_token_ce`) at every token position of the SAE's site.
 - Against a known dictionary: :func:`mmcs` (mean max cosine similarity).
 - Per feature: :func:`neuron_sparsity` (share of the decoder row's squared norm in its top
   neuron and the next 9), :func:`kurtosis` (in the neuron basis), :func:`enc_dec_cosine`.
@@ -19,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -152,6 +155,44 @@ def cross_entropy_at(position: int = -1) -> Callable[[Tensor, Tensor], Tensor]:
         return F.cross_entropy(logits[:, position].float(), labels)
 
     return loss
+
+
+def next_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of ``logits [N, T, V]`` on ``tokens [N, T]`` (position t
+    predicts token t+1), a loss for :func:`loss_recovered` on a language model.
+
+    Example:
+        >>> round(next_token_ce(torch.zeros(2, 3, 4), torch.zeros(2, 3, dtype=torch.long)).item(), 4) == round(math.log(4), 4)
+        True
+    """
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+
+
+@torch.no_grad()
+def lm_loss_recovered(model: torch.nn.Module, tokens: Tensor, sae: torch.nn.Module, site: Any = None,
+                      reconstruct: Callable[[Tensor], Tensor] | None = None, batch_size: int = 16,
+                      mean_act: Tensor | None = None) -> dict[str, float]:
+    """:func:`loss_recovered` on a language model: next-token cross-entropy on ``tokens [N, T]``
+    with ``sae``'s reconstruction (``sae.reconstruct``, raw activations in and out) spliced in.
+
+    ``site`` defaults to every position but BOS of the SAE's hook
+    (:class:`interplab.sae.store.TokenSite`); ``reconstruct`` replaces the SAE's own (e.g. an
+    inference-time readout). Zero and mean ablation act on the same rows.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> from interplab.sae.model import SAE, SAEConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=5, d_model=8, n_heads=2, d_mlp=16), seed=0)
+        >>> sae = SAE(SAEConfig(d_in=8, d_sae=16, hook_name="blocks.0.hook_resid_post"))
+        >>> r = lm_loss_recovered(m, torch.randint(6, (8, 5)), sae, reconstruct=lambda a: a)
+        >>> r["recovered_zero"], r["recovered_mean"]
+        (1.0, 1.0)
+    """
+    from interplab.sae.store import TokenSite
+
+    site = site if site is not None else TokenSite(sae.cfg.hook_name)
+    recon = reconstruct if reconstruct is not None else sae.reconstruct
+    return loss_recovered(model, tokens, tokens, site, recon, next_token_ce, mean_act=mean_act, batch_size=batch_size)
 
 
 @torch.no_grad()
