@@ -86,12 +86,12 @@ class LMTask:
             else []
 
     def default_model_config(self, **overrides: Any) -> TransformerConfig:
-        """A small GPT-2-like shape: 2 layers, d_model 128, 4 heads, d_mlp 512, GELU, LayerNorm.
+        """A small GPT-2-like shape: 2 layers, d_model 128, 4 heads, d_mlp 512, GELU, LayerNorm, fused kernels.
 
         Example: see the module docstring.
         """
         cfg = TransformerConfig(d_vocab=self.data.vocab_size, n_ctx=self.n_ctx, d_model=128, n_layers=2, n_heads=4,
-                                d_mlp=512, act_fn="gelu", normalization="LN")
+                                d_mlp=512, act_fn="gelu", normalization="LN", fused=True)
         return dataclasses.replace(cfg, **overrides)
 
     def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Tensor]:
