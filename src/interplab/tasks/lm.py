@@ -4,7 +4,9 @@
 directory holding ``tokens.bin`` and ``tokenizer.json`` (see :func:`interplab.lm.tokens.tokenize_corpus`;
 ``interplab corpus make`` writes both). Rows of ``n_ctx`` tokens (each starting with BOS) are
 split into training rows and the last ``frac_test`` of the stream, held out; an epoch is one
-shuffled pass over the training rows. ``evaluate`` reports the mean loss per token on a fixed
+shuffled pass over the training rows, or, with ``rows_per_epoch``, that many rows drawn
+without replacement from a fresh shuffle (shorter epochs: more frequent logs and checkpoints,
+still resumed exactly). ``evaluate`` reports the mean loss per token on a fixed
 sample of training rows and on the held-out rows and, for a generated corpus (with
 ``entities.json``), the fact-completion accuracy per attribute (``fact_acc_sport``, ...) and
 over all facts (``fact_acc``).
@@ -69,11 +71,13 @@ class LMTask:
     name = "lm"
 
     def __init__(self, corpus: str | Path, n_ctx: int = 64, frac_test: float = 0.02, seed: int = 0,
-                 eval_rows: int = 64, facts: bool = True) -> None:
+                 eval_rows: int = 64, facts: bool = True, rows_per_epoch: int | None = None) -> None:
         self.corpus = Path(corpus)
         check(self.corpus.is_dir(), f"Corpus directory {self.corpus} does not exist.")
         check(0.0 < frac_test < 1.0, f"frac_test must be in (0, 1), got {frac_test}.")
+        check(rows_per_epoch is None or rows_per_epoch >= 1, f"rows_per_epoch must be at least 1, got {rows_per_epoch}.")
         self.n_ctx, self.frac_test, self.seed, self.eval_rows = n_ctx, frac_test, seed, eval_rows
+        self.rows_per_epoch = rows_per_epoch
         self.data = TokenDataset(self.corpus / "tokens.bin", n_ctx + 1)
         self.tokenizer = load_tokenizer(self.corpus)
         n = len(self.data)
@@ -95,8 +99,12 @@ class LMTask:
         return dataclasses.replace(cfg, **overrides)
 
     def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Tensor]:
-        """One shuffled pass over the training rows (``batch_size`` default 32)."""
-        yield from self.data.batches(batch_size or 32, generator, self.train_rows)
+        """One epoch of shuffled training rows (``batch_size`` default 32); see the module docstring."""
+        if self.rows_per_epoch is None:
+            yield from self.data.batches(batch_size or 32, generator, self.train_rows)
+            return
+        rows = self.train_rows[torch.randperm(len(self.train_rows), generator=generator)[:self.rows_per_epoch]]
+        yield from self.data.batches(batch_size or 32, generator, rows)
 
     def loss(self, model: torch.nn.Module, batch: Tensor) -> Tensor:
         """Mean next-token cross-entropy over every position of ``batch`` ``[B, n_ctx + 1]``."""
@@ -123,7 +131,7 @@ class LMTask:
     def describe(self) -> dict[str, Any]:
         """JSON description (config.json); :func:`interplab.tasks.make_task` rebuilds the task from it."""
         return {"name": self.name, "corpus": str(self.corpus), "n_ctx": self.n_ctx, "frac_test": self.frac_test,
-                "seed": self.seed, "eval_rows": self.eval_rows, "facts": bool(self.prompts)}
+                "seed": self.seed, "eval_rows": self.eval_rows, "facts": bool(self.prompts), "rows_per_epoch": self.rows_per_epoch}
 
 
 __all__ = ["LMTask", "next_token_loss"]
