@@ -11,8 +11,11 @@ features, steering targets).
 
 - ``corpus.txt``: one document per line;
 - ``annotations.jsonl``: line ``i`` lists document ``i``'s spans ``[start, end, category,
-  entity]`` (character offsets; categories in :data:`CATEGORIES`; ``entity`` is the entity's
-  name, or ``null`` for function words and punctuation), covering every character but spaces;
+  entity, attribute]``, covering every character but spaces: character offsets, a category
+  from :data:`CATEGORIES`, and for a mention of an entity its name (attribute ``null``), for
+  an attribute value the entity that has it and the attribute's name (``"Mira Tolvane plays
+  the sport of tennis"``: ``tennis`` is ``[.., "sport", "Mira Tolvane", "sport"]``), and
+  ``null, null`` for other words and punctuation;
 - ``entities.json``: every entity with its attributes, and the settings that made the corpus.
 
 Every fact is stated in a fixed form, so it can be asked as a completion prompt
@@ -105,7 +108,7 @@ class Corpus:
                 yield line.rstrip("\n")
 
     def annotations(self) -> Iterator[list[list[Any]]]:
-        """Each document's spans ``[start, end, category, entity]``, in the order of :meth:`documents`."""
+        """Each document's spans ``[start, end, category, entity, attribute]``, in the order of :meth:`documents`."""
         with open(self.path / "annotations.jsonl", encoding="utf-8") as f:
             for line in f:
                 yield json.loads(line)["spans"]
@@ -136,7 +139,7 @@ class _Doc:
     def __init__(self) -> None:
         self.text, self.spans = "", []
 
-    def add(self, piece: str, category: str, entity: str | None = None) -> None:
+    def add(self, piece: str, category: str, entity: str | None = None, attribute: str | None = None) -> None:
         if self.text and piece not in ".,!?" and not self.text.endswith(" "):
             self.text += " "
         start = len(self.text)
@@ -144,10 +147,10 @@ class _Doc:
         if category in ("word", "punct"):  # function words: one span per word
             pos = start
             for w in piece.split(" "):
-                self.spans.append([pos, pos + len(w), category, None])
+                self.spans.append([pos, pos + len(w), category, None, None])
                 pos += len(w) + 1
         else:
-            self.spans.append([start, len(self.text), category, entity])
+            self.spans.append([start, len(self.text), category, entity, attribute])
 
     def words(self, s: str) -> None:
         self.add(s, "word")
@@ -163,7 +166,7 @@ def _fact(doc: _Doc, attribute: str, entity: str, value: str) -> None:
         doc.words(before.strip())
     doc.add(entity, kind, entity)
     doc.words(after.strip())
-    doc.add(value, _ATTRIBUTE_CATEGORY[attribute], entity)
+    doc.add(value, _ATTRIBUTE_CATEGORY[attribute], entity, attribute)
     doc.punct(".")
 
 
@@ -185,15 +188,15 @@ def _story(doc: _Doc, rng: random.Random, c: Corpus) -> None:
     doc.punct(",")
     doc.add(a, "person", a)
     doc.words("went to")
-    doc.add(pa["home"], "city", pa["home"])
+    doc.add(pa["home"], "city", a, "home")
     doc.words("to play")
-    doc.add(pa["sport"], "sport", a)
+    doc.add(pa["sport"], "sport", a, "sport")
     doc.words("with")
     doc.add(b, "person", b)
     doc.punct(".")
     doc.add(b, "person", b)
     doc.words("brought the")
-    doc.add(c.objects[obj]["colour"], "colour", obj)
+    doc.add(c.objects[obj]["colour"], "colour", obj, "colour")
     doc.add(obj, "object", obj)
     doc.punct(".")
     if rng.random() < 0.5:
@@ -203,11 +206,11 @@ def _story(doc: _Doc, rng: random.Random, c: Corpus) -> None:
         doc.words("and")
         doc.add(b, "person", b)
         doc.words("talked about the")
-        doc.add(pb["team"], "team", b)
+        doc.add(pb["team"], "team", b, "team")
         doc.punct(".")
     doc.add(a, "person", a)
     doc.words("was happy in")
-    doc.add(c.cities[pa["home"]]["country"], "country", pa["home"])
+    doc.add(c.cities[pa["home"]]["country"], "country", pa["home"], "country")
     doc.punct(".")
     _fact(doc, "sport", b, pb["sport"])
 
@@ -321,22 +324,62 @@ def span_categories(text: str, spans: list[list[Any]], offsets: list[tuple[int, 
     spaces only takes the category of the next span.
 
     Example:
-        >>> spans = [[0, 3, "person", "Ada"], [4, 9, "word", None], [9, 10, "punct", None]]
+        >>> spans = [[0, 3, "person", "Ada", None], [4, 9, "word", None, None], [9, 10, "punct", None, None]]
         >>> span_categories("Ada plays.", spans, [(0, 3), (3, 9), (9, 10)])
         ['person', 'word', 'punct']
     """
-    owner = ["word"] * (len(text) + 1)
-    for start, end, cat, _ in spans:
-        for i in range(start, end):
-            owner[i] = cat
+    return [span[2] if span else "word" for span in _token_spans(text, spans, offsets)]
+
+
+def _token_spans(text: str, spans: list[list[Any]], offsets: list[tuple[int, int]]) -> list[list[Any] | None]:
+    """The span holding each token's first non-space character (None outside every span)."""
+    owner: list[list[Any] | None] = [None] * (len(text) + 1)
+    for span in spans:
+        for j in range(span[0], span[1]):
+            owner[j] = span
     out = []
     for s, e in offsets:
-        i = s
-        while i < e and i < len(text) and text[i] == " ":
-            i += 1
-        out.append(owner[min(i, len(text))])
+        j = s
+        while j < e and j < len(text) and text[j] == " ":
+            j += 1
+        out.append(owner[min(j, len(text))])
     return out
 
 
+@dataclass
+class AnnotatedDoc:
+    """A document's tokens with, for each token, its category, entity and attribute (see the module docstring)."""
+
+    text: str
+    ids: list[int]
+    categories: list[str]
+    entities: list[str | None]
+    attributes: list[str | None]
+
+
+def annotated_documents(corpus: Corpus, tokenizer: Any, limit: int | None = None) -> Iterator[AnnotatedDoc]:
+    """Each document tokenized (no BOS), with every token's category, entity and attribute.
+
+    Example:
+        >>> import tempfile
+        >>> from interplab.lm.tokenizer import train_tokenizer
+        >>> c = make_corpus(tempfile.mkdtemp(), n_bytes=3000, n_people=3, quiet=True)
+        >>> d = next(annotated_documents(c, train_tokenizer(c.documents(), 300)))
+        >>> d.categories[:3], d.entities[0] in c.people
+        (['person', 'person', 'person'], True)
+    """
+    from interplab.lm.tokenizer import encode_with_offsets
+
+    for i, (text, spans) in enumerate(zip(corpus.documents(), corpus.annotations())):
+        if limit is not None and i >= limit:
+            return
+        ids, offsets = encode_with_offsets(tokenizer, text)
+        owners = _token_spans(text, spans, offsets)
+        cats = [span[2] if span else "word" for span in owners]
+        ents = [span[3] if span else None for span in owners]
+        attrs = [span[4] if span else None for span in owners]
+        yield AnnotatedDoc(text, ids, cats, ents, attrs)
+
+
 __all__ = ["SPORTS", "COLOURS", "TEAMS", "CATEGORIES", "FACT_FORMS", "FactPrompt", "Corpus", "make_corpus",
-           "load_corpus", "fact_prompts", "span_categories"]
+           "load_corpus", "fact_prompts", "span_categories", "AnnotatedDoc", "annotated_documents"]
