@@ -45,9 +45,10 @@ STUDIES = {
     "sae-mlp": "interplab.studies.sae_mlp",
     "atp": "interplab.studies.atp",
     "grokking": "interplab.studies.grokking",
+    "lm": "interplab.studies.lm",
 }
 # Sub-applications living beside the technique they drive, each exposing ``app``.
-SUBAPPS = {"sae": "interplab.sae.cli"}
+SUBAPPS = {"sae": "interplab.sae.cli", "corpus": "interplab.lm.cli"}
 
 
 def _register() -> None:
@@ -57,6 +58,9 @@ def _register() -> None:
         module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip().splitlines()
         study_app.command(name=name, help=doc[0] if doc else None)(module.cli)
+    from interplab.lm.cli import sample_command
+
+    app.command("sample", help=(sample_command.__doc__ or "").splitlines()[0])(sample_command)
     for name, module_name in SUBAPPS.items():
         try:
             found = importlib.util.find_spec(module_name) is not None
@@ -86,6 +90,8 @@ TASKS: dict[str, dict[str, Any]] = {
                        "train": {"epochs": 100, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 256}},
     "memorization": {"options": ("n", "n_classes", "frac_train"), "fixed": {},
                      "train": {"epochs": 500, "lr": 1e-3, "weight_decay": 0.0}},
+    "lm": {"options": ("corpus", "n_ctx", "rows_per_epoch"), "fixed": {}, "required": ("corpus",),
+           "train": {"epochs": 30, "lr": 1e-3, "weight_decay": 0.1, "batch_size": 32, "rows_per_epoch": 2048}},
 }
 
 
@@ -119,6 +125,10 @@ def train_command(
     n_examples: Optional[int] = typer.Option(None, help="[sequences] Number of sequences."),
     n: Optional[int] = typer.Option(None, help="[memorization] Integers per side of a pair."),
     n_classes: Optional[int] = typer.Option(None, help="[memorization] Number of random labels."),
+    corpus: Optional[Path] = typer.Option(None, help="[lm] Corpus directory with tokens.bin and tokenizer.json "
+                                          "(from `interplab corpus make` or `interplab corpus tokenize`)."),
+    n_ctx: Optional[int] = typer.Option(None, help="[lm] Context length (default 64)."),
+    rows_per_epoch: Optional[int] = typer.Option(None, help="[lm] Rows per epoch (default 2048)."),
     d_model: Optional[int] = typer.Option(None, help="[transformer] Override the default width."),
     n_layers: Optional[int] = typer.Option(None, help="[transformer] Override the default depth."),
     n_heads: Optional[int] = typer.Option(None, help="[transformer] Override the default head count."),
@@ -139,12 +149,17 @@ def train_command(
     check(task in TASKS, f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     spec = TASKS[task]
     given = {"p": p, "frac_train": frac_train, "labels": labels, "n_values": n_values, "k": k, "length": length,
-             "n_examples": n_examples, "n": n, "n_classes": n_classes}
+             "n_examples": n_examples, "n": n, "n_classes": n_classes,
+             "corpus": str(corpus) if corpus is not None else None, "n_ctx": n_ctx, "rows_per_epoch": rows_per_epoch}
     for name, value in given.items():
         check(value is None or name in spec["options"],
               f"--{name.replace('_', '-')} does not apply to {task} (its options: "
               f"{', '.join('--' + o.replace('_', '-') for o in spec['options'])}).")
+    for name in spec.get("required", ()):
+        check(given[name] is not None, f"{task} needs --{name.replace('_', '-')}.")
     params = {k_: v for k_, v in given.items() if v is not None}
+    if "rows_per_epoch" in spec["options"]:
+        params.setdefault("rows_per_epoch", spec["train"]["rows_per_epoch"])
     the_task = make_task({"name": task, **spec["fixed"], **params, "seed": seed}, data_dir=data_dir)
     model_cfg = the_task.default_model_config()
     overrides = {"d_model": d_model, "n_layers": n_layers, "n_heads": n_heads, "d_mlp": d_mlp}

@@ -51,6 +51,29 @@ pre{background:#f7f7f7;padding:.8em;overflow-x:auto} .prov{color:#777;font-size:
 """
 
 
+# Draws the selected head's pattern as an SVG grid (queries down, keys across), darker = more attention.
+_ATTN_JS = """(function(uid){
+var root=document.getElementById(uid), d=JSON.parse(document.getElementById(uid+'-data').textContent);
+var sel=root.querySelector('select'), box=root.querySelector('.grid'), val=root.querySelector('.val');
+var n=d.tokens.length, c=Math.max(8,Math.min(22,Math.floor(640/Math.max(n,1)))), m=110, NS='http://www.w3.org/2000/svg';
+function el(t,a){var e=document.createElementNS(NS,t);for(var k in a)e.setAttribute(k,a[k]);return e;}
+function esc(s){return s.replace(/ /g,'\u00b7');}
+function draw(){
+ var p=d.patterns[+sel.value], W=m+n*c+4, svg=el('svg',{width:W,height:W,'font-size':Math.min(11,c-1)});
+ for(var i=0;i<n;i++){
+  var tq=el('text',{x:m-4,y:m+i*c+c*0.75,'text-anchor':'end'});tq.textContent=esc(d.tokens[i]);svg.appendChild(tq);
+  var tk=el('text',{x:0,y:0,'text-anchor':'start',transform:'translate('+(m+i*c+c*0.75)+','+(m-4)+') rotate(-90)'});
+  tk.textContent=esc(d.tokens[i]);svg.appendChild(tk);
+  for(var j=0;j<n;j++){
+   var r=el('rect',{x:m+j*c,y:m+i*c,width:c-1,height:c-1,fill:'rgb(20,60,160)','fill-opacity':j>i?0:Math.max(0.03,p[i][j]),
+     stroke:'#eee','stroke-width':0.5});
+   (function(i,j){r.addEventListener('mouseover',function(){val.textContent='query '+i+' '+JSON.stringify(d.tokens[i])+
+     ' -> key '+j+' '+JSON.stringify(d.tokens[j])+': '+p[i][j];});})(i,j);
+   svg.appendChild(r);}}
+ box.innerHTML='';box.appendChild(svg);}
+sel.addEventListener('change',draw);draw();})"""
+
+
 def fmt(x: Any) -> str:
     """Format a number for people: 4 significant digits, ints as ints.
 
@@ -109,6 +132,38 @@ class Report:
         data = base64.b64encode(buf.getvalue()).decode("ascii")
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
         self.parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(caption)}'>{cap}</figure>")
+
+    def attention(self, tokens: Sequence[str], patterns: Any, labels: Sequence[str], caption: str = "") -> None:
+        """An interactive attention-pattern viewer: a head selector and a query x key grid with
+        the tokens on both axes (inline SVG drawn by inline JavaScript, so it works offline).
+
+        ``tokens``: the ``n`` token strings; ``patterns``: ``[n_heads, n, n]`` (query, key;
+        a tensor or nested lists) with one ``labels`` entry per head, e.g. ``"L1H3"``.
+
+        Example:
+            >>> r = Report("x")
+            >>> r.attention(["<bos>", " A", " B"], [[[1, 0, 0], [.5, .5, 0], [.2, .3, .5]]], ["L0H0"])
+            >>> "L0H0" in r.html() and "<select>" in r.html()
+            True
+        """
+        import json
+
+        pat = patterns.tolist() if hasattr(patterns, "tolist") else patterns
+        n = len(tokens)
+        if len(pat) != len(labels) or any(len(p) != n or any(len(row) != n for row in p) for p in pat):
+            raise ValueError(f"patterns must be [{len(labels)} heads, {n}, {n}] to match labels and tokens.")
+        data = {"tokens": list(tokens), "labels": list(labels),
+                "patterns": [[[round(float(v), 3) for v in row] for row in p] for p in pat]}
+        k = sum(1 for part in self.parts if "class='attnview'" in part)
+        uid = f"attn{k}"
+        payload = json.dumps(data).replace("</", "<\\/")
+        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        opts = "".join(f"<option value='{i}'>{html.escape(lab)}</option>" for i, lab in enumerate(labels))
+        self.parts.append(
+            f"<figure class='attnview' id='{uid}'><label>head <select>{opts}</select></label> "
+            f"<span class='val'></span><div class='grid'></div>{cap}</figure>"
+            f"<script type='application/json' id='{uid}-data'>{payload}</script>"
+            f"<script>{_ATTN_JS}('{uid}');</script>")
 
     def html(self) -> str:
         """The whole page as a string, with a provenance footer."""

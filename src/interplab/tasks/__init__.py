@@ -157,6 +157,10 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         from interplab.tasks.superposition import from_description
 
         return from_description(description)
+    if name == "lm":
+        from interplab.tasks.lm import LMTask
+
+        return LMTask(**d)
     builders = {
         "modular-addition": modular.modular_task,
         "modular-subtraction": modular.modular_task,
