@@ -46,6 +46,7 @@ STUDIES = {
     "atp": "interplab.studies.atp",
     "grokking": "interplab.studies.grokking",
     "lm": "interplab.studies.lm",
+    "sae-lm": "interplab.studies.sae_lm",
 }
 # Sub-applications living beside the technique they drive, each exposing ``app``.
 SUBAPPS = {"sae": "interplab.sae.cli", "corpus": "interplab.lm.cli"}

@@ -12,8 +12,11 @@ mech-interp team's progress update, 2024):
 - ``single``: one feature's decoder row (by default the feature with the largest difference),
   scaled to the vector's norm;
 - ``recon_diff``: the difference of the two SAE reconstructions (no error term);
-- ``projected``: the original vector with the decoder directions of the *irrelevant* features
-  (active on either prompt but not among the ``k``) projected out.
+- ``projected``: the original vector with the contributions of the *irrelevant* features (those
+  whose activation differs between the prompts but which are not among the ``k``) taken out:
+  ``v - sum_j df_j W_dec[j]`` over them; the SAE's error term stays. (Projecting onto the
+  orthogonal complement of their decoder rows instead would remove everything once they span
+  the residual stream, as they do with a few dozen active features per token.)
 
 :func:`coefficient_sweep` measures each vector over coefficients: the fraction of sampled
 continuations of a prompt that satisfy a predicate (P(success)), and the next-token loss on
@@ -156,12 +159,7 @@ def sae_views(sae: Any, model: torch.nn.Module, positive: Tensor, negative: Tens
     recon_diff = (sae.reconstruct(a_pos) - sae.reconstruct(a_neg)).mean(0)
     i = int(feature) if feature is not None else int(diff.sum(0).argmax())
     single = W[i].expand_as(original) * (original.norm(dim=-1, keepdim=True) / W[i].norm().clamp_min(1e-12))
-    active = ((f_pos > 0) | (f_neg > 0)).any(0)
-    active[top] = False
-    projected = original
-    if bool(active.any()):
-        Q, _ = torch.linalg.qr(W[active].T.double())  # orthonormal basis of the irrelevant directions
-        projected = (original.double() - (original.double() @ Q) @ Q.T).to(original.dtype)
+    projected = original - (diff - sparse) @ W
     return {"original": original, "features": sparse @ W, "single": single, "recon_diff": recon_diff,
             "projected": projected, "feature_diff": diff}
 

@@ -271,6 +271,24 @@ def loss_recovered(
             "recovered_zero": frac(zero), "recovered_mean": frac(mean)}
 
 
+def feature_auc(acts: Tensor, labels: Tensor) -> Tensor:
+    """ROC AUC of every feature's activation ``acts [n, F]`` as a detector of ``labels [n]``
+    (bool), ``[F]``; ties (e.g. the many zeros) count one half (Mann-Whitney with average ranks).
+
+    Example:
+        >>> acts = torch.tensor([[0.0, 1.0], [2.0, 1.0], [3.0, 0.0]])
+        >>> feature_auc(acts, torch.tensor([False, True, True])).tolist()
+        [1.0, 0.25]
+    """
+    from scipy.stats import rankdata
+
+    labels = labels.bool().cpu()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    check(n_pos > 0 and n_neg > 0, "AUC needs both positive and negative examples.")
+    ranks = torch.from_numpy(rankdata(acts.detach().float().cpu().numpy(), axis=0))  # [n, F], average ties
+    return ((ranks[labels].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).float()
+
+
 @torch.no_grad()
 def evaluate_sae(sae: torch.nn.Module, acts: Tensor, k: int | None = None, batch_size: int = 8192) -> dict[str, float]:
     """L0, MSE, variance explained, dead and ultra-low counts of an SAE on activation rows.
