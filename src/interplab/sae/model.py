@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +86,29 @@ class SAEOutput:
     x_hat: Tensor
 
 
+class _Encode(torch.autograd.Function):
+    """``(x - b_dec) @ W_enc + b_enc`` whose backward computes ``b_dec``'s gradient as
+    ``-(sum_rows g) @ W_enc.T`` (one vector-matrix product) and skips the ``[N, d_in]`` input
+    gradient unless ``x`` needs it: autograd would form that full matmul only to sum it.
+    Training steps take about 1/6 fewer FLOPs."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+        centered = x - b_dec
+        ctx.save_for_backward(centered, W_enc)
+        return torch.addmm(b_enc, centered.reshape(-1, centered.shape[-1]), W_enc).reshape(*x.shape[:-1], -1)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        centered, W_enc = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        gsum = g2.sum(0)
+        gx = (g @ W_enc.T) if ctx.needs_input_grad[0] else None
+        gW = centered.reshape(-1, centered.shape[-1]).T @ g2 if ctx.needs_input_grad[1] else None
+        gb_dec = -(gsum @ W_enc.T) if ctx.needs_input_grad[3] else None
+        return gx, gW, gsum if ctx.needs_input_grad[2] else None, gb_dec
+
+
 class SAE(HookedRootModule):
     """A sparse autoencoder; see the module docstring."""
 
@@ -110,7 +134,7 @@ class SAE(HookedRootModule):
         check(x.shape[-1] == self.cfg.d_in, f"SAE input must end in d_in={self.cfg.d_in}, got shape {tuple(x.shape)}.")
         x = self.hook_sae_input(x)
         if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
+            return self.hook_sae_acts_pre(_Encode.apply(x, self.W_enc, self.b_enc, self.b_dec))
         return self.hook_sae_acts_pre(x @ self.W_enc + self.b_enc)
 
     def activate(self, pre: Tensor, k: int | None = None) -> Tensor:
