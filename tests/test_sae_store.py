@@ -133,3 +133,17 @@ def test_ito_trained_dictionary_beats_random_at_low_l0(model, tokens):
         (_, rnd_low, _, _), _ = r["random"][m]
         assert sae_low > rnd_low + 0.05, (m, sae_low, rnd_low)
     assert r["sae"]["omp"][1][1] > 0.99  # 16 atoms in 16 dimensions: exact
+
+
+def test_cache_stop_skips_later_layers(model, tokens):
+    from interplab.instrument import cache
+
+    seen = []
+    model.hook_dict["blocks.0.hook_resid_post"].add_hook(lambda a, hook: seen.append(1))
+    try:
+        out, acts = cache(model, tokens[:3], names="blocks.0.hook_resid_pre", stop=True)
+        assert out is None and not seen  # the block after the site never ran
+        full, ref = cache(model, tokens[:3], names="blocks.0.hook_resid_pre")
+        assert full is not None and seen and torch.equal(acts["blocks.0.hook_resid_pre"], ref["blocks.0.hook_resid_pre"])
+    finally:
+        model.reset_hooks()

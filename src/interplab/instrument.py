@@ -60,12 +60,19 @@ def _check_names(model: HookedRootModule, names: NameFilter) -> None:
     check(not unknown, f"The model has no site named {unknown[0]!r}." if unknown else "")
 
 
-def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwargs: Any
-          ) -> tuple[Tensor, dict[str, Tensor]]:
+class _Stop(Exception):
+    """Raised inside a hook to end a forward pass early (see :func:`cache`)."""
+
+
+def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, stop: bool = False, **kwargs: Any
+          ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Run ``model(*args, **kwargs)`` and return ``(output, {site: activation})`` for ``names``.
 
     ``names``: one site name, a list of names, a predicate, or None for every site. The
-    activations stay in the autograd graph when gradients are enabled.
+    activations stay in the autograd graph when gradients are enabled. ``stop=True`` (with
+    ``names`` a name or a list of names) ends the forward pass as soon as every named site has
+    been reached, skipping the later layers (TransformerLens' ``stop_at_layer`` for any
+    model); the output is then None.
 
     Example:
         >>> import torch
@@ -76,14 +83,20 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
         (['layers.0.hook_post'], torch.Size([5, 4]))
     """
     _check_names(model, names)
+    check(not stop or isinstance(names, (str, list, tuple, set)), "stop=True needs the site names, not a predicate.")
     keep = _name_filter(names)
     acts: dict[str, Tensor] = {}
+    hooks_at = [n for n in model.hook_dict if keep(n)]
 
     def save(act: Tensor, hook: Any) -> None:
         acts[hook.name] = act
+        if stop and len(acts) == len(hooks_at):
+            raise _Stop
 
-    hooks = [(n, save) for n in model.hook_dict if keep(n)]
-    out = model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
+    try:
+        out = model.run_with_hooks(*args, fwd_hooks=[(n, save) for n in hooks_at], **kwargs)
+    except _Stop:
+        out = None
     return out, acts
 
 

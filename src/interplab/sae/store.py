@@ -108,7 +108,7 @@ def run_site(model: torch.nn.Module, hook_name: str, tokens: Tensor, positions: 
         >>> run_site(m, "blocks.0.hook_resid_post", torch.zeros(3, 4, dtype=torch.long)).shape
         torch.Size([9, 8])
     """
-    _, acts = cache(model, tokens, names=hook_name)
+    _, acts = cache(model, tokens, names=hook_name, stop=True)  # the layers after the site are not run
     return site_rows(acts[hook_name].detach(), positions, exclude_bos)
 
 
