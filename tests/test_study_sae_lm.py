@@ -1,0 +1,29 @@
+"""The sae-lm study end to end on a tiny corpus and LM (contract: keys, shapes, report)."""
+
+import dataclasses
+import json
+
+
+from interplab.studies import lm as lm_study
+from interplab.studies import sae_lm
+
+
+def test_sae_lm_study_contract(tmp_path):
+    lm = dataclasses.replace(lm_study.Settings.quick(), corpus_bytes=150_000, people=8, cities=4, countries=3,
+                             objects=6, vocab_size=400, n_ctx=32, d_model=32, n_layers=2, n_heads=2, d_mlp=64,
+                             epochs=4, rows_per_epoch=64)
+    s = sae_lm.Settings(lm=lm, expansion=2, steps=60, batch_size=64, l1_coeffs=(1.0, 4.0), main_l1=1.0, store_rows=6000,
+                        shard_rows=2048, buffer_size=1024, eval_rows=40, ito_ks=(4,), steer_coefs=(0.0, 4.0),
+                        steer_samples=4, steer_tokens=4, autointerp_features=3)
+    res = sae_lm.run(tmp_path, settings=s, quiet=True)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    for key in ("pareto", "loss_recovered", "l0", "attribute_feature_auc", "steering", "autointerp_score_mean"):
+        assert key in on_disk
+    assert set(res["pareto"]) == {"plain", "resample", "ghost"} and all(len(v) == 2 for v in res["pareto"].values())
+    assert set(res["steering"]) == {"original", "features", "single", "recon_diff", "projected"}
+    assert all(len(row) == 3 and 0 <= row[1] <= 1 for rows in res["steering"].values() for row in rows)
+    assert res["attribute_feature_auc"] and all(0 <= v <= 1 for v in res["attribute_feature_auc"].values())
+    assert res["ce_clean"] < res["ce_zero"] and res["l0"] > 0
+    assert len(list((tmp_path / "acts").glob("shard_*.safetensors"))) >= 2
+    html = (tmp_path / "report.html").read_text()
+    assert "Steering towards" in html and (tmp_path / "dashboards" / "index.html").is_file()
