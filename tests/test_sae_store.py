@@ -119,9 +119,8 @@ def test_ito_trained_dictionary_beats_random_at_low_l0(model, tokens):
     from interplab.sae.ito import ito_loss_recovered
 
     # text the model itself writes (low temperature), so that its residual stream matters for the loss
-    g = torch.Generator().manual_seed(0)
     own = torch.cat([torch.cat([torch.tensor([[0, t]]).expand(6, 2),
-                                sample_continuations(model, torch.tensor([0, t]), 6, 6, temperature=0.3, generator=g)], 1)
+                                sample_continuations(model, torch.tensor([0, t]), 6, 6, temperature=0.3, seed=t)], 1)
                      for t in range(1, 13)])
     store = ActivationStore.from_model(model, HOOK, own, size=256, model_batch=8)
     cfg = SAETrainConfig(steps=300, batch_size=64, buffer_size=256, lr=3e-3, l1_coeff=0.2, log_every=300)

@@ -41,7 +41,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -98,31 +97,23 @@ def steering_hook(hook_name: str, vector: Tensor, coef: float, start: int = 0) -
 
 @torch.no_grad()
 def sample_continuations(model: torch.nn.Module, prompt: Tensor, n: int, max_new_tokens: int,
-                         hooks: Sequence[Hook] = (), temperature: float = 1.0,
-                         generator: torch.Generator | None = None) -> Tensor:
+                         hooks: Sequence[Hook] = (), temperature: float = 1.0, seed: int = 0) -> Tensor:
     """``n`` sampled continuations ``[n, max_new_tokens]`` of ``prompt [T]`` with ``hooks`` active.
 
-    Plain ancestral sampling at ``temperature`` (0: greedy), one full forward pass per token,
-    the randomness from ``generator`` (default seed 0). The prompt plus continuation must fit
-    the model's context.
+    :func:`interplab.lm.generate.generate` (temperature 0: greedy; the randomness from
+    ``seed``) run under the hooks. The prompt plus continuation must fit the model's context,
+    so that position-wise steering stays where it was put.
 
     Example: see the module docstring.
     """
-    check(temperature >= 0, f"temperature must be non-negative, got {temperature}.")
+    from interplab.lm.generate import generate
+
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     check(n_ctx is None or len(prompt) + max_new_tokens <= n_ctx, f"The prompt ({len(prompt)} tokens) and "
           f"{max_new_tokens} new tokens do not fit the model's context of {n_ctx}.")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
-    seq = prompt.reshape(1, -1).expand(n, -1).clone()
-    for _ in range(max_new_tokens):
-        logits = model.run_with_hooks(seq, fwd_hooks=list(hooks))[:, -1].float()
-        if temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            probs = F.softmax(logits / temperature, dim=-1).cpu()
-            nxt = torch.multinomial(probs, 1, generator=g)[:, 0].to(seq.device)
-        seq = torch.cat([seq, nxt[:, None]], dim=1)
-    return seq[:, len(prompt):]
+    with model.hooks(fwd_hooks=list(hooks)):
+        out = generate(model, prompt.reshape(1, -1).expand(n, -1), max_new_tokens, temperature, seed=seed)
+    return out[:, len(prompt):]
 
 
 @torch.no_grad()
@@ -193,8 +184,7 @@ def coefficient_sweep(model: torch.nn.Module, hook_name: str, vectors: Mapping[s
     jobs = [(name, c) for name in vectors for c in coefs]
     for name, c in tqdm(jobs, disable=quiet, desc="steering", unit="run"):
         hook = steering_hook(hook_name, vectors[name], float(c), start)
-        conts = sample_continuations(model, prompt, n_samples, max_new_tokens, [hook], temperature,
-                                     torch.Generator().manual_seed(seed))
+        conts = sample_continuations(model, prompt, n_samples, max_new_tokens, [hook], temperature, seed)
         p = sum(bool(predicate(row)) for row in conts) / n_samples
         total, n = 0.0, 0
         for chunk in text.split(batch_size):
