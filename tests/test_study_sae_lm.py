@@ -3,6 +3,10 @@
 import dataclasses
 import json
 
+import pytest
+
+from interplab.errors import InterplabError
+
 
 from interplab.studies import lm as lm_study
 from interplab.studies import sae_lm
@@ -27,3 +31,6 @@ def test_sae_lm_study_contract(tmp_path):
     assert len(list((tmp_path / "acts").glob("shard_*.safetensors"))) >= 2
     html = (tmp_path / "report.html").read_text()
     assert "Steering towards" in html and (tmp_path / "dashboards" / "index.html").is_file()
+    # asked to reuse SAE runs made with other settings, the study refuses
+    with pytest.raises(InterplabError, match="other settings"):
+        sae_lm.run(tmp_path, settings=dataclasses.replace(s, steps=61), quiet=True)

@@ -25,6 +25,7 @@ of the open replications of Anthropic's "Towards Monosemanticity":
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from interplab.lm.corpus import SPORTS, annotated_documents, load_corpus
 from interplab.lm.tokenizer import bos_id, decode, encode, token_strings
 from interplab.lm.tokens import TokenDataset, write_token_file
 from interplab.report import Report
-from interplab.runs import write_results
+from interplab.runs import read_json, write_results
 from interplab.sae.autointerp import RuleBackend, autointerp
 from interplab.sae.dashboard import feature_activations, write_lm_dashboards
 from interplab.sae.ito import ito_loss_recovered
@@ -185,6 +186,11 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
             sae = SAE(SAEConfig(d_in=d, d_sae=s.expansion * d, hook_name=hook, act_scale=store.scale), seed=s.seed)
             run_dir = out / "saes" / f"{variant}_l1_{l1:g}"
             resume = (run_dir / "checkpoints" / "state.pt").exists()
+            if resume:  # reuse only a run of these very settings (same LM and activations: same act_scale)
+                stored = read_json(run_dir / "train_config.json")
+                same = (stored.get("train") == json.loads(json.dumps(dataclasses.asdict(cfg)))
+                        and stored.get("sae") == json.loads(json.dumps(dataclasses.asdict(sae.cfg))))
+                check(same, f"{run_dir} holds an SAE trained with other settings or activations; choose another --out.")
             train_sae(sae, store, cfg, run_dir, resume=resume, quiet=quiet, model_name=name)
             r = lm_loss_recovered(lm, text, sae)
             acts = feature_activations(sae, lm, eval_tokens, exclude_bos=True)[:, 1:].reshape(-1, sae.cfg.d_sae)
