@@ -6,8 +6,6 @@ import json
 import pytest
 
 from interplab.errors import InterplabError
-
-
 from interplab.studies import lm as lm_study
 from interplab.studies import sae_lm
 
