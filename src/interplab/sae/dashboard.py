@@ -146,8 +146,9 @@ def feature_activations(sae: torch.nn.Module, model: torch.nn.Module, tokens: Te
     check(len(idx) == 0 or (int(idx.min()) >= 0 and int(idx.max()) < sae.cfg.d_sae),
           f"features must lie in [0, {sae.cfg.d_sae}).")
     out = []
+    device = next(iter(model.parameters()), torch.empty(0)).device
     for chunk in tokens.split(batch_size):
-        act = cache(model, chunk, names=hook)[1][hook]
+        act = cache(model, chunk.to(device), names=hook, stop=True)[1][hook]
         f = sae.features(act)[..., idx.to(act.device)]
         if exclude_bos:
             f[:, 0] = 0

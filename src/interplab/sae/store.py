@@ -172,6 +172,7 @@ class _ModelSource:
         self.model, self.hook_name, self.tokens = model, hook_name, tokens
         self.positions = None if positions is None else tuple(int(p) for p in positions)
         self.exclude_bos, self.model_batch = exclude_bos, model_batch
+        self.device = next(iter(model.parameters()), torch.empty(0)).device  # tokens go where the model is
         self.reset()
 
     def reset(self) -> None:
@@ -179,7 +180,8 @@ class _ModelSource:
         self.cursor = 0
 
     def rows_of(self, index: Tensor) -> Tensor:
-        return run_site(self.model, self.hook_name, take_tokens(self.tokens, index), self.positions, self.exclude_bos)
+        tokens = take_tokens(self.tokens, index).to(self.device)
+        return run_site(self.model, self.hook_name, tokens, self.positions, self.exclude_bos)
 
     def next_chunk(self, generator: torch.Generator) -> Tensor:
         if self.order is None or self.cursor >= len(self.order):
