@@ -56,18 +56,19 @@ PREV_THRESHOLD = 0.4
 class Settings:
     """Everything that defines a run of the study (corpus, model, training)."""
 
-    corpus_bytes: int = 8_000_000
+    corpus_bytes: int = 12_000_000
     people: int = 100
     cities: int = 20
     countries: int = 6
     objects: int = 30
+    visitor_frac: float = 0.4
     vocab_size: int = 768
     n_ctx: int = 128
-    d_model: int = 192
-    n_layers: int = 3
-    n_heads: int = 6
-    d_mlp: int = 768
-    epochs: int = 120
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_mlp: int = 512
+    epochs: int = 96
     rows_per_epoch: int = 512
     batch_size: int = 32
     lr: float = 2e-3
@@ -77,20 +78,20 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         """The ``--quick`` preset: about two CPU-minutes in all."""
-        return cls(corpus_bytes=600_000, people=24, cities=8, countries=4, objects=12, n_ctx=64, d_model=128,
-                   n_layers=2, n_heads=4, d_mlp=512, epochs=40, rows_per_epoch=256, lr=3e-3)
+        return cls(corpus_bytes=2_500_000, people=24, cities=8, countries=4, objects=12, n_ctx=64, epochs=40,
+                   rows_per_epoch=256, lr=3e-3)
 
 
 def _corpus(out: Path, s: Settings, quiet: bool) -> Path:
     d = out / "corpus"
     want = {"n_bytes": s.corpus_bytes, "n_people": s.people, "n_cities": s.cities, "n_countries": s.countries,
-            "n_objects": s.objects, "seed": s.seed}
+            "n_objects": s.objects, "visitor_frac": s.visitor_frac, "seed": s.seed}
     if (d / "entities.json").is_file() and (d / "tokens.bin").is_file():
         have = read_json(d / "entities.json").get("settings", {})
         if all(have.get(k) == v for k, v in want.items()) and TokenDataset(d / "tokens.bin", 2).vocab_size == s.vocab_size:
             return d
     make_corpus(d, n_bytes=s.corpus_bytes, n_people=s.people, n_cities=s.cities, n_countries=s.countries,
-                n_objects=s.objects, seed=s.seed, quiet=quiet)
+                n_objects=s.objects, visitor_frac=s.visitor_frac, seed=s.seed, quiet=quiet)
     tokenize_corpus(d, vocab_size=s.vocab_size, quiet=quiet)
     return d
 
@@ -109,8 +110,23 @@ def _train(out: Path, corpus: Path, s: Settings, quiet: bool) -> tuple[Transform
         check(stored.get("task") == task.describe() and stored.get("train") == _jsonable_cfg(cfg)
               and stored.get("model", {}).get("cfg") == dataclasses.asdict(model.cfg),
               f"{run_dir} holds a training run with other settings; choose another --out.")
-    result = train(model, task, cfg, run_dir, resume=resume, quiet=quiet)
+    rep = _repeated(task.tokenizer, min(20, (s.n_ctx - 1) // 2), s.seed, "cpu")
+
+    def track(row: dict[str, Any]) -> None:  # induction score over training (the phase change)
+        was = model.training
+        row["max_induction_score"] = induction_scores(model, rep, (rep.shape[1] - 1) // 2).max().item()
+        model.train(was)
+
+    result = train(model, task, cfg, run_dir, resume=resume, quiet=quiet, on_log=track)
     return model, task, result.metrics
+
+
+def _repeated(tokenizer: Any, length: int, seed: int, device: Any, n: int = 16) -> torch.Tensor:
+    """``[BOS, r, r]`` with ``r`` random ordinary tokens (never BOS): ``[n, 2 * length + 1]``."""
+    V, bos = vocab_size(tokenizer), bos_id(tokenizer)
+    rep = repeated_tokens(n_values=V - 1, length=length, n=n, bos=bos, seed=seed)
+    body = rep[:, 1:] + (rep[:, 1:] >= bos).long()  # skip the BOS id
+    return torch.cat([rep[:, :1], body], 1).to(device)
 
 
 def _jsonable_cfg(cfg: TrainConfig) -> dict[str, Any]:
@@ -144,10 +160,7 @@ def analyse(model: torch.nn.Module, tokenizer: Any, corpus: Path, eval_tokens: T
     acc = fact_accuracy(model, tokenizer, prompts)
     # heads: induction on repeated random tokens (ordinary vocabulary, BOS first), others on text
     length = min(20, (n_ctx - 1) // 2)
-    V, bos = vocab_size(tokenizer), bos_id(tokenizer)
-    rep = repeated_tokens(n_values=V, length=length, n=16, bos=bos, seed=seed).to(device)
-    rep = torch.where(rep[:, 1:] == bos, (bos + 1) % V, rep[:, 1:])
-    rep = torch.cat([torch.full((16, 1), bos, device=device), rep], 1)
+    rep = _repeated(tokenizer, length, seed, device)
     ind = induction_scores(model, rep, length).cpu()
     prev = previous_token_scores(model, rows[:16]).cpu()
     dup = duplicate_token_scores(model, rows[:16]).cpu()
