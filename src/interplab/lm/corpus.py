@@ -249,8 +249,8 @@ def _visitor(doc: _Doc, rng: random.Random, c: Corpus, namer: "_Namer") -> None:
     doc.add(c.objects[obj]["colour"], "colour", obj, "colour")
     doc.add(obj, "object", obj)
     doc.punct(".")
-    for _ in range(rng.randint(1, 3)):
-        doc.words(rng.choice(("Later", "Then", "At night")))
+    for _ in range(rng.randint(2, 5)):
+        doc.words(rng.choice(("Later", "Then", "At night", "Next")))
         doc.punct(",")
         doc.add(v, "visitor", v)
         doc.words(rng.choice(("smiled", "left", "sang", "slept", "waved")))

@@ -68,9 +68,9 @@ class Settings:
     n_layers: int = 2
     n_heads: int = 4
     d_mlp: int = 512
-    epochs: int = 96
-    rows_per_epoch: int = 512
-    batch_size: int = 32
+    epochs: int = 240
+    rows_per_epoch: int = 96
+    batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 0.1
     seed: int = 0
@@ -78,8 +78,8 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         """The ``--quick`` preset: about two CPU-minutes in all."""
-        return cls(corpus_bytes=2_500_000, people=24, cities=8, countries=4, objects=12, n_ctx=64, epochs=40,
-                   rows_per_epoch=256, lr=3e-3)
+        return cls(corpus_bytes=2_500_000, people=24, cities=8, countries=4, objects=12, n_ctx=64, epochs=160,
+                   rows_per_epoch=64, lr=3e-3)
 
 
 def _corpus(out: Path, s: Settings, quiet: bool) -> Path:
@@ -193,6 +193,8 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
     s = settings if settings is not None else (Settings.quick() if quick else Settings())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if model is not None:  # load first: a model that cannot be loaded should not cost a corpus
+        lm, tok = _load_pretrained(model, device)
     corpus = _corpus(out, s, quiet)
     metrics: list[dict[str, Any]] = []
     if model is None:
@@ -200,7 +202,6 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         tok, eval_tokens = task.tokenizer, TokenDataset(corpus / "tokens.bin", s.n_ctx + 1)
         name = "interplab Transformer trained here"
     else:
-        lm, tok = _load_pretrained(model, device)
         path = write_token_file(load_corpus(corpus).documents(), tok, out / "model_tokens.bin", quiet=quiet)
         eval_tokens = TokenDataset(path, min(int(lm.cfg.n_ctx), 129))
         name = model
