@@ -57,6 +57,8 @@ def test_annotation_covers_every_character_and_states_true_facts(corpus_dir):
                 assert piece == entity and entity in tables[cat]
             elif cat == "visitor":  # made up for this document, named again in it
                 assert piece == entity and entity not in c.people and text.count(piece) >= 3
+            elif cat == "chant":  # sung three times
+                assert entity is None and text.count(piece) == 3
             elif cat == "country":
                 assert piece in c.countries
             else:
@@ -226,6 +228,10 @@ def test_fused_kernels_match_the_explicit_computation():
     x = torch.randint(30, (3, 20), generator=torch.Generator().manual_seed(0))
     assert torch.allclose(slow(x), fast(x), atol=1e-5)
     assert torch.allclose(slow(x, positions=[3, -1]), fast(x, positions=[3, -1]), atol=1e-5)
+    for m in (slow, fast):
+        m(x).pow(2).mean().backward()
+    for (name, p), q in zip(slow.named_parameters(), fast.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-4), name
     _, acts = fast.run_with_cache(x)  # hooks on the pattern: explicit path, same numbers
     assert torch.allclose(acts["blocks.1.hook_resid_post"], slow.run_with_cache(x)[1]["blocks.1.hook_resid_post"],
                           atol=1e-5)

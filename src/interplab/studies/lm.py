@@ -212,10 +212,14 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         "loss_per_token": a["loss"],
         "fact_accuracy": a["fact_accuracy"],
         "fact_accuracy_mean": sum(a["fact_accuracy"].values()) / len(a["fact_accuracy"]),
-        "induction_heads": heads_above(a["induction"], INDUCTION_THRESHOLD),
+        "induction_heads": sorted(set(heads_above(a["induction"], INDUCTION_THRESHOLD))
+                                  | set(heads_above(a["text_induction"], INDUCTION_THRESHOLD))),
+        "induction_heads_random_tokens": heads_above(a["induction"], INDUCTION_THRESHOLD),
+        "induction_heads_text": heads_above(a["text_induction"], INDUCTION_THRESHOLD),
         "prev_token_heads": heads_above(a["prev"], PREV_THRESHOLD),
         "duplicate_token_heads": heads_above(a["dup"], PREV_THRESHOLD),
         "max_induction_score": a["induction"].max().item(),
+        "max_text_induction_score": a["text_induction"].max().item(),
         "max_prev_token_score": a["prev"].max().item(),
         "logit_lens_answer_rank": a["lens_rank"],
         "n_layers": int(lm.cfg.n_layers),
@@ -280,15 +284,20 @@ def _report(results: dict[str, Any], a: dict[str, Any], metrics: list[dict[str, 
     r.code("\n".join(f"[{label}] {p}{complete(model, tok, p, 24, temp, None, seed)}"
                      for p in (prompt, "One day,") for label, temp, seed in rows))
     r.section("Attention heads")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.2))
     _heat(axes[0], a["prev"], "previous-token (text)")
     _heat(axes[1], a["dup"], "duplicate-token (text)")
-    _heat(axes[2], a["induction"], "induction (repeated random)")
+    _heat(axes[2], a["text_induction"], "induction (text)")
+    _heat(axes[3], a["induction"], "induction (repeated random)")
     r.figure(fig, caption="Mean attention on the defining offset of each head type.")
-    r.text(f"Induction heads (score above {INDUCTION_THRESHOLD}): <b>{', '.join(results['induction_heads']) or 'none'}"
-           f"</b>; previous-token heads (above {PREV_THRESHOLD}): <b>{', '.join(results['prev_token_heads']) or 'none'}"
-           f"</b>. On corpus text the induction score (attention to the token after an earlier copy) peaks at "
-           f"{a['text_induction'].max().item():.2f}.")
+    r.text(f"Induction heads (score above {INDUCTION_THRESHOLD} on corpus text or on repeated random tokens): "
+           f"<b>{', '.join(results['induction_heads']) or 'none'}</b> (text: "
+           f"{', '.join(results['induction_heads_text']) or 'none'}; random tokens: "
+           f"{', '.join(results['induction_heads_random_tokens']) or 'none'}); previous-token heads (above "
+           f"{PREV_THRESHOLD}): <b>{', '.join(results['prev_token_heads']) or 'none'}</b>. On text, a head's "
+           "induction score is its attention from a token to the tokens that followed earlier copies of it; on "
+           "<code>[BOS, r, r]</code> with random tokens from the whole vocabulary, to the token after the first copy. "
+           "A head can copy names and chants in the corpus without doing so on random tokens it has rarely seen.")
     if a["kcomp"] is not None and results["induction_heads"] and results["prev_token_heads"]:
         rows_k = [[p, i, a["kcomp"][int(p.split('.')[0]), int(p.split('.')[1]), int(i.split('.')[0]),
                                     int(i.split('.')[1])].item()]
