@@ -23,6 +23,7 @@ trains a smaller model on a smaller corpus in about two CPU-minutes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,11 @@ from interplab.analysis.circuits import composition_scores
 from interplab.analysis.heads import (attention_patterns, duplicate_token_scores, heads_above, induction_scores,
                                       previous_token_scores, repeated_tokens, text_induction_scores)
 from interplab.analysis.lens import answer_ranks, logit_lens
-from interplab.errors import InterplabError, check
+from interplab.errors import check
 from interplab.lm.corpus import fact_prompts, load_corpus, make_corpus
 from interplab.lm.facts import fact_accuracy, fact_batches
 from interplab.lm.generate import complete
+from interplab.lm.load import load_option, model_option
 from interplab.lm.tokenizer import bos_id, encode, token_strings, vocab_size
 from interplab.lm.tokens import TokenDataset, tokenize_corpus, write_token_file
 from interplab.models import Transformer
@@ -136,18 +138,6 @@ def _jsonable_cfg(cfg: TrainConfig) -> dict[str, Any]:
     return d
 
 
-def _load_pretrained(name: str, device: str) -> tuple[torch.nn.Module, Any]:
-    try:
-        from interplab.lm import load  # type: ignore[attr-defined]
-    except ImportError:
-        raise InterplabError("--model needs interplab.lm.load, which is not available in this build yet.") from None
-    load = getattr(load, "load", load)  # the function, whether the package or its module was found
-    loaded = load(name, device=device)
-    model, tok = (loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "tokenizer", None)))
-    check(tok is not None, f"The model {name} came without a tokenizer.")
-    return model, tok
-
-
 @torch.no_grad()
 def analyse(model: torch.nn.Module, tokenizer: Any, corpus: Path, eval_tokens: TokenDataset, seed: int = 0,
             n_rows: int = 32) -> dict[str, Any]:
@@ -188,14 +178,14 @@ def _story(corpus: Path, tokenizer: Any, n_ctx: int) -> tuple[torch.Tensor, list
 
 
 def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = False, model: str | None = None,
-        device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
+        device: str = "auto", dtype: str = "float32", quiet: bool = False) -> dict[str, Any]:
     """Make the corpus, train (or reuse, or load ``model``), analyse; write results.json and report.html."""
     t0 = time.perf_counter()
     s = settings if settings is not None else (Settings.quick() if quick else Settings())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if model is not None:  # load first: a model that cannot be loaded should not cost a corpus
-        lm, tok = _load_pretrained(model, device)
+        lm, tok = load_option(model, device=device, dtype=dtype)
     corpus = _corpus(out, s, quiet)
     metrics: list[dict[str, Any]] = []
     if model is None:
@@ -203,7 +193,8 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         tok, eval_tokens = task.tokenizer, TokenDataset(corpus / "tokens.bin", s.n_ctx + 1)
         name = "interplab Transformer trained here"
     else:
-        path = write_token_file(load_corpus(corpus).documents(), tok, out / "model_tokens.bin", quiet=quiet)
+        docs = itertools.islice(load_corpus(corpus).documents(), 2000)  # enough for the held-out rows
+        path = write_token_file(docs, tok, out / "model_tokens.bin", quiet=quiet)
         eval_tokens = TokenDataset(path, min(int(lm.cfg.n_ctx), 129))
         name = model
     t_train = time.perf_counter() - t0
@@ -327,12 +318,13 @@ def _report(results: dict[str, Any], a: dict[str, Any], metrics: list[dict[str, 
 def cli(
     out: Path = typer.Option(..., "--out", help="Study directory (corpus/, run/, results.json, report.html)."),
     quick: bool = typer.Option(False, "--quick", help="Smaller corpus and model: about two CPU-minutes."),
-    model: Optional[str] = typer.Option(None, "--model", help="Analyse this pretrained model (name or local "
-                                        "directory) instead of training one."),
-    device: str = typer.Option("cpu", help="Device for --model."),
+    model: Optional[str] = model_option(help="Analyse this pretrained causal LM (a local Hugging Face directory, "
+                                        "or a hub name) instead of training one."),
+    device: str = typer.Option("auto", help="Device for --model: auto, cpu, cuda or mps."),
+    dtype: str = typer.Option("float32", help="Dtype for --model: float32, float64, bfloat16 or float16."),
     seed: int = typer.Option(0, help="Seed of the corpus, initialisation and training."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Small LM on a corpus with known facts: fact recall, induction and previous-token heads, logit lens."""
     s = Settings.quick() if quick else Settings()
-    run(out, settings=dataclasses.replace(s, seed=seed), model=model, device=device, quiet=quiet)
+    run(out, settings=dataclasses.replace(s, seed=seed), model=model, device=device, dtype=dtype, quiet=quiet)
