@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -60,6 +61,43 @@ def _check_names(model: HookedRootModule, names: NameFilter) -> None:
     check(not unknown, f"The model has no site named {unknown[0]!r}." if unknown else "")
 
 
+def _generic(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ("hook_in", "hook_out")
+
+
+def site_groups(model: HookedRootModule, names: NameFilter = None) -> list[tuple[str, list[str]]]:
+    """The hook points ``names`` selects, once each: ``[(name to hook, [names it is known by])]``.
+
+    A TransformerBridge knows one hook point by several names (``blocks.0.hook_resid_pre`` is
+    an alias of its ``blocks.0.hook_in``); the point is hooked once and reported under every
+    selected name. The name to hook is the TransformerLens one: a specific name
+    (``hook_resid_pre``) before a generic ``hook_in``/``hook_out``, then the shortest. Without
+    explicit names, points the model has switched off (a bridge's ``hook_mlp_in`` unless
+    ``use_hook_mlp_in``) are left out.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> site_groups(MLP(MLPConfig(d_in=3, d_hidden=(4,), d_out=2)), ["layers.0.hook_post"])
+        [('layers.0.hook_post', ['layers.0.hook_post'])]
+    """
+    hook_dict = model.hook_dict
+    if names is None or callable(names):
+        keep = _name_filter(names)
+        wanted = [n for n in hook_dict if keep(n)]
+    else:
+        wanted = list(dict.fromkeys([names] if isinstance(names, str) else names))
+    groups: dict[int, list[str]] = {}
+    for n in wanted:
+        groups.setdefault(id(hook_dict[n]), []).append(n)
+    if names is None or callable(names):
+        # a bridge refuses hooks on points switched off by its config (e.g. hook_mlp_in): leave them out
+        gated = getattr(model, "_gated_hook_reason", None)
+        if gated is not None:
+            groups = {k: g for k, g in groups.items() if gated(hook_dict[g[0]].name or g[0]) is None}
+        return [(min(g, key=lambda n: (_generic(n), len(n))), g) for g in groups.values()]
+    return [(g[0], g) for g in groups.values()]
+
+
 class _Stop(Exception):
     """Raised inside a hook to end a forward pass early (see :func:`cache`)."""
 
@@ -84,17 +122,20 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, stop: b
     """
     _check_names(model, names)
     check(not stop or isinstance(names, (str, list, tuple, set)), "stop=True needs the site names, not a predicate.")
-    keep = _name_filter(names)
     acts: dict[str, Tensor] = {}
-    hooks_at = [n for n in model.hook_dict if keep(n)]
+    groups = site_groups(model, names)
+    n_names = sum(len(g) for _, g in groups)
 
-    def save(act: Tensor, hook: Any) -> None:
-        acts[hook.name] = act
-        if stop and len(acts) == len(hooks_at):
+    def save(act: Tensor, hook: Any, known_as: list[str]) -> Tensor:
+        for n in known_as:  # the names asked for, not hook.name (a bridge's canonical name)
+            acts[n] = act
+        if stop and len(acts) == n_names:
             raise _Stop
+        return act  # returned, so that the pass uses this very tensor (a bridge reshapes e.g. hook_z)
 
+    hooks = [(n, functools.partial(save, known_as=g)) for n, g in groups]
     try:
-        out = model.run_with_hooks(*args, fwd_hooks=[(n, save) for n in hooks_at], **kwargs)
+        out = model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
     except _Stop:
         out = None
     return out, acts
@@ -143,6 +184,39 @@ def patch_hooks(patches: Mapping[str, Patch]) -> list[tuple[str, Callable[..., T
     return hooks
 
 
+def write_hooks(model: HookedRootModule, site: str, fn: Callable[..., Tensor | None]
+                ) -> list[tuple[str, Callable[..., Tensor | None]]]:
+    """Forward hooks that apply ``fn(act, hook) -> new act`` at ``site`` on the model's real path.
+
+    Usually just ``[(site, fn)]``. A TransformerBridge's ``blocks.{l}.hook_resid_mid`` is its
+    ``ln2.hook_in``: a value written there reaches the MLP but not the skip connection around
+    it. There the write goes through the attention output instead: ``attn_out := fn(resid_pre
+    + attn_out) - resid_pre``, which sets the residual stream between the sublayers for both
+    paths.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=8, n_layers=1, n_heads=2))
+        >>> [name for name, _ in write_hooks(m, "blocks.0.hook_resid_mid", lambda a, hook: a)]
+        ['blocks.0.hook_resid_mid']
+    """
+    if site.startswith("blocks.") and site.endswith(".hook_resid_mid"):
+        prefix = site[: -len("hook_resid_mid")]
+        hook_dict = model.hook_dict
+        if site in hook_dict and hook_dict[site] is hook_dict.get(prefix + "ln2.hook_in"):
+            seen: dict[str, Tensor] = {}
+
+            def keep(act: Tensor, hook: Any) -> None:
+                seen["pre"] = act
+
+            def through_attn_out(act: Tensor, hook: Any) -> Tensor:
+                new = fn(seen["pre"] + act, hook)
+                return act if new is None else new - seen["pre"]
+
+            return [(prefix + "hook_resid_pre", keep), (prefix + "hook_attn_out", through_attn_out)]
+    return [(site, fn)]
+
+
 def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, Patch], **kwargs: Any) -> Tensor:
     """Run ``model`` with sites overwritten by ``patches`` (see :func:`patch_hooks`).
 
@@ -156,7 +230,8 @@ def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, 
         (True, True)
     """
     _check_names(model, list(patches))
-    return model.run_with_hooks(*args, fwd_hooks=patch_hooks(patches), **kwargs)
+    hooks = [h for name, fn in patch_hooks(patches) for h in write_hooks(model, name, fn)]
+    return model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
 
 
 # -- trace --------------------------------------------------------------------------------
@@ -209,7 +284,7 @@ class Trace:
                  names: NameFilter) -> None:
         _check_names(model, names)
         self.model, self.args, self.kwargs = model, args, kwargs
-        self.keep = _name_filter(names)
+        self.names_arg = names
         self.names: list[str] = []
         self._output: Any = None
         self._finished = False
@@ -222,13 +297,13 @@ class Trace:
         return self._output
 
     def _forward(self, caller: greenlet) -> Any:
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            site = Site(hook.name, act, len(self.names))
-            self.names.append(hook.name)
+        def hook(act: Tensor, hook: Any, name: str) -> Tensor:
+            site = Site(name, act, len(self.names))
+            self.names.append(name)
             caller.switch(site)  # hand the site to the loop body; resume when it asks for the next
             return site._value
 
-        fwd_hooks = [(n, hook) for n in self.model.hook_dict if self.keep(n)]
+        fwd_hooks = [(n, functools.partial(hook, name=n)) for n, _ in site_groups(self.model, self.names_arg)]
         return self.model.run_with_hooks(*self.args, fwd_hooks=fwd_hooks, **self.kwargs)
 
     def __iter__(self) -> Iterator[Site]:
@@ -282,4 +357,4 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     return Trace(model, args, kwargs, names)
 
 
-__all__ = ["cache", "masked_patch", "patch_hooks", "run_with_patches", "trace", "Trace", "Site"]
+__all__ = ["cache", "site_groups", "write_hooks", "masked_patch", "patch_hooks", "run_with_patches", "trace", "Trace", "Site"]

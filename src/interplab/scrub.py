@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from interplab.errors import check
 from interplab.interventions.ablate import Hook, coordinates, resample_indices, site_values
+from interplab.instrument import write_hooks
 
 RULES = ("keep", "free", "same")
 PerInput = Tensor | Callable[[Tensor], Tensor] | None
@@ -321,7 +322,7 @@ def _predict(model: Any, inputs: Tensor, fwd_hooks: Sequence[tuple[str, Hook]], 
                 check(value.shape == part.shape, f"The site {site} changed shape between runs.")
                 return part.to(value.dtype)
 
-            hooks.append((site, put))
+            hooks += write_hooks(model, site, put)  # (a bridge's resid_mid: on both paths)
         preds.append(readout(model.run_with_hooks(chunk, fwd_hooks=hooks, **forward_kwargs)))
     return torch.cat(preds)
 

@@ -51,7 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
-from interplab.instrument import cache
+from interplab.instrument import cache, write_hooks
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -139,6 +139,23 @@ def _scalar(value: Tensor) -> Tensor:
     return value.reshape(())
 
 
+def site_patch(model: torch.nn.Module, site: str, value: Tensor, mask: Tensor) -> list[tuple[str, Any]]:
+    """Forward hooks writing ``value`` into ``site`` where ``mask`` is true, on the model's real path
+    (see :func:`interplab.instrument.write_hooks`: a bridge's ``hook_resid_mid`` is written through
+    ``hook_attn_out``).
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=8, n_layers=1, n_heads=2))
+        >>> [name for name, _ in site_patch(m, "blocks.0.hook_resid_mid", torch.zeros(4, 8), torch.ones(4, 8) > 0)]
+        ['blocks.0.hook_resid_mid']
+    """
+    def put(act: Tensor, hook: Any) -> Tensor:
+        return torch.where(mask, value, act)
+
+    return write_hooks(model, site, put)
+
+
 def activation_patching(
     model: torch.nn.Module,
     clean: Tensor,
@@ -176,10 +193,7 @@ def activation_patching(
                 site, value = spec.sites[unit[0]], acts[unit[0]]
                 mask = spec.mask(value, unit[1:])
 
-                def hook(act: Tensor, hook: Any, value: Tensor = value, mask: Tensor = mask) -> Tensor:
-                    return torch.where(mask, value, act)
-
-                patched = model.run_with_hooks(corrupted, fwd_hooks=[(site, hook)], **kw)
+                patched = model.run_with_hooks(corrupted, fwd_hooks=site_patch(model, site, value, mask), **kw)
                 grid[unit] = _scalar(metric(patched)) - base
                 bar.update()
             out[spec.kind] = grid
@@ -248,7 +262,8 @@ def path_patching(
         check(isinstance(r, tuple) and len(r) == 3 and r[2] in ("q", "k", "v"),
               f"A receiver must be (layer, head, 'q'|'k'|'v') or 'logits', got {r!r}.")
         layer, head, _ = r
-        check(s_layer < layer < cfg.n_layers and 0 <= head < cfg.n_heads,
+        n_units = cfg.n_heads if r[2] == "q" else (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+        check(s_layer < layer < cfg.n_layers and 0 <= head < n_units,
               f"Receiver {r!r} must be a head in a layer after the sender's ({s_layer}).")
         parsed.append(r)
     L = cfg.n_layers - 1
@@ -278,8 +293,9 @@ def path_patching(
                 x = x[:, q_pos]
             W = getattr(block.attn, f"W_{which.upper()}")[head]
             new = x @ W
-            if block.attn.bias:
-                new = new + getattr(block.attn, f"b_{which.upper()}")[head]
+            bias = getattr(block.attn, f"b_{which.upper()}", None) if getattr(block.attn, "bias", True) else None
+            if bias is not None:  # (a bridge has no `bias` flag; its b_Q/b_K/b_V are None without biases)
+                new = new + bias[head]
 
             def replace(act: Tensor, hook: Any, new: Tensor = new, head: int = head) -> Tensor:
                 act = act.clone()
@@ -291,4 +307,4 @@ def path_patching(
         return _scalar(metric(patched)) - base
 
 
-__all__ = ["KINDS", "NodeKind", "node_kind", "activation_patching", "path_patching", "Metric"]
+__all__ = ["KINDS", "NodeKind", "node_kind", "site_patch", "activation_patching", "path_patching", "Metric"]

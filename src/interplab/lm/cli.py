@@ -26,7 +26,11 @@ def make(
     cities: int = typer.Option(20, help="Number of cities (each in a country)."),
     countries: int = typer.Option(6, help="Number of countries."),
     objects: int = typer.Option(30, help="Number of objects (each with a colour)."),
-    story_frac: float = typer.Option(0.5, help="Fraction of documents that are stories (the rest list facts)."),
+    story_frac: float = typer.Option(0.3, help="Fraction of documents that are stories about two people."),
+    visitor_frac: float = typer.Option(0.25, help="Fraction of documents that are visitor stories (a name made up "
+                                       "for the document, repeated)."),
+    chant_frac: float = typer.Option(0.15, help="Fraction of documents that are chants (a random line sung three "
+                                     "times; the rest of the documents list facts)."),
     vocab_size: int = typer.Option(768, help="BPE vocabulary size (0: do not train a tokenizer)."),
     seed: int = typer.Option(0, help="Seed of the grammar: the same seed and size give identical files."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -36,7 +40,7 @@ def make(
     from interplab.lm.tokens import tokenize_corpus
 
     c = make_corpus(out, n_bytes=parse_size(size), n_people=people, n_cities=cities, n_countries=countries,
-                    n_objects=objects, story_frac=story_frac, seed=seed, quiet=quiet)
+                    n_objects=objects, story_frac=story_frac, visitor_frac=visitor_frac, chant_frac=chant_frac, seed=seed, quiet=quiet)
     typer.echo(f"corpus: {c.settings['n_documents']} documents, {len(c.people)} people, {len(c.cities)} cities, "
                f"{len(c.objects)} objects")
     if vocab_size:

@@ -3,7 +3,10 @@
 A small probabilistic grammar writes documents about invented *people* (each with a sport, a
 team and a home city), *cities* (each in a country) and *objects* (each with a colour). Names
 are made of syllables, and people have a first and a last name, so every name spans several
-tokens. Because the text is generated, every fact, attribute and token category is known: the
+tokens. Four kinds of documents: lists of facts, short stories about two people, visitor stories in
+which a person invented for that document alone is named several times, and chants (a random
+line of syllables sung three times). Visitor names and chants cannot be memorised, only copied
+from earlier in the context: the behaviour induction heads implement. Because the text is generated, every fact, attribute and token category is known: the
 corpus stands in for web text wherever ground truth is needed (fact recall, probes, SAE
 features, steering targets).
 
@@ -50,9 +53,10 @@ SPORTS = ("tennis", "football", "chess", "rugby", "golf", "hockey", "cricket", "
 COLOURS = ("red", "blue", "green", "yellow", "purple", "orange", "black", "white")
 TEAMS = ("Iron Wolves", "Silver Hawks", "Golden Bears", "Night Owls", "Storm Foxes", "Stone Lions",
          "River Otters", "Frost Eagles", "Ember Tigers", "Sea Falcons", "Oak Badgers", "Sky Ravens")
-CATEGORIES = ("person", "city", "country", "object", "sport", "team", "colour", "word", "punct")
-"""Span categories: entity mentions (person, city, country, object), attribute values (sport,
-team, colour), other words (word) and punctuation (punct)."""
+CATEGORIES = ("person", "visitor", "chant", "city", "country", "object", "sport", "team", "colour", "word", "punct")
+"""Span categories: entity mentions (person, city, country, object), visitors (people invented
+for one document only), chants (random syllable words, sung three times in one document),
+attribute values (sport, team, colour), other words (word) and punctuation (punct)."""
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "sh")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ea")
@@ -132,6 +136,14 @@ class _Namer:
     def proper(self, lo: int = 2, hi: int = 3) -> str:
         return self.word(lo, hi).capitalize()
 
+    def fresh(self, lo: int, hi: int) -> str:
+        """A name that is not an entity's (it may recur in another document)."""
+        while True:
+            w = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) for _ in range(self.rng.randint(lo, hi)))
+            w = (w + self.rng.choice(_CODAS)).capitalize()
+            if w.lower() not in self.used and w not in self.used:
+                return w
+
 
 class _Doc:
     """A document under construction: text plus annotated spans."""
@@ -140,7 +152,7 @@ class _Doc:
         self.text, self.spans = "", []
 
     def add(self, piece: str, category: str, entity: str | None = None, attribute: str | None = None) -> None:
-        if self.text and piece not in ".,!?" and not self.text.endswith(" "):
+        if self.text and piece not in ".,!?:" and not self.text.endswith(" "):
             self.text += " "
         start = len(self.text)
         self.text += piece
@@ -215,8 +227,53 @@ def _story(doc: _Doc, rng: random.Random, c: Corpus) -> None:
     _fact(doc, "sport", b, pb["sport"])
 
 
+def _visitor(doc: _Doc, rng: random.Random, c: Corpus, namer: "_Namer") -> None:
+    v = f"{namer.fresh(1, 2)} {namer.fresh(2, 3)}"
+    a = rng.choice(sorted(c.people))
+    obj = rng.choice(sorted(c.objects))
+    city = rng.choice(sorted(c.cities))
+    doc.words("A visitor called")
+    doc.add(v, "visitor", v)
+    doc.words("came to")
+    doc.add(city, "city", city)
+    doc.punct(".")
+    doc.add(v, "visitor", v)
+    doc.words("met")
+    doc.add(a, "person", a)
+    doc.punct(",")
+    doc.words("and")
+    doc.add(a, "person", a)
+    doc.words("showed")
+    doc.add(v, "visitor", v)
+    doc.words("the")
+    doc.add(c.objects[obj]["colour"], "colour", obj, "colour")
+    doc.add(obj, "object", obj)
+    doc.punct(".")
+    for _ in range(rng.randint(2, 5)):
+        doc.words(rng.choice(("Later", "Then", "At night", "Next")))
+        doc.punct(",")
+        doc.add(v, "visitor", v)
+        doc.words(rng.choice(("smiled", "left", "sang", "slept", "waved")))
+        doc.punct(".")
+
+
+def _chant(doc: _Doc, rng: random.Random, c: Corpus, namer: "_Namer") -> None:
+    a = rng.choice(sorted(c.people))
+    line = " ".join(namer.fresh(1, 2).lower() for _ in range(rng.randint(4, 7)))
+    doc.add(a, "person", a)
+    doc.words("taught a chant")
+    doc.punct(":")
+    doc.add(line, "chant")
+    doc.punct(".")
+    for who in ("Everyone sang", "They sang again"):
+        doc.words(who)
+        doc.punct(":")
+        doc.add(line, "chant")
+        doc.punct(".")
+
+
 def _entities(rng: random.Random, n_people: int, n_cities: int, n_countries: int, n_objects: int
-              ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]], dict[str, dict[str, str]], list[str]]:
+              ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]], dict[str, dict[str, str]], list[str], _Namer]:
     namer = _Namer(rng)
     countries = [namer.proper(2, 3) + "ia" for _ in range(n_countries)]
     cities = {namer.proper(2, 3): {"country": countries[i % n_countries]} for i in range(n_cities)}
@@ -226,15 +283,17 @@ def _entities(rng: random.Random, n_people: int, n_cities: int, n_countries: int
         people[f"{namer.proper(1, 2)} {namer.proper(2, 3)}"] = {
             "sport": rng.choice(SPORTS), "team": rng.choice(TEAMS), "home": rng.choice(city_names)}
     objects = {namer.word(2, 3): {"colour": rng.choice(COLOURS)} for _ in range(n_objects)}
-    return people, cities, objects, countries
+    return people, cities, objects, countries, namer
 
 
 def make_corpus(out_dir: PathLike, n_bytes: int = 2_000_000, n_people: int = 100, n_cities: int = 20,
-                n_countries: int = 6, n_objects: int = 30, story_frac: float = 0.5, seed: int = 0,
+                n_countries: int = 6, n_objects: int = 30, story_frac: float = 0.3, visitor_frac: float = 0.25,
+                chant_frac: float = 0.15, seed: int = 0,
                 quiet: bool = False) -> Corpus:
     """Generate a corpus of about ``n_bytes`` of text into ``out_dir``; see the module docstring.
 
-    ``story_frac``: fraction of documents that are short stories (the rest list facts).
+    ``story_frac``, ``visitor_frac``, ``chant_frac``: fractions of documents that are short
+    stories, visitor stories and chants (the rest list facts).
     Returns the :class:`Corpus`. Raises :class:`InterplabError` on settings that cannot work.
 
     Example: see the module docstring.
@@ -243,13 +302,15 @@ def make_corpus(out_dir: PathLike, n_bytes: int = 2_000_000, n_people: int = 100
     check(n_people >= 2 and n_cities >= 1 and n_countries >= 1 and n_objects >= 1,
           "A corpus needs at least 2 people, 1 city, 1 country and 1 object.")
     check(n_countries <= n_cities, f"n_countries ({n_countries}) cannot exceed n_cities ({n_cities}).")
-    check(0.0 <= story_frac <= 1.0, f"story_frac must be in [0, 1], got {story_frac}.")
+    check(min(story_frac, visitor_frac, chant_frac) >= 0 and story_frac + visitor_frac + chant_frac <= 1.0,
+          "story_frac, visitor_frac and chant_frac must be non-negative with a sum of at most 1.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    people, cities, objects, countries = _entities(rng, n_people, n_cities, n_countries, n_objects)
+    people, cities, objects, countries, namer = _entities(rng, n_people, n_cities, n_countries, n_objects)
     settings = {"n_bytes": n_bytes, "n_people": n_people, "n_cities": n_cities, "n_countries": n_countries,
-                "n_objects": n_objects, "story_frac": story_frac, "seed": seed}
+                "n_objects": n_objects, "story_frac": story_frac, "visitor_frac": visitor_frac,
+                "chant_frac": chant_frac, "seed": seed}
     corpus = Corpus(out, people, cities, objects, countries, settings)
     # every fact is stated once first, so that even a small corpus contains all of them
     firsts = [(a, e) for a, table in corpus.attributes.items() for e in table]
@@ -263,8 +324,12 @@ def make_corpus(out_dir: PathLike, n_bytes: int = 2_000_000, n_people: int = 100
                 for a, e in firsts[:4]:
                     _fact(doc, a, e, corpus.attributes[a][e])
                 firsts = firsts[4:]
-            elif rng.random() < story_frac:
+            elif (u := rng.random()) < story_frac:
                 _story(doc, rng, corpus)
+            elif u < story_frac + visitor_frac:
+                _visitor(doc, rng, corpus, namer)
+            elif u < story_frac + visitor_frac + chant_frac:
+                _chant(doc, rng, corpus, namer)
             else:
                 _statements(doc, rng, corpus)
             ft.write(doc.text + "\n")

@@ -312,7 +312,7 @@ class Transformer(HookedModel):
             f"tokens must lie in 0..{self.cfg.d_vocab - 1}.",
         )
         q_pos = self.positions_index(positions, n)
-        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:n])[None]
+        resid = self.hook_embed(F.embedding(tokens, self.W_E)) + self.hook_pos_embed(self.W_pos[:n])[None]
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             resid = block(resid, q_pos if i == last else None)

@@ -23,6 +23,7 @@ trains a smaller model on a smaller corpus in about two CPU-minutes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,11 @@ from interplab.analysis.circuits import composition_scores
 from interplab.analysis.heads import (attention_patterns, duplicate_token_scores, heads_above, induction_scores,
                                       previous_token_scores, repeated_tokens, text_induction_scores)
 from interplab.analysis.lens import answer_ranks, logit_lens
-from interplab.errors import InterplabError, check
+from interplab.errors import check
 from interplab.lm.corpus import fact_prompts, load_corpus, make_corpus
 from interplab.lm.facts import fact_accuracy, fact_batches
 from interplab.lm.generate import complete
+from interplab.lm.load import load_option, model_option
 from interplab.lm.tokenizer import bos_id, encode, token_strings, vocab_size
 from interplab.lm.tokens import TokenDataset, tokenize_corpus, write_token_file
 from interplab.models import Transformer
@@ -56,20 +58,22 @@ PREV_THRESHOLD = 0.4
 class Settings:
     """Everything that defines a run of the study (corpus, model, training)."""
 
-    corpus_bytes: int = 8_000_000
+    corpus_bytes: int = 12_000_000
     people: int = 100
     cities: int = 20
     countries: int = 6
     objects: int = 30
+    visitor_frac: float = 0.3
+    chant_frac: float = 0.15
     vocab_size: int = 768
     n_ctx: int = 128
-    d_model: int = 192
-    n_layers: int = 3
-    n_heads: int = 6
-    d_mlp: int = 768
-    epochs: int = 120
-    rows_per_epoch: int = 512
-    batch_size: int = 32
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_mlp: int = 512
+    epochs: int = 400
+    rows_per_epoch: int = 96
+    batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 0.1
     seed: int = 0
@@ -77,20 +81,20 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         """The ``--quick`` preset: about two CPU-minutes in all."""
-        return cls(corpus_bytes=600_000, people=24, cities=8, countries=4, objects=12, n_ctx=64, d_model=128,
-                   n_layers=2, n_heads=4, d_mlp=512, epochs=40, rows_per_epoch=256, lr=3e-3)
+        return cls(corpus_bytes=2_500_000, people=24, cities=8, countries=4, objects=12, n_ctx=64, epochs=320,
+                   rows_per_epoch=64, lr=3e-3)
 
 
 def _corpus(out: Path, s: Settings, quiet: bool) -> Path:
     d = out / "corpus"
     want = {"n_bytes": s.corpus_bytes, "n_people": s.people, "n_cities": s.cities, "n_countries": s.countries,
-            "n_objects": s.objects, "seed": s.seed}
+            "n_objects": s.objects, "visitor_frac": s.visitor_frac, "chant_frac": s.chant_frac, "seed": s.seed}
     if (d / "entities.json").is_file() and (d / "tokens.bin").is_file():
         have = read_json(d / "entities.json").get("settings", {})
         if all(have.get(k) == v for k, v in want.items()) and TokenDataset(d / "tokens.bin", 2).vocab_size == s.vocab_size:
             return d
     make_corpus(d, n_bytes=s.corpus_bytes, n_people=s.people, n_cities=s.cities, n_countries=s.countries,
-                n_objects=s.objects, seed=s.seed, quiet=quiet)
+                n_objects=s.objects, visitor_frac=s.visitor_frac, chant_frac=s.chant_frac, seed=s.seed, quiet=quiet)
     tokenize_corpus(d, vocab_size=s.vocab_size, quiet=quiet)
     return d
 
@@ -109,26 +113,29 @@ def _train(out: Path, corpus: Path, s: Settings, quiet: bool) -> tuple[Transform
         check(stored.get("task") == task.describe() and stored.get("train") == _jsonable_cfg(cfg)
               and stored.get("model", {}).get("cfg") == dataclasses.asdict(model.cfg),
               f"{run_dir} holds a training run with other settings; choose another --out.")
-    result = train(model, task, cfg, run_dir, resume=resume, quiet=quiet)
+    rep = _repeated(task.tokenizer, min(20, (s.n_ctx - 1) // 2), s.seed, "cpu")
+
+    def track(row: dict[str, Any]) -> None:  # induction score over training (the phase change)
+        was = model.training
+        row["max_induction_score"] = induction_scores(model, rep, (rep.shape[1] - 1) // 2).max().item()
+        model.train(was)
+
+    result = train(model, task, cfg, run_dir, resume=resume, quiet=quiet, on_log=track)
     return model, task, result.metrics
+
+
+def _repeated(tokenizer: Any, length: int, seed: int, device: Any, n: int = 16) -> torch.Tensor:
+    """``[BOS, r, r]`` with ``r`` random ordinary tokens (never BOS): ``[n, 2 * length + 1]``."""
+    V, bos = vocab_size(tokenizer), bos_id(tokenizer)
+    rep = repeated_tokens(n_values=V - 1, length=length, n=n, bos=bos, seed=seed)
+    body = rep[:, 1:] + (rep[:, 1:] >= bos).long()  # skip the BOS id
+    return torch.cat([rep[:, :1], body], 1).to(device)
 
 
 def _jsonable_cfg(cfg: TrainConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     d["betas"] = list(d["betas"])
     return d
-
-
-def _load_pretrained(name: str, device: str) -> tuple[torch.nn.Module, Any]:
-    try:
-        from interplab.lm import load  # type: ignore[attr-defined]
-    except ImportError:
-        raise InterplabError("--model needs interplab.lm.load, which is not available in this build yet.") from None
-    load = getattr(load, "load", load)  # the function, whether the package or its module was found
-    loaded = load(name, device=device)
-    model, tok = (loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "tokenizer", None)))
-    check(tok is not None, f"The model {name} came without a tokenizer.")
-    return model, tok
 
 
 @torch.no_grad()
@@ -144,10 +151,7 @@ def analyse(model: torch.nn.Module, tokenizer: Any, corpus: Path, eval_tokens: T
     acc = fact_accuracy(model, tokenizer, prompts)
     # heads: induction on repeated random tokens (ordinary vocabulary, BOS first), others on text
     length = min(20, (n_ctx - 1) // 2)
-    V, bos = vocab_size(tokenizer), bos_id(tokenizer)
-    rep = repeated_tokens(n_values=V, length=length, n=16, bos=bos, seed=seed).to(device)
-    rep = torch.where(rep[:, 1:] == bos, (bos + 1) % V, rep[:, 1:])
-    rep = torch.cat([torch.full((16, 1), bos, device=device), rep], 1)
+    rep = _repeated(tokenizer, length, seed, device)
     ind = induction_scores(model, rep, length).cpu()
     prev = previous_token_scores(model, rows[:16]).cpu()
     dup = duplicate_token_scores(model, rows[:16]).cpu()
@@ -174,12 +178,14 @@ def _story(corpus: Path, tokenizer: Any, n_ctx: int) -> tuple[torch.Tensor, list
 
 
 def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = False, model: str | None = None,
-        device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
+        device: str = "auto", dtype: str = "float32", quiet: bool = False) -> dict[str, Any]:
     """Make the corpus, train (or reuse, or load ``model``), analyse; write results.json and report.html."""
     t0 = time.perf_counter()
     s = settings if settings is not None else (Settings.quick() if quick else Settings())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if model is not None:  # load first: a model that cannot be loaded should not cost a corpus
+        lm, tok = load_option(model, device=device, dtype=dtype)
     corpus = _corpus(out, s, quiet)
     metrics: list[dict[str, Any]] = []
     if model is None:
@@ -187,8 +193,8 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         tok, eval_tokens = task.tokenizer, TokenDataset(corpus / "tokens.bin", s.n_ctx + 1)
         name = "interplab Transformer trained here"
     else:
-        lm, tok = _load_pretrained(model, device)
-        path = write_token_file(load_corpus(corpus).documents(), tok, out / "model_tokens.bin", quiet=quiet)
+        docs = itertools.islice(load_corpus(corpus).documents(), 2000)  # enough for the held-out rows
+        path = write_token_file(docs, tok, out / "model_tokens.bin", quiet=quiet)
         eval_tokens = TokenDataset(path, min(int(lm.cfg.n_ctx), 129))
         name = model
     t_train = time.perf_counter() - t0
@@ -198,15 +204,19 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         "loss_per_token": a["loss"],
         "fact_accuracy": a["fact_accuracy"],
         "fact_accuracy_mean": sum(a["fact_accuracy"].values()) / len(a["fact_accuracy"]),
-        "induction_heads": heads_above(a["induction"], INDUCTION_THRESHOLD),
+        "induction_heads": sorted(set(heads_above(a["induction"], INDUCTION_THRESHOLD))
+                                  | set(heads_above(a["text_induction"], INDUCTION_THRESHOLD))),
+        "induction_heads_random_tokens": heads_above(a["induction"], INDUCTION_THRESHOLD),
+        "induction_heads_text": heads_above(a["text_induction"], INDUCTION_THRESHOLD),
         "prev_token_heads": heads_above(a["prev"], PREV_THRESHOLD),
         "duplicate_token_heads": heads_above(a["dup"], PREV_THRESHOLD),
         "max_induction_score": a["induction"].max().item(),
+        "max_text_induction_score": a["text_induction"].max().item(),
         "max_prev_token_score": a["prev"].max().item(),
         "logit_lens_answer_rank": a["lens_rank"],
         "n_layers": int(lm.cfg.n_layers),
         "n_heads": int(lm.cfg.n_heads),
-        "train_seconds": round(t_train, 1),
+        "train_seconds": round(metrics[-1]["time"] if metrics else t_train, 1),
     }
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
@@ -266,15 +276,20 @@ def _report(results: dict[str, Any], a: dict[str, Any], metrics: list[dict[str, 
     r.code("\n".join(f"[{label}] {p}{complete(model, tok, p, 24, temp, None, seed)}"
                      for p in (prompt, "One day,") for label, temp, seed in rows))
     r.section("Attention heads")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.2))
     _heat(axes[0], a["prev"], "previous-token (text)")
     _heat(axes[1], a["dup"], "duplicate-token (text)")
-    _heat(axes[2], a["induction"], "induction (repeated random)")
+    _heat(axes[2], a["text_induction"], "induction (text)")
+    _heat(axes[3], a["induction"], "induction (repeated random)")
     r.figure(fig, caption="Mean attention on the defining offset of each head type.")
-    r.text(f"Induction heads (score above {INDUCTION_THRESHOLD}): <b>{', '.join(results['induction_heads']) or 'none'}"
-           f"</b>; previous-token heads (above {PREV_THRESHOLD}): <b>{', '.join(results['prev_token_heads']) or 'none'}"
-           f"</b>. On corpus text the induction score (attention to the token after an earlier copy) peaks at "
-           f"{a['text_induction'].max().item():.2f}.")
+    r.text(f"Induction heads (score above {INDUCTION_THRESHOLD} on corpus text or on repeated random tokens): "
+           f"<b>{', '.join(results['induction_heads']) or 'none'}</b> (text: "
+           f"{', '.join(results['induction_heads_text']) or 'none'}; random tokens: "
+           f"{', '.join(results['induction_heads_random_tokens']) or 'none'}); previous-token heads (above "
+           f"{PREV_THRESHOLD}): <b>{', '.join(results['prev_token_heads']) or 'none'}</b>. On text, a head's "
+           "induction score is its attention from a token to the tokens that followed earlier copies of it; on "
+           "<code>[BOS, r, r]</code> with random tokens from the whole vocabulary, to the token after the first copy. "
+           "A head can copy names and chants in the corpus without doing so on random tokens it has rarely seen.")
     if a["kcomp"] is not None and results["induction_heads"] and results["prev_token_heads"]:
         rows_k = [[p, i, a["kcomp"][int(p.split('.')[0]), int(p.split('.')[1]), int(i.split('.')[0]),
                                     int(i.split('.')[1])].item()]
@@ -303,12 +318,13 @@ def _report(results: dict[str, Any], a: dict[str, Any], metrics: list[dict[str, 
 def cli(
     out: Path = typer.Option(..., "--out", help="Study directory (corpus/, run/, results.json, report.html)."),
     quick: bool = typer.Option(False, "--quick", help="Smaller corpus and model: about two CPU-minutes."),
-    model: Optional[str] = typer.Option(None, "--model", help="Analyse this pretrained model (name or local "
-                                        "directory) instead of training one."),
-    device: str = typer.Option("cpu", help="Device for --model."),
+    model: Optional[str] = model_option(help="Analyse this pretrained causal LM (a local Hugging Face directory, "
+                                        "or a hub name) instead of training one."),
+    device: str = typer.Option("auto", help="Device for --model: auto, cpu, cuda or mps."),
+    dtype: str = typer.Option("float32", help="Dtype for --model: float32, float64, bfloat16 or float16."),
     seed: int = typer.Option(0, help="Seed of the corpus, initialisation and training."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Small LM on a corpus with known facts: fact recall, induction and previous-token heads, logit lens."""
     s = Settings.quick() if quick else Settings()
-    run(out, settings=dataclasses.replace(s, seed=seed), model=model, device=device, quiet=quiet)
+    run(out, settings=dataclasses.replace(s, seed=seed), model=model, device=device, dtype=dtype, quiet=quiet)
