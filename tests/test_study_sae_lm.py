@@ -32,3 +32,19 @@ def test_sae_lm_study_contract(tmp_path):
     # asked to reuse SAE runs made with other settings, the study refuses
     with pytest.raises(InterplabError, match="other settings"):
         sae_lm.run(tmp_path, settings=dataclasses.replace(s, steps=61), quiet=True)
+
+
+def test_sae_lm_study_on_a_loaded_hf_model(tmp_path):
+    # --model: a tiny random GPT-2 checkpoint made here, loaded through interplab.lm.load (TransformerBridge)
+    from lm_fixtures import make_checkpoints
+
+    ckpt = make_checkpoints(tmp_path / "ckpt")["gpt2"]
+    lm = dataclasses.replace(lm_study.Settings.quick(), corpus_bytes=60_000, people=6, cities=4, countries=2,
+                             objects=4, n_ctx=24)
+    s = sae_lm.Settings(lm=lm, expansion=2, steps=30, batch_size=32, l1_coeffs=(1.0,), main_l1=1.0, store_rows=2000,
+                        shard_rows=1024, buffer_size=512, eval_rows=12, ito_ks=(2,), steer_coefs=(0.0, 2.0),
+                        steer_samples=2, steer_tokens=3, autointerp_features=2)
+    res = sae_lm.run(tmp_path / "out", settings=s, model=str(ckpt), device="cpu", quiet=True)
+    assert res["model"] == str(ckpt) and res["hook_name"].startswith("blocks.")
+    assert set(res["steering"]) == {"original", "features", "single", "recon_diff", "projected"}
+    assert 0 <= res["l0"] <= res["d_sae"]

@@ -38,6 +38,7 @@ import typer
 from interplab.errors import check
 from interplab.interventions.steering import coefficient_sweep, pareto_front, pareto_plot, sae_views
 from interplab.lm.corpus import SPORTS, annotated_documents, load_corpus
+from interplab.lm.load import model_option
 from interplab.lm.tokenizer import bos_id, decode, encode, token_strings
 from interplab.lm.tokens import TokenDataset, write_token_file
 from interplab.report import Report
@@ -80,8 +81,7 @@ class Settings:
     @classmethod
     def quick(cls) -> "Settings":
         """The ``--quick`` preset: a few CPU-minutes in all."""
-        lm = dataclasses.replace(lm_study.Settings.quick(), epochs=30)
-        return cls(lm=lm, expansion=4, steps=500, l1_coeffs=(1.0, 4.0), main_l1=1.0, store_rows=60_000,
+        return cls(lm=lm_study.Settings.quick(), expansion=4, steps=500, l1_coeffs=(1.0, 4.0), main_l1=1.0, store_rows=60_000,
                    shard_rows=16384, buffer_size=8192, eval_rows=120, ito_ks=(4, 16), steer_coefs=(0.0, 4.0, 8.0),
                    steer_samples=12, steer_tokens=12, autointerp_features=12)
 
@@ -143,7 +143,7 @@ def _steering(lm: torch.nn.Module, tok: Any, sae: SAE, text: torch.Tensor, s: Se
 
 
 def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = False, model: str | None = None,
-        device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
+        device: str = "auto", quiet: bool = False) -> dict[str, Any]:
     """Train or load the LM, run every measurement; write results.json and report.html."""
     t0 = time.perf_counter()
     s = settings if settings is not None else (Settings.quick() if quick else Settings())
@@ -155,9 +155,12 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         tok, tokens = task.tokenizer, TokenDataset(corpus / "tokens.bin", s.lm.n_ctx)
         name = "interplab Transformer trained here"
     else:
-        lm, tok = lm_study._load_pretrained(model, device)
+        from interplab.lm.load import load
+
+        loaded = load(model, device=device)
+        lm, tok = loaded.model, loaded.tokenizer
         path = write_token_file(load_corpus(corpus).documents(), tok, out / "model_tokens.bin", quiet=quiet)
-        tokens = TokenDataset(path, min(int(lm.cfg.n_ctx), 129))
+        tokens = TokenDataset(path, min(int(lm.cfg.n_ctx), s.lm.n_ctx + 1))
         name = model
     lm.eval()
     for p in lm.parameters():
@@ -307,9 +310,8 @@ def _report(results: dict[str, Any], dashboards: Path) -> Report:
 def cli(
     out: Path = typer.Option(..., "--out", help="Study directory (lm/, acts/, saes/, dashboards/, results.json, report.html)."),
     quick: bool = typer.Option(False, "--quick", help="Smaller LM, fewer and shorter SAE runs: a few CPU-minutes."),
-    model: Optional[str] = typer.Option(None, "--model", help="Use this pretrained model (name or local directory) "
-                                        "instead of training one."),
-    device: str = typer.Option("cpu", help="Device for --model."),
+    model: Optional[str] = model_option(),
+    device: str = typer.Option("auto", help="Device for --model: auto, cpu, cuda or mps."),
     seed: int = typer.Option(0, help="Seed of the corpus, LM and SAEs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
