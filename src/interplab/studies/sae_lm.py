@@ -71,7 +71,7 @@ class Settings:
     buffer_size: int = 32768
     eval_rows: int = 400
     ito_ks: tuple[int, ...] = (4, 16, 32)
-    steer_coefs: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0, 12.0)
+    steer_coefs: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
     steer_samples: int = 32
     steer_tokens: int = 24
     steer_k: int = 8
@@ -82,7 +82,7 @@ class Settings:
     def quick(cls) -> "Settings":
         """The ``--quick`` preset: a few CPU-minutes in all."""
         return cls(lm=lm_study.Settings.quick(), expansion=4, steps=500, l1_coeffs=(1.0, 4.0), main_l1=1.0, store_rows=60_000,
-                   shard_rows=16384, buffer_size=8192, eval_rows=120, ito_ks=(4, 16), steer_coefs=(0.0, 4.0, 8.0),
+                   shard_rows=16384, buffer_size=8192, eval_rows=120, ito_ks=(4, 16), steer_coefs=(0.0, 0.5, 1.0, 2.0),
                    steer_samples=12, steer_tokens=12, autointerp_features=12)
 
 
