@@ -119,10 +119,16 @@ def _eval_set(corpus: Path, tok: Any, n_rows: int, n_ctx: int) -> tuple[torch.Te
 
 def _steering(lm: torch.nn.Module, tok: Any, sae: SAE, text: torch.Tensor, s: Settings, quiet: bool
               ) -> tuple[dict[str, list[list[float]]], str]:
-    target, other = SPORTS[0], SPORTS[1]
-    pos = torch.tensor([[bos_id(tok), *encode(tok, f"She loves {target}")]])
-    neg = torch.tensor([[bos_id(tok), *encode(tok, f"She loves {other}")]])
-    if pos.shape != neg.shape:  # make the pair equal in length (pad the shorter with its last token)
+    target = SPORTS[0]
+
+    def sentence(sport: str) -> torch.Tensor:
+        return torch.tensor([[bos_id(tok), *encode(tok, f"She loves {sport}")]])
+
+    pos = sentence(target)
+    # the negative: another sport whose sentence has as many tokens, so the prompts align position by position
+    other = next((o for o in SPORTS[1:] if sentence(o).shape == pos.shape), SPORTS[1])
+    neg = sentence(other)
+    if pos.shape != neg.shape:  # no sport of the same length: pad the shorter with its last token
         n = max(pos.shape[1], neg.shape[1])
         pos, neg = (torch.cat([t, t[:, -1:].expand(1, n - t.shape[1])], 1) for t in (pos, neg))
     device = next(lm.parameters()).device
