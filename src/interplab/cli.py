@@ -45,6 +45,7 @@ STUDIES = {
     "sae-mlp": "interplab.studies.sae_mlp",
     "atp": "interplab.studies.atp",
     "grokking": "interplab.studies.grokking",
+    "circuit-discovery": "interplab.studies.circuit_discovery",
 }
 # Sub-applications living beside the technique they drive, each exposing ``app``.
 SUBAPPS = {"sae": "interplab.sae.cli"}

@@ -39,12 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
 from interplab.instrument import cache
-from interplab.interventions.edges import Graph, run_edges, sender_outputs
+from interplab.interventions.edges import INPUTS, Graph, run_edges, sender_outputs
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -286,5 +287,103 @@ def node_edges(graph: Graph, senders: Sequence[str], receivers: Sequence[str]) -
     return r[:, None] & s[None, :] & graph.allowed
 
 
+def component_edges(graph: Graph, estimates: dict[str, Tensor], threshold: float) -> Tensor:
+    """The edges between the components a node-level method (AtP, AtP*, activation patching) found.
+
+    ``estimates``: grids by kind as :func:`~interplab.interventions.attribution.atp_star` returns
+    them without ``per_position``: ``z``, ``q``, ``k``, ``v`` ``[layer, head]`` and optionally
+    ``mlp_out`` ``[layer]``. A component is found when its magnitude is at least ``threshold``
+    times the largest over all kinds; a head sends when its ``z`` is found, receives on its
+    ``q``/``k``/``v`` input when that is found, and an MLP both sends and receives when its
+    ``mlp_out`` is found. Returns the bool mask of :func:`node_edges`.
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> g = Graph.from_model(Transformer(TransformerConfig(d_vocab=4, n_ctx=3, d_model=8, n_layers=2,
+        ...                                                    n_heads=1, d_mlp=None)))
+        >>> est = {"z": torch.tensor([[1.0], [0.05]]), "q": torch.zeros(2, 1), "k": torch.tensor([[0.0], [0.5]]),
+        ...        "v": torch.zeros(2, 1)}
+        >>> g.edges(component_edges(g, est, 0.1))
+        ['embed->a1.h0.k', 'a0.h0->a1.h0.k', 'embed->logits', 'a0.h0->logits']
+    """
+    check(all(k in estimates for k in ("z", "q", "k", "v")), "estimates need the kinds z, q, k and v.")
+    level = threshold * max(float(v.abs().max()) for v in estimates.values())
+    senders, receivers = [], []
+    for layer, head in torch.nonzero(estimates["z"].abs() >= level).tolist():
+        senders.append(f"a{layer}.h{head}")
+    for kind in INPUTS:
+        for layer, head in torch.nonzero(estimates[kind].abs() >= level).tolist():
+            receivers.append(f"a{layer}.h{head}.{kind}")
+    if "mlp_out" in estimates:
+        for (layer,) in torch.nonzero(estimates["mlp_out"].abs() >= level).tolist():
+            senders.append(f"m{layer}")
+            receivers.append(f"m{layer}")
+    return node_edges(graph, senders, receivers)
+
+
+def draw_circuit(graph: Graph, keep: Tensor, weights: Tensor | None = None, title: str = "") -> Figure:
+    """A drawing of a circuit: nodes by layer (left to right), edges weighted by ``|weights|``.
+
+    Heads of a layer stand in a column, the MLP half a layer later, the embedding on the left
+    and the logits on the right. An edge goes from its sender to the node it feeds, coloured
+    by the input it enters (query, key, value, MLP, logits); its width and opacity grow with
+    its weight's magnitude (uniform without ``weights``), so a few hundred edges stay legible.
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> g = Graph.from_model(Transformer(TransformerConfig(d_vocab=4, n_ctx=3, d_model=8, n_layers=2,
+        ...                                                    n_heads=2, d_mlp=None)))
+        >>> fig = draw_circuit(g, g.allowed, title="all edges")
+        >>> len(fig.axes[0].lines) > 0
+        True
+    """
+    import matplotlib.pyplot as plt
+
+    keep = keep.bool().cpu() & graph.allowed
+    w = torch.ones(keep.shape) if weights is None else weights.detach().abs().float().cpu()
+    w_max = float(w[keep].max()) if bool(keep.any()) else 1.0
+    pos: dict[str, tuple[float, float]] = {}
+    for name in graph.senders + ("logits",):
+        layer = graph.layer_of(name)
+        if name[0] == "a":
+            y = int(name.split(".h")[1]) - (graph.n_heads - 1) / 2
+        else:
+            y = 0.0
+        pos[name] = (layer, y)
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * (graph.n_layers + 1), 1.5 + 0.55 * graph.n_heads))
+    colors = {"q": "tab:blue", "k": "tab:orange", "v": "tab:green", "m": "tab:purple", "logits": "tab:red"}
+    for r, s in torch.nonzero(keep).tolist():
+        receiver = graph.receivers[r]
+        kind = receiver.rsplit(".", 1)[1] if receiver[0] == "a" else ("m" if receiver[0] == "m" else "logits")
+        target = receiver.rsplit(".", 1)[0] if receiver[0] == "a" else receiver
+        (x0, y0), (x1, y1) = pos[graph.senders[s]], pos[target]
+        share = float(w[r, s]) / w_max if w_max > 0 else 1.0
+        offset = {"q": -0.12, "k": 0.0, "v": 0.12}.get(kind, 0.0)
+        bend = 0.25 if abs(x1 - x0) > 1.01 or x1 == x0 else 0.0
+        xs = [x0, (x0 + x1) / 2, x1 - 0.08]
+        ys = [y0, (y0 + y1) / 2 + bend, y1 + offset]
+        ax.plot(xs, ys, color=colors[kind], lw=0.4 + 3.0 * share, alpha=0.25 + 0.7 * share, solid_capstyle="round")
+    used = {graph.senders[s] for s in torch.nonzero(keep)[:, 1].tolist()}
+    used |= {graph.receivers[r].rsplit(".", 1)[0] if graph.receivers[r][0] == "a" else graph.receivers[r]
+             for r in torch.nonzero(keep)[:, 0].tolist()}
+    for name, (x, y) in pos.items():
+        ax.scatter([x], [y], s=260, color="black" if name in used else "lightgrey", zorder=3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 11), ha="center", fontsize=8)
+    for kind, color in colors.items():
+        ax.plot([], [], color=color, label={"m": "MLP in"}.get(kind, kind))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.set_xticks([-1] + list(range(graph.n_layers)) + [graph.n_layers],
+                  ["embed"] + [f"layer {i}" for i in range(graph.n_layers)] + ["logits"])
+    ax.set_yticks([])
+    ax.set_ylim(-(graph.n_heads + 1) / 2, (graph.n_heads + 1) / 2)
+    ax.set_title(title or f"{int(keep.sum())} edges")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
 __all__ = ["kl_divergence", "ACDCResult", "acdc", "acdc_sweep", "eap", "eap_ig", "top_edges", "faithfulness",
-           "precision_recall", "node_edges"]
+           "precision_recall", "node_edges", "component_edges", "draw_circuit"]

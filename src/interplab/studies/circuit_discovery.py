@@ -1,0 +1,324 @@
+"""Circuit discovery (ACDC, EAP, EAP-IG, AtP*) scored against circuits we know.
+
+Runs automated circuit discovery (Conmy et al. 2023), edge attribution patching (Syed et al.
+2023), EAP with integrated gradients (Hanna et al. 2024) and AtP* (Kramár et al. 2024, node
+level, turned into the edges between the components it finds) on three small trained models
+whose circuits are known, and scores the edges each method recovers:
+
+- *induction*: the 2-layer attention-only model of the ``atp`` study. Its previous-token and
+  induction heads are found from their attention on repeated random tokens; the known circuit
+  is embed -> previous-token head (value), previous-token head -> induction head (key),
+  embed -> induction head (query and value) and induction head -> logits. Clean prompts
+  ``[BOS, r, r]``, corrupted ones another random ``[BOS, r', r']``; metric: mean
+  log-probability of the correct next tokens in the second copy.
+- *ioi*: a 2-layer attention-only model trained on the toy IOI task
+  (:mod:`interplab.tasks.ioi`); corrupted prompts are ABC prompts (the repeated name replaced
+  by a third one), metric: logit of the indirect object minus that of the subject. Its
+  circuit is known from edge patching, every edge patched alone (edges whose effect is at
+  least 10% of the largest; with this model the effects fall off a cliff after them).
+- *grokking*: the 1-layer modular-addition transformer (d_model 128, 4 heads, 512 ReLU
+  neurons, no LayerNorm); its known circuit after Nanda et al. (2023): the heads read ``a``
+  and ``b`` (keys and values; the query at ``=`` is the same for every input), write into the
+  MLP, which writes the logits. Corrupted inputs are other pairs; metric: logit of the
+  answer minus that of the corrupted pair's answer.
+
+Thresholds: ACDC removes an edge when the task metric moves by less than
+``acdc_threshold`` times the clean-minus-corrupted metric (``acdc``) or the KL divergence by
+less than ``acdc_kl_threshold`` (``acdc_kl``); EAP, EAP-IG and AtP* keep edges (components)
+whose score is at least ``score_threshold`` times the largest. ``faithfulness``: metric of
+the circuit alone (every other edge patched), 0 = corrupted run, 1 = full model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import torch
+import typer
+
+from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
+from interplab.interventions.attribution import atp_star
+from interplab.interventions.circuits import (acdc, acdc_sweep, component_edges, draw_circuit, eap, eap_ig,
+                                              faithfulness, precision_recall, top_edges)
+from interplab.interventions.edges import Graph, run_edges, sender_outputs
+from interplab.models import Transformer
+from interplab.report import Report
+from interplab.runs import write_results
+from interplab.tasks.ioi import ioi_corrupt, ioi_task
+from interplab.tasks.modular import modular_task
+from interplab.tasks.sequences import induction_task
+from interplab.train import TrainConfig, train
+
+METHODS = ("acdc", "acdc_kl", "eap", "eap_ig", "atpstar")
+HEAD_THRESHOLD = 0.4
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Study settings; ``QUICK`` and ``FULL`` are the presets."""
+
+    n_prompts: int = 64
+    ig_steps: int = 5
+    acdc_threshold: float = 0.01
+    acdc_kl_threshold: float = 0.01
+    score_threshold: float = 0.1
+    sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+    grokking_p: int = 37
+    seed: int = 0
+
+
+QUICK = Settings()
+FULL = Settings(n_prompts=256, ig_steps=20, sweep=(0.0003, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3))
+
+
+@dataclass
+class Case:
+    """One model with a known circuit, its prompts and metric."""
+
+    name: str
+    model: Transformer
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    metric: Callable[[torch.Tensor], torch.Tensor]
+    positions: Any
+    known: torch.Tensor | None  # None: known from single-edge patching
+    info: dict[str, Any]
+
+
+def _train(task: Any, cfg: TrainConfig, seed: int, quiet: bool, model_cfg: Any = None) -> Transformer:
+    model = Transformer(model_cfg or task.default_model_config(), seed=seed)
+    train(model, task, cfg, None, quiet=quiet)
+    return model
+
+
+def induction_case(s: Settings, quiet: bool) -> Case:
+    """The atp study's induction model, its heads, prompts and known circuit."""
+    n_values, length = 20, 8
+    task = induction_task(n_values=n_values, length=10, n_examples=10000, seed=s.seed, min_length=3, max_prefix=5)
+    model = _train(task, TrainConfig(epochs=3, lr=3e-3, weight_decay=0.01, batch_size=128, seed=s.seed, log_every=1),
+                   s.seed, quiet)
+    probe = repeated_tokens(n_values, length, 200, bos=n_values, seed=s.seed + 1)
+    ind, prev = induction_scores(model, probe, length), previous_token_scores(model, probe)
+    clean = repeated_tokens(n_values, length, s.n_prompts, bos=n_values, seed=s.seed + 2)
+    corrupted = repeated_tokens(n_values, length, s.n_prompts, bos=n_values, seed=s.seed + 3)
+    positions = torch.arange(length + 1, 2 * length)
+    labels = clean[:, 2:length + 1]
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, positions].log_softmax(-1).gather(-1, labels[..., None]).mean()
+
+    prev_heads = [f"a{h.replace('.', '.h')}" for h in heads_above(prev[:1], HEAD_THRESHOLD)]
+    ind_heads = [f"a{h.replace('.', '.h')}" for h in heads_above(ind, HEAD_THRESHOLD) if h.startswith("1.")]
+    edges = [f"embed->{p}.v" for p in prev_heads] + [f"{p}->{i}.k" for p in prev_heads for i in ind_heads]
+    edges += [f"embed->{i}.{x}" for i in ind_heads for x in ("q", "v")] + [f"{i}->logits" for i in ind_heads]
+    graph = Graph.from_model(model)
+    info = {"test_acc": task.evaluate(model)["test_acc"], "prev_heads": prev_heads, "induction_heads": ind_heads,
+            "induction_scores": ind, "prev_token_scores": prev}
+    return Case("induction", model, clean, corrupted, metric, positions, graph.edge_set(edges), info)
+
+
+def ioi_case(s: Settings, quiet: bool) -> Case:
+    """A 2-layer attention-only model on the toy IOI task, with ABC corruptions."""
+    task = ioi_task(seed=s.seed)
+    model = _train(task, TrainConfig(epochs=3, lr=3e-3, weight_decay=0.01, batch_size=128, seed=s.seed, log_every=1),
+                   s.seed, quiet)
+    idx = task.test_idx[: s.n_prompts * 2]
+    clean = task.inputs[idx]
+    corrupted = ioi_corrupt(task, clean, seed=s.seed + 1)
+    io, subj = task.extras["io"][idx], task.extras["s"][idx]
+    rows = torch.arange(len(idx))
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[rows, -1, io] - logits[rows, -1, subj]).mean()
+
+    return Case("ioi", model, clean, corrupted, metric, [-1], None, {"test_acc": task.evaluate(model)["test_acc"]})
+
+
+def grokking_case(s: Settings, quiet: bool) -> Case:
+    """The grokking transformer on modular addition (trained on 90% of the pairs, so it generalises early)."""
+    task = modular_task(p=s.grokking_p, frac_train=0.9, seed=s.seed)
+
+    class _Stop:
+        def __call__(self, row: dict[str, Any]) -> bool:
+            return row.get("test_acc", 0.0) >= 0.995
+
+    model = Transformer(task.default_model_config(), seed=s.seed)
+    train(model, task, TrainConfig(epochs=1500, lr=3e-3, weight_decay=1.0, seed=s.seed, log_every=25), None,
+          quiet=quiet, stop=_Stop())
+    g = torch.Generator().manual_seed(s.seed + 1)
+    idx = torch.randperm(len(task.inputs), generator=g)[: s.n_prompts * 4]
+    clean, corrupted = task.inputs[idx], task.inputs[idx.roll(1)]
+    answer, wrong = task.labels[idx], task.labels[idx.roll(1)]
+    rows = torch.arange(len(idx))
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[rows, -1, answer] - logits[rows, -1, wrong]).mean()
+
+    graph = Graph.from_model(model)
+    heads = [f"a0.h{h}" for h in range(model.cfg.n_heads)]
+    known = [f"embed->{h}.{x}" for h in heads for x in ("k", "v")] + [f"{h}->m0" for h in heads] + ["m0->logits"]
+    return Case("grokking", model, clean, corrupted, metric, [-1], graph.edge_set(known),
+                {"test_acc": task.evaluate(model)["test_acc"], "p": s.grokking_p})
+
+
+def single_edge_effects(case: Case, graph: Graph, corr: torch.Tensor) -> torch.Tensor:
+    """Each edge patched alone: metric(patched) - metric(full), ``[n_receivers, n_senders]``."""
+    out = torch.zeros(graph.allowed.shape)
+    with torch.no_grad():
+        full = float(case.metric(case.model(case.clean)))
+        for r, snd in torch.nonzero(graph.allowed).tolist():
+            mask = graph.mask()
+            mask[r, snd] = 1.0
+            out[r, snd] = float(case.metric(run_edges(case.model, graph, case.clean, corr, mask))) - full
+    return out
+
+
+def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
+    """Every method on one case: circuits, precision/recall against the known circuit, faithfulness, time."""
+    model, graph = case.model, Graph.from_model(case.model)
+    corr = sender_outputs(model, graph, case.corrupted)
+    with torch.no_grad():
+        m_full, m_corr = float(case.metric(model(case.clean))), float(case.metric(model(case.corrupted)))
+    effects = single_edge_effects(case, graph, corr)
+    known = case.known
+    if known is None:  # known from edge patching: every edge patched alone
+        known = graph.allowed & (effects.abs() >= 0.1 * effects.abs().max())
+    total = abs(m_full - m_corr)
+    found: dict[str, torch.Tensor] = {}
+    scores: dict[str, torch.Tensor] = {}
+    seconds: dict[str, float] = {}
+    res, seconds["acdc"] = _timed(acdc, model, graph, case.clean, corr, s.acdc_threshold * total, case.metric,
+                                  quiet=quiet)
+    found["acdc"] = res.keep
+    res, seconds["acdc_kl"] = _timed(acdc, model, graph, case.clean, corr, s.acdc_kl_threshold,
+                                     positions=case.positions, quiet=quiet)
+    found["acdc_kl"] = res.keep
+    scores["eap"], seconds["eap"] = _timed(eap, model, graph, case.clean, corr, case.metric)
+    scores["eap_ig"], seconds["eap_ig"] = _timed(eap_ig, model, graph, case.clean, case.corrupted, case.metric,
+                                                 s.ig_steps)
+    for name in ("eap", "eap_ig"):
+        found[name] = top_edges(scores[name], graph, s.score_threshold * float(scores[name].abs().max()))
+    kinds = ["z", "q", "k", "v"] + ([] if model.cfg.attn_only else ["mlp_out"])
+    est, seconds["atpstar"] = _timed(atp_star, model, case.clean, case.corrupted, case.metric, kinds)
+    found["atpstar"] = component_edges(graph, est, s.score_threshold)
+    out: dict[str, Any] = {"graph": graph, "known": known, "found": found, "scores": scores, "effects": effects,
+                           "seconds": seconds, "metric_full": m_full, "metric_corrupted": m_corr,
+                           "recall": {}, "precision": {}, "faithfulness": {}, "n_edges": {}}
+    for name, keep in found.items():
+        out["precision"][name], out["recall"][name] = precision_recall(keep, known)
+        out["faithfulness"][name] = faithfulness(model, graph, case.clean, corr, keep, case.metric)
+        out["n_edges"][name] = int(keep.sum())
+    out["faithfulness"]["known"] = faithfulness(model, graph, case.clean, corr, known, case.metric)
+    sweep = acdc_sweep(model, graph, case.clean, corr, [t * total for t in s.sweep], case.metric, quiet=True)
+    out["sweep"] = [(t, r.n_edges, *precision_recall(r.keep, known),
+                     faithfulness(model, graph, case.clean, corr, r.keep, case.metric)) for t, r in zip(s.sweep, sweep)]
+    return out
+
+
+def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = False) -> dict[str, Any]:
+    """Train the three models, run every method, write results.json and report.html."""
+    t0 = time.perf_counter()
+    s = dataclasses.replace(QUICK if quick else FULL, seed=seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = [induction_case(s, quiet), ioi_case(s, quiet), grokking_case(s, quiet)]
+    evals = {c.name: evaluate_case(c, s, quiet) for c in cases}
+    results: dict[str, Any] = {key: {c: {m: evals[c][key][m] for m in METHODS} for c in evals}
+                               for key in ("recall", "precision", "faithfulness", "seconds")}
+    results = {"edge_recall": results["recall"], "edge_precision": results["precision"],
+               "faithfulness": results["faithfulness"], "seconds": results["seconds"]}
+    ind = cases[0]
+    g, keep_acdc, keep_eap = evals["induction"]["graph"], evals["induction"]["found"]["acdc"], \
+        evals["induction"]["found"]["eap"]
+    key_edges = [f"{p}->{i}.k" for p in ind.info["prev_heads"] for i in ind.info["induction_heads"]]
+    logit_edges = [f"{i}->logits" for i in ind.info["induction_heads"]]
+    for name, keep in (("acdc", keep_acdc), ("eap", keep_eap)):
+        results[f"induction_{name}_prev_to_induction_key"] = any(keep[g.edge_set([e])].any().item() for e in key_edges)
+        results[f"induction_{name}_induction_to_logits"] = any(keep[g.edge_set([e])].any().item() for e in logit_edges)
+    results["thresholds"] = {"acdc_metric_fraction": s.acdc_threshold, "acdc_kl": s.acdc_kl_threshold,
+                             "score_fraction_of_max": s.score_threshold}
+    results["known_edges"] = {c: int(e["known"].sum()) for c, e in evals.items()}
+    results["graph_edges"] = {c: e["graph"].n_edges for c, e in evals.items()}
+    results["test_acc"] = {c.name: c.info["test_acc"] for c in cases}
+    results["faithfulness_known"] = {c: e["faithfulness"]["known"] for c, e in evals.items()}
+    results["induction_heads"] = ind.info["induction_heads"]
+    results["prev_token_heads"] = ind.info["prev_heads"]
+    results["quick"] = quick
+    results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    write_results(out, results)
+    path = _report(results, cases, evals, s).save(out / "report.html")
+    if not quiet:
+        for c in evals:
+            typer.echo(f"{c}: edge recall " + ", ".join(f"{m} {results['edge_recall'][c][m]:.2f}" for m in METHODS)
+                       + "; precision " + ", ".join(f"{m} {results['edge_precision'][c][m]:.2f}" for m in METHODS))
+        typer.echo(f"induction: ACDC finds prev-token -> induction (key) "
+                   f"{results['induction_acdc_prev_to_induction_key']}, EAP "
+                   f"{results['induction_eap_prev_to_induction_key']}")
+        typer.echo(f"report: {path}")
+    return results
+
+
+def _report(results: dict[str, Any], cases: list[Case], evals: dict[str, Any], s: Settings) -> Report:
+    r = Report("Circuit discovery against known circuits",
+               subtitle="ACDC, edge attribution patching (EAP), EAP-IG and AtP* on induction, toy IOI and grokking models")
+    r.numbers({f"{c} recall ({m})": results["edge_recall"][c][m] for c in evals for m in ("acdc", "eap")})
+    r.text(f"Thresholds: ACDC removes an edge when the task metric moves by less than {s.acdc_threshold} of the "
+           f"clean-minus-corrupted metric (<code>acdc</code>) or the KL divergence by less than "
+           f"{s.acdc_kl_threshold} (<code>acdc_kl</code>); EAP, EAP-IG and AtP* keep edges (components, for AtP*) "
+           f"whose score is at least {s.score_threshold} of the largest. Faithfulness is the metric with only the "
+           f"circuit's edges left (all others patched to the corrupted run), 1 = full model, 0 = corrupted.")
+    rows = []
+    for c, e in evals.items():
+        for m in METHODS:
+            rows.append([c, m, e["n_edges"][m], e["recall"][m], e["precision"][m], e["faithfulness"][m],
+                         e["seconds"][m]])
+        rows.append([c, "known circuit", int(e["known"].sum()), 1.0, 1.0, e["faithfulness"]["known"], ""])
+    r.table(["task", "method", "edges", "recall", "precision", "faithfulness", "seconds"], rows,
+            caption="Edges recovered against the known circuit of each model.")
+    for case in cases:
+        e = evals[case.name]
+        g = e["graph"]
+        r.section(f"{case.name}: {g.n_edges} edges in the graph, {int(e['known'].sum())} in the known circuit")
+        if case.name == "induction":
+            r.text(f"Previous-token heads (score above {HEAD_THRESHOLD}): {', '.join(case.info['prev_heads'])}; "
+                   f"induction heads: {', '.join(case.info['induction_heads'])}. Test accuracy "
+                   f"{case.info['test_acc']:.3f}.")
+        elif case.name == "ioi":
+            r.text(f"Test accuracy {case.info['test_acc']:.3f}. The known circuit: edges whose effect patched alone is "
+                   f"at least 10% of the largest: {', '.join(g.edges(e['known']))}.")
+        else:
+            r.text(f"p = {case.info['p']}, test accuracy {case.info['test_acc']:.3f}.")
+        r.text(f"Metric: full model {e['metric_full']:.3f}, corrupted {e['metric_corrupted']:.3f}.")
+        fig = draw_circuit(g, e["known"], e["effects"], title=f"{case.name}: known circuit (width: single-edge effect)")
+        r.figure(fig, caption="Known circuit; edge width and opacity follow each edge's effect patched alone.")
+        plt.close(fig)
+        fig = draw_circuit(g, e["found"]["acdc"], e["effects"], title=f"{case.name}: ACDC circuit")
+        r.figure(fig, caption="The circuit ACDC keeps (task metric threshold).")
+        plt.close(fig)
+        r.table(["ACDC threshold (fraction of metric)", "edges", "precision", "recall", "faithfulness"],
+                [list(row) for row in e["sweep"]], caption="ACDC threshold sweep.")
+        missed = {m: [x for x in g.edges(e["known"] & ~e["found"][m])] for m in METHODS}
+        r.table(["method", "known edges missed"], [[m, ", ".join(v) or "none"] for m, v in missed.items()])
+    return r
+
+
+def cli(
+    out: Path = typer.Option(..., "--out", help="Study directory for results.json and report.html."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer prompts, fewer integration steps (a few minutes)."),
+    seed: int = typer.Option(0, help="Seed for data, initialisation and training."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Circuit discovery (ACDC, EAP, EAP-IG, AtP*) scored against known circuits."""
+    run(out, quick=quick, seed=seed, quiet=quiet)
