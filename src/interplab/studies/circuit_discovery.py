@@ -25,7 +25,8 @@ whose circuits are known, and scores the edges each method recovers:
 Thresholds: ACDC removes an edge when the task metric moves by less than
 ``acdc_threshold`` times the clean-minus-corrupted metric (``acdc``) or the KL divergence by
 less than ``acdc_kl_threshold`` (``acdc_kl``); EAP, EAP-IG and AtP* keep edges (components)
-whose score is at least ``score_threshold`` times the largest. ``faithfulness``: metric of
+whose estimated effect is at least ``score_threshold`` times the clean-minus-corrupted metric,
+the same bar in the same units. ``faithfulness``: metric of
 the circuit alone (every other edge patched), 0 = corrupted run, 1 = full model.
 """
 
@@ -65,9 +66,9 @@ class Settings:
 
     n_prompts: int = 64
     ig_steps: int = 5
-    acdc_threshold: float = 0.01
+    acdc_threshold: float = 0.003
     acdc_kl_threshold: float = 0.01
-    score_threshold: float = 0.1
+    score_threshold: float = 0.003
     sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
     grokking_p: int = 37
     seed: int = 0
@@ -209,10 +210,11 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
     scores["eap_ig"], seconds["eap_ig"] = _timed(eap_ig, model, graph, case.clean, case.corrupted, case.metric,
                                                  s.ig_steps)
     for name in ("eap", "eap_ig"):
-        found[name] = top_edges(scores[name], graph, s.score_threshold * float(scores[name].abs().max()))
+        found[name] = top_edges(scores[name], graph, s.score_threshold * total)
     kinds = ["z", "q", "k", "v"] + ([] if model.cfg.attn_only else ["mlp_out"])
     est, seconds["atpstar"] = _timed(atp_star, model, case.clean, case.corrupted, case.metric, kinds)
-    found["atpstar"] = component_edges(graph, est, s.score_threshold)
+    level = s.score_threshold * total / max(float(v.abs().max()) for v in est.values())
+    found["atpstar"] = component_edges(graph, est, level)
     out: dict[str, Any] = {"graph": graph, "known": known, "found": found, "scores": scores, "effects": effects,
                            "seconds": seconds, "metric_full": m_full, "metric_corrupted": m_corr,
                            "recall": {}, "precision": {}, "faithfulness": {}, "n_edges": {}}
@@ -248,7 +250,7 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
         results[f"induction_{name}_prev_to_induction_key"] = any(keep[g.edge_set([e])].any().item() for e in key_edges)
         results[f"induction_{name}_induction_to_logits"] = any(keep[g.edge_set([e])].any().item() for e in logit_edges)
     results["thresholds"] = {"acdc_metric_fraction": s.acdc_threshold, "acdc_kl": s.acdc_kl_threshold,
-                             "score_fraction_of_max": s.score_threshold}
+                             "score_metric_fraction": s.score_threshold}
     results["known_edges"] = {c: int(e["known"].sum()) for c, e in evals.items()}
     results["graph_edges"] = {c: e["graph"].n_edges for c, e in evals.items()}
     results["test_acc"] = {c.name: c.info["test_acc"] for c in cases}
@@ -277,7 +279,7 @@ def _report(results: dict[str, Any], cases: list[Case], evals: dict[str, Any], s
     r.text(f"Thresholds: ACDC removes an edge when the task metric moves by less than {s.acdc_threshold} of the "
            f"clean-minus-corrupted metric (<code>acdc</code>) or the KL divergence by less than "
            f"{s.acdc_kl_threshold} (<code>acdc_kl</code>); EAP, EAP-IG and AtP* keep edges (components, for AtP*) "
-           f"whose score is at least {s.score_threshold} of the largest. Faithfulness is the metric with only the "
+           f"whose estimated effect is at least {s.score_threshold} of the clean-minus-corrupted metric. Faithfulness is the metric with only the "
            f"circuit's edges left (all others patched to the corrupted run), 1 = full model, 0 = corrupted.")
     rows = []
     for c, e in evals.items():
