@@ -176,3 +176,23 @@ def test_ioi_task_labels_and_corruption():
     for x in c.tolist():
         names = [tok for tok in x if tok < n]
         assert len(set(names)) == 3  # ABC: no name repeats
+
+
+def test_verification_cost_and_subsampling_bound():
+    from interplab.interventions.diagnostics import subsampling_bound, verification_cost
+    from interplab.interventions.patching import activation_patching
+
+    t = torch.tensor([4.0, -3.0, 0.2, 0.0, 1.0])
+    assert verification_cost(t, t / 2) == {"n_above": 3, "cost": 3, "missed_in_top": 0}
+    assert verification_cost(t, torch.tensor([4.0, 0.0, 0.2, 0.1, 1.0]))["cost"] == 5
+    m = _model(d_mlp=None)
+    clean, corrupt = _pair(n=8)
+    true = activation_patching(m, clean, corrupt, _metric, "z", per_position=True)
+    cand = {"z": torch.ones_like(true, dtype=torch.bool)}
+    out = subsampling_bound(m, clean, corrupt, _metric, cand, n_samples=400, p=0.2, seed=0, quiet=True)
+    # the subsampling estimate follows the true single-component effects, and the bound is above the estimate
+    est = out["estimate"]["z"].flatten()
+    assert torch.corrcoef(torch.stack([est, true.flatten()]))[0, 1] > 0.5
+    assert out["max_upper"] >= float(true.abs().max()) * 0.5
+    with pytest.raises(InterplabError):
+        subsampling_bound(m, clean, corrupt, _metric, {"neuron": torch.ones(2, 2, dtype=torch.bool)}, quiet=True)
