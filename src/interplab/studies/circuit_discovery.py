@@ -43,7 +43,10 @@ import matplotlib.pyplot as plt
 import torch
 import typer
 
+from interplab.analysis.fourier import (frequency_norms, key_frequencies, key_frequency_share,
+                                        neuron_frequencies)
 from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
+from interplab.instrument import cache
 from interplab.interventions.attribution import atp_star
 from interplab.interventions.circuits import (acdc, acdc_sweep, component_edges, draw_circuit, eap, eap_ig,
                                               faithfulness, precision_recall, top_edges)
@@ -164,8 +167,22 @@ def grokking_case(s: Settings, quiet: bool) -> Case:
     graph = Graph.from_model(model)
     heads = [f"a0.h{h}" for h in range(model.cfg.n_heads)]
     known = [f"embed->{h}.{x}" for h in heads for x in ("k", "v")] + [f"{h}->m0" for h in heads] + ["m0->logits"]
-    return Case("grokking", model, clean, corrupted, metric, [-1], graph.edge_set(known),
-                {"test_acc": task.evaluate(model)["test_acc"], "p": s.grokking_p})
+    # which heads and neurons carry the key frequencies (Nanda et al.): the embedding's key
+    # frequencies, each head's output and the neurons over all pairs at the "=" position
+    p = s.grokking_p
+    keys = key_frequencies(frequency_norms(model.W_E[:p].detach()))
+    with torch.no_grad():
+        _, acts = cache(model, task.inputs, names=["blocks.0.attn.hook_z", "blocks.0.mlp.hook_post"])
+    z = acts["blocks.0.attn.hook_z"][:, -1]  # [p*p, head, d_head]
+    head_out = torch.einsum("nhe,hed->nhd", z, model.blocks[0].attn.W_O).reshape(p, p, model.cfg.n_heads, -1)
+    head_share = [float(key_frequency_share(head_out[:, :, h], keys)) for h in range(model.cfg.n_heads)]
+    neurons = acts["blocks.0.mlp.hook_post"][:, -1].reshape(p, p, -1)
+    freq, share = neuron_frequencies(neurons)
+    alive = neurons.flatten(0, 1).abs().amax(0) > 1e-6
+    per_key = {k: int(((freq == k) & alive & (share > 0.5)).sum()) for k in keys}
+    info = {"test_acc": task.evaluate(model)["test_acc"], "p": p, "key_frequencies": keys,
+            "head_key_share": head_share, "neurons_per_key_frequency": per_key, "alive_neurons": int(alive.sum())}
+    return Case("grokking", model, clean, corrupted, metric, [-1], graph.edge_set(known), info)
 
 
 def single_edge_effects(case: Case, graph: Graph, corr: torch.Tensor) -> torch.Tensor:
@@ -211,6 +228,10 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
                                                  s.ig_steps)
     for name in ("eap", "eap_ig"):
         found[name] = top_edges(scores[name], graph, s.score_threshold * total)
+    needed = {}  # ranking quality: the fewest top edges by score that reach 90% recall
+    for name in ("eap", "eap_ig"):
+        hits = known.flatten()[scores[name].abs().flatten().argsort(descending=True)].cumsum(0)
+        needed[name] = int(torch.nonzero(hits >= 0.9 * int(known.sum())).flatten()[0]) + 1
     kinds = ["z", "q", "k", "v"] + ([] if model.cfg.attn_only else ["mlp_out"])
     est, seconds["atpstar"] = _timed(atp_star, model, case.clean, case.corrupted, case.metric, kinds)
     level = s.score_threshold * total / max(float(v.abs().max()) for v in est.values())
@@ -223,6 +244,7 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
         out["faithfulness"][name] = faithfulness(model, graph, case.clean, corr, keep, case.metric)
         out["n_edges"][name] = int(keep.sum())
     out["faithfulness"]["known"] = faithfulness(model, graph, case.clean, corr, known, case.metric)
+    out["edges_for_recall_0.9"] = needed
     sweep = acdc_sweep(model, graph, case.clean, corr, [t * total for t in s.sweep], case.metric, quiet=True)
     out["sweep"] = [(t, r.n_edges, *precision_recall(r.keep, known),
                      faithfulness(model, graph, case.clean, corr, r.keep, case.metric)) for t, r in zip(s.sweep, sweep)]
@@ -255,6 +277,11 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     results["graph_edges"] = {c: e["graph"].n_edges for c, e in evals.items()}
     results["test_acc"] = {c.name: c.info["test_acc"] for c in cases}
     results["faithfulness_known"] = {c: e["faithfulness"]["known"] for c, e in evals.items()}
+    results["edges_for_recall_0.9"] = {c: e["edges_for_recall_0.9"] for c, e in evals.items()}
+    gk = cases[2].info
+    results["grokking_key_frequencies"] = gk["key_frequencies"]
+    results["grokking_head_key_share"] = gk["head_key_share"]
+    results["grokking_neurons_per_key_frequency"] = {str(k): v for k, v in gk["neurons_per_key_frequency"].items()}
     results["induction_heads"] = ind.info["induction_heads"]
     results["prev_token_heads"] = ind.info["prev_heads"]
     results["quick"] = quick
@@ -301,7 +328,14 @@ def _report(results: dict[str, Any], cases: list[Case], evals: dict[str, Any], s
             r.text(f"Test accuracy {case.info['test_acc']:.3f}. The known circuit: edges whose effect patched alone is "
                    f"at least 10% of the largest: {', '.join(g.edges(e['known']))}.")
         else:
-            r.text(f"p = {case.info['p']}, test accuracy {case.info['test_acc']:.3f}.")
+            gk = case.info
+            r.text(f"p = {gk['p']}, test accuracy {gk['test_acc']:.3f}. Key frequencies of the embedding: "
+                   f"{', '.join(map(str, gk['key_frequencies']))}. Share of each head's output (at '=', over all "
+                   f"pairs) in the key frequencies: "
+                   f"{', '.join(f'a0.h{h} {v:.2f}' for h, v in enumerate(gk['head_key_share']))}. Neurons (of "
+                   f"{gk['alive_neurons']} alive) whose activation is mostly one key frequency: "
+                   f"{', '.join(f'{k}: {v}' for k, v in gk['neurons_per_key_frequency'].items())}. Every head carries "
+                   f"the key frequencies into the MLP, whose neurons compute with them: the known circuit.")
         r.text(f"Metric: full model {e['metric_full']:.3f}, corrupted {e['metric_corrupted']:.3f}.")
         fig = draw_circuit(g, e["known"], e["effects"], title=f"{case.name}: known circuit (width: single-edge effect)")
         r.figure(fig, caption="Known circuit; edge width and opacity follow each edge's effect patched alone.")
@@ -311,6 +345,8 @@ def _report(results: dict[str, Any], cases: list[Case], evals: dict[str, Any], s
         plt.close(fig)
         r.table(["ACDC threshold (fraction of metric)", "edges", "precision", "recall", "faithfulness"],
                 [list(row) for row in e["sweep"]], caption="ACDC threshold sweep.")
+        r.text("Ranking quality of the scores: top edges needed to reach 90% recall: "
+               + ", ".join(f"{m} {v}" for m, v in e["edges_for_recall_0.9"].items()) + f" of {g.n_edges}.")
         missed = {m: [x for x in g.edges(e["known"] & ~e["found"][m])] for m in METHODS}
         r.table(["method", "known edges missed"], [[m, ", ".join(v) or "none"] for m, v in missed.items()])
     return r
