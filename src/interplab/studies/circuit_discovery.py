@@ -173,8 +173,8 @@ def grokking_case(s: Settings, quiet: bool) -> Case:
     keys = key_frequencies(frequency_norms(model.W_E[:p].detach()))
     with torch.no_grad():
         _, acts = cache(model, task.inputs, names=["blocks.0.attn.hook_z", "blocks.0.mlp.hook_post"])
-    z = acts["blocks.0.attn.hook_z"][:, -1]  # [p*p, head, d_head]
-    head_out = torch.einsum("nhe,hed->nhd", z, model.blocks[0].attn.W_O).reshape(p, p, model.cfg.n_heads, -1)
+        z = acts["blocks.0.attn.hook_z"][:, -1]  # [p*p, head, d_head]
+        head_out = torch.einsum("nhe,hed->nhd", z, model.blocks[0].attn.W_O).reshape(p, p, model.cfg.n_heads, -1)
     head_share = [float(key_frequency_share(head_out[:, :, h], keys)) for h in range(model.cfg.n_heads)]
     neurons = acts["blocks.0.mlp.hook_post"][:, -1].reshape(p, p, -1)
     freq, share = neuron_frequencies(neurons)
@@ -244,7 +244,7 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
         out["faithfulness"][name] = faithfulness(model, graph, case.clean, corr, keep, case.metric)
         out["n_edges"][name] = int(keep.sum())
     out["faithfulness"]["known"] = faithfulness(model, graph, case.clean, corr, known, case.metric)
-    out["edges_for_recall_0.9"] = needed
+    out["edges_for_recall_90"] = needed
     sweep = acdc_sweep(model, graph, case.clean, corr, [t * total for t in s.sweep], case.metric, quiet=True)
     out["sweep"] = [(t, r.n_edges, *precision_recall(r.keep, known),
                      faithfulness(model, graph, case.clean, corr, r.keep, case.metric)) for t, r in zip(s.sweep, sweep)]
@@ -277,7 +277,7 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     results["graph_edges"] = {c: e["graph"].n_edges for c, e in evals.items()}
     results["test_acc"] = {c.name: c.info["test_acc"] for c in cases}
     results["faithfulness_known"] = {c: e["faithfulness"]["known"] for c, e in evals.items()}
-    results["edges_for_recall_0.9"] = {c: e["edges_for_recall_0.9"] for c, e in evals.items()}
+    results["edges_for_recall_90"] = {c: e["edges_for_recall_90"] for c, e in evals.items()}
     gk = cases[2].info
     results["grokking_key_frequencies"] = gk["key_frequencies"]
     results["grokking_head_key_share"] = gk["head_key_share"]
@@ -346,7 +346,7 @@ def _report(results: dict[str, Any], cases: list[Case], evals: dict[str, Any], s
         r.table(["ACDC threshold (fraction of metric)", "edges", "precision", "recall", "faithfulness"],
                 [list(row) for row in e["sweep"]], caption="ACDC threshold sweep.")
         r.text("Ranking quality of the scores: top edges needed to reach 90% recall: "
-               + ", ".join(f"{m} {v}" for m, v in e["edges_for_recall_0.9"].items()) + f" of {g.n_edges}.")
+               + ", ".join(f"{m} {v}" for m, v in e["edges_for_recall_90"].items()) + f" of {g.n_edges}.")
         missed = {m: [x for x in g.edges(e["known"] & ~e["found"][m])] for m in METHODS}
         r.table(["method", "known edges missed"], [[m, ", ".join(v) or "none"] for m, v in missed.items()])
     return r
