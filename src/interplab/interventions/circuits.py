@@ -328,7 +328,8 @@ def draw_circuit(graph: Graph, keep: Tensor, weights: Tensor | None = None, titl
     Heads of a layer stand in a column, the MLP half a layer later, the embedding on the left
     and the logits on the right. An edge goes from its sender to the node it feeds, coloured
     by the input it enters (query, key, value, MLP, logits); its width and opacity grow with
-    its weight's magnitude (uniform without ``weights``), so a few hundred edges stay legible.
+    the square root of its weight's magnitude (uniform without ``weights``), so a few hundred
+    edges stay legible.
 
     Example:
         >>> import torch
@@ -359,12 +360,12 @@ def draw_circuit(graph: Graph, keep: Tensor, weights: Tensor | None = None, titl
         kind = receiver.rsplit(".", 1)[1] if receiver[0] == "a" else ("m" if receiver[0] == "m" else "logits")
         target = receiver.rsplit(".", 1)[0] if receiver[0] == "a" else receiver
         (x0, y0), (x1, y1) = pos[graph.senders[s]], pos[target]
-        share = float(w[r, s]) / w_max if w_max > 0 else 1.0
+        share = (float(w[r, s]) / w_max) ** 0.5 if w_max > 0 else 1.0  # square root: weak edges stay visible
         offset = {"q": -0.12, "k": 0.0, "v": 0.12}.get(kind, 0.0)
         bend = 0.25 if abs(x1 - x0) > 1.01 or x1 == x0 else 0.0
         xs = [x0, (x0 + x1) / 2, x1 - 0.08]
         ys = [y0, (y0 + y1) / 2 + bend, y1 + offset]
-        ax.plot(xs, ys, color=colors[kind], lw=0.4 + 3.0 * share, alpha=0.25 + 0.7 * share, solid_capstyle="round")
+        ax.plot(xs, ys, color=colors[kind], lw=0.5 + 3.0 * share, alpha=0.3 + 0.65 * share, solid_capstyle="round")
     used = {graph.senders[s] for s in torch.nonzero(keep)[:, 1].tolist()}
     used |= {graph.receivers[r].rsplit(".", 1)[0] if graph.receivers[r][0] == "a" else graph.receivers[r]
              for r in torch.nonzero(keep)[:, 0].tolist()}

@@ -74,11 +74,12 @@ class Settings:
     score_threshold: float = 0.003
     sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
     grokking_p: int = 37
+    grokking_epochs: int = 600
     seed: int = 0
 
 
 QUICK = Settings()
-FULL = Settings(n_prompts=256, ig_steps=20, sweep=(0.0003, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3))
+FULL = Settings(n_prompts=256, ig_steps=20, grokking_epochs=1500, sweep=(0.0003, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3))
 
 
 @dataclass
@@ -145,16 +146,14 @@ def ioi_case(s: Settings, quiet: bool) -> Case:
 
 
 def grokking_case(s: Settings, quiet: bool) -> Case:
-    """The grokking transformer on modular addition (trained on 90% of the pairs, so it generalises early)."""
+    """The grokking transformer on modular addition (trained on 90% of the pairs, so it generalises early),
+    with the key frequencies its heads and neurons carry."""
     task = modular_task(p=s.grokking_p, frac_train=0.9, seed=s.seed)
-
-    class _Stop:
-        def __call__(self, row: dict[str, Any]) -> bool:
-            return row.get("test_acc", 0.0) >= 0.995
-
+    # with 90% of the pairs it generalises after ~300 epochs; weight decay then cleans the
+    # embedding up to a few key frequencies (three stand out by epoch 600 with p = 37, seed 0)
     model = Transformer(task.default_model_config(), seed=s.seed)
-    train(model, task, TrainConfig(epochs=1500, lr=3e-3, weight_decay=1.0, seed=s.seed, log_every=25), None,
-          quiet=quiet, stop=_Stop())
+    train(model, task, TrainConfig(epochs=s.grokking_epochs, lr=3e-3, weight_decay=1.0, seed=s.seed, log_every=50),
+          None, quiet=quiet)
     g = torch.Generator().manual_seed(s.seed + 1)
     idx = torch.randperm(len(task.inputs), generator=g)[: s.n_prompts * 4]
     clean, corrupted = task.inputs[idx], task.inputs[idx.roll(1)]
