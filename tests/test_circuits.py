@@ -196,3 +196,21 @@ def test_verification_cost_and_subsampling_bound():
     assert out["max_upper"] >= float(true.abs().max()) * 0.5
     with pytest.raises(InterplabError):
         subsampling_bound(m, clean, corrupt, _metric, {"neuron": torch.ones(2, 2, dtype=torch.bool)}, quiet=True)
+
+
+def test_eap_with_exact_attention_tracks_query_and_key_edges_better():
+    m = _model(d_mlp=None)
+    clean, corrupt = _pair()
+    g = Graph.from_model(m)
+    corr = sender_outputs(m, g, corrupt)
+    plain, exact = eap(m, g, clean, corr, _metric), eap(m, g, clean, corr, _metric, exact_attention=True)
+    true = torch.zeros_like(plain)
+    with torch.no_grad():
+        for r, s in torch.nonzero(g.allowed).tolist():
+            mask = g.mask()
+            mask[r, s] = 1.0
+            true[r, s] = _metric(run_edges(m, g, clean, corr, mask)) - _metric(m(clean))
+    qk = torch.tensor([name.endswith((".q", ".k")) for name in g.receivers])[:, None] & g.allowed
+    err_plain, err_exact = (plain - true)[qk].abs().sum(), (exact - true)[qk].abs().sum()
+    assert err_exact < 0.5 * err_plain
+    assert torch.equal(plain[~qk], exact[~qk])  # values, MLPs and logits keep the plain estimate

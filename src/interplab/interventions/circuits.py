@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -156,7 +157,8 @@ def acdc_sweep(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted: T
     return [acdc(model, graph, clean, corrupted, t, metric, positions, quiet) for t in thresholds]
 
 
-def eap(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric) -> Tensor:
+def eap(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric,
+        exact_attention: bool = False) -> Tensor:
     """Edge attribution patching: first-order effect of patching each edge, ``[n_receivers, n_senders]``.
 
     ``score[r, s] = sum_{batch, pos} (corrupted_s - clean_s) . dmetric/d(input of r)`` at the
@@ -164,14 +166,68 @@ def eap(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted: Tensor, 
     logit difference; the KL divergence has zero gradient at the clean input). One forward and
     one backward pass.
 
+    ``exact_attention``: AtP*'s fix for saturated attention (Kramár et al. 2024) applied to
+    edges into queries and keys: the receiving head's query (or key) is recomputed from the
+    patched input, its attention pattern exactly, and only the step from the pattern onwards is
+    linearised: ``(pattern_patched - pattern) . dmetric/dpattern``.
+
     Example: see the module docstring.
     """
     mask = graph.mask(0.0).to(corrupted.device).requires_grad_(True)
+    saved: dict[str, Tensor] = {}
+
+    def save(act: Tensor, hook: Any) -> None:
+        saved[hook.name] = act
+
+    hooks = []
+    if exact_attention:
+        for layer in range(graph.n_layers):
+            hooks += [(f"blocks.{layer}.hook_resid_pre", save)]
+            hooks += [(f"blocks.{layer}.attn.hook_{x}", save) for x in ("q", "k", "pattern")]
     with torch.enable_grad():
-        value = metric(run_edges(model, graph, clean, corrupted, mask))
+        logits, senders = run_edges(model, graph, clean, corrupted, mask, return_senders=True, fwd_hooks=hooks)
+        value = metric(logits)
         check(value.dim() == 0, "The metric must return a scalar.")
-        (grad,) = torch.autograd.grad(value, mask)
-    return grad.detach() * graph.allowed.to(grad.device)
+        patterns = [saved[f"blocks.{layer}.attn.hook_pattern"] for layer in range(graph.n_layers)] if hooks else []
+        grads = torch.autograd.grad(value, [mask] + patterns)
+    score = grads[0].detach() * graph.allowed.to(grads[0].device)
+    if exact_attention:
+        with torch.no_grad():
+            for layer in range(graph.n_layers):
+                _exact_qk(model, graph, layer, saved, grads[1 + layer], corrupted - senders.detach(), score)
+    return score
+
+
+def _exact_qk(model: torch.nn.Module, graph: Graph, layer: int, saved: dict[str, Tensor], g_pattern: Tensor,
+              delta: Tensor, score: Tensor) -> None:
+    """Overwrite the scores of edges into layer ``layer``'s queries and keys with AtP*'s estimate.
+
+    ``delta``: corrupted minus clean sender outputs ``[batch or 1, pos, n_senders, d_model]``.
+    """
+    attn = model.blocks[layer].attn
+    p = f"blocks.{layer}.attn."
+    resid, pattern = saved[f"blocks.{layer}.hook_resid_pre"], saved[p + "hook_pattern"]  # [b, n, d], [b, H, q, k]
+    q_all, k_all = saved[p + "hook_q"].detach(), saved[p + "hook_k"].detach()  # [b, n, H, dh]
+    resid, pattern = resid.detach(), pattern.detach()
+    n_send = int(graph.allowed[graph.receiver_index(f"a{layer}.h0.q")].sum())
+    x = model.blocks[layer].ln1(resid[:, :, None, :] + delta[:, :, :n_send])  # [b, n, S, d]: one patched edge each
+    scale = getattr(attn, "scale", None) or 1.0 / float(q_all.shape[-1]) ** 0.5
+    n = resid.shape[1]
+    future = torch.ones(n, n, dtype=torch.bool, device=resid.device).triu(1)
+    for kind in ("q", "k"):
+        W, b = getattr(attn, f"W_{kind.upper()}"), getattr(attn, f"b_{kind.upper()}", None)
+        new = torch.einsum("bnsd,hde->bnshe", x, W)  # [b, n, S, H, dh]
+        if b is not None:
+            new = new + b
+        for h in range(graph.n_heads):
+            other = k_all[:, :, h] if kind == "q" else q_all[:, :, h]  # [b, n, dh]
+            if kind == "q":
+                s_new = torch.einsum("bqse,bke->bsqk", new[:, :, :, h], other) * scale
+            else:
+                s_new = torch.einsum("bqe,bkse->bsqk", other, new[:, :, :, h]) * scale
+            p_new = s_new.masked_fill(future, float("-inf")).softmax(-1)  # [b, S, q, k]
+            est = ((p_new - pattern[:, h, None]) * g_pattern[:, h, None]).sum((0, 2, 3))  # [S]
+            score[graph.receiver_index(f"a{layer}.h{h}.{kind}"), :n_send] = est
 
 
 def eap_ig(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted_tokens: Tensor, metric: Metric,

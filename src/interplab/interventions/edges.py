@@ -243,7 +243,7 @@ class _EdgeRun:
 
 def run_edges(model: torch.nn.Module, graph: Graph, tokens: Tensor, corrupted: Tensor | None = None,
               mask: Tensor | None = None, reference: Tensor | None = None, embed: Tensor | None = None,
-              return_senders: bool = False) -> Any:
+              return_senders: bool = False, fwd_hooks: list[tuple[str, Callable[..., Any]]] | None = None) -> Any:
     """Run ``model`` on ``tokens`` with the edges in ``mask`` patched to ``corrupted`` sender outputs.
 
     ``corrupted``: sender outputs ``[batch or 1, pos, n_senders, d_model]`` (from
@@ -254,7 +254,8 @@ def run_edges(model: torch.nn.Module, graph: Graph, tokens: Tensor, corrupted: T
     clean minus corrupted whatever the input). ``embed``: replaces the token embedding
     (``hook_embed``), e.g. an interpolation between clean and corrupted inputs. Returns the
     logits ``[batch, pos, d_vocab_out]``, and with ``return_senders`` also this run's sender
-    outputs ``[batch, pos, n_senders, d_model]``.
+    outputs ``[batch, pos, n_senders, d_model]``. ``fwd_hooks``: more hooks, run after the
+    graph's own at the same sites (e.g. to read the patched queries and patterns).
 
     Example: see the module docstring.
     """
@@ -269,7 +270,7 @@ def run_edges(model: torch.nn.Module, graph: Graph, tokens: Tensor, corrupted: T
               f"corrupted sender outputs must be [batch, pos, {len(graph.senders)}, d_model], "
               f"got {tuple(corrupted.shape)}.")
     state = _EdgeRun(model, graph, corrupted, mask, reference, embed)
-    logits = model.run_with_hooks(tokens, fwd_hooks=state.hooks())
+    logits = model.run_with_hooks(tokens, fwd_hooks=state.hooks() + list(fwd_hooks or []))
     if return_senders:
         return logits, torch.stack(state.outs, 2)
     return logits

@@ -1,7 +1,7 @@
 """Circuit discovery (ACDC, EAP, EAP-IG, AtP*) scored against circuits we know.
 
 Runs automated circuit discovery (Conmy et al. 2023), edge attribution patching (Syed et al.
-2023), EAP with integrated gradients (Hanna et al. 2024) and AtP* (Kramár et al. 2024, node
+2023; ``eap_qk``: with AtP*'s exact attention for edges into queries and keys), EAP with integrated gradients (Hanna et al. 2024) and AtP* (Kramár et al. 2024, node
 level, turned into the edges between the components it finds) on three small trained models
 whose circuits are known, and scores the edges each method recovers:
 
@@ -59,7 +59,7 @@ from interplab.tasks.modular import modular_task
 from interplab.tasks.sequences import induction_task
 from interplab.train import TrainConfig, train
 
-METHODS = ("acdc", "acdc_kl", "eap", "eap_ig", "atpstar")
+METHODS = ("acdc", "acdc_kl", "eap", "eap_qk", "eap_ig", "atpstar")
 HEAD_THRESHOLD = 0.4
 
 
@@ -224,12 +224,14 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
                                      positions=case.positions, quiet=quiet)
     found["acdc_kl"] = res.keep
     scores["eap"], seconds["eap"] = _timed(eap, model, graph, case.clean, corr, case.metric)
+    scores["eap_qk"], seconds["eap_qk"] = _timed(eap, model, graph, case.clean, corr, case.metric,
+                                                 exact_attention=True)
     scores["eap_ig"], seconds["eap_ig"] = _timed(eap_ig, model, graph, case.clean, case.corrupted, case.metric,
                                                  s.ig_steps)
-    for name in ("eap", "eap_ig"):
+    for name in ("eap", "eap_qk", "eap_ig"):
         found[name] = top_edges(scores[name], graph, s.score_threshold * total)
     needed = {}  # ranking quality: the fewest top edges by score that reach 90% recall
-    for name in ("eap", "eap_ig"):
+    for name in ("eap", "eap_qk", "eap_ig"):
         hits = known.flatten()[scores[name].abs().flatten().argsort(descending=True)].cumsum(0)
         needed[name] = int(torch.nonzero(hits >= 0.9 * int(known.sum())).flatten()[0]) + 1
     kinds = ["z", "q", "k", "v"] + ([] if model.cfg.attn_only else ["mlp_out"])
