@@ -85,6 +85,8 @@ TASKS: dict[str, dict[str, Any]] = {
                   "train": {"epochs": 200, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 256}},
     "previous-token": {"options": ("n_values", "length", "n_examples", "frac_train"), "fixed": {},
                        "train": {"epochs": 100, "lr": 1e-3, "weight_decay": 0.01, "batch_size": 256}},
+    "ioi": {"options": ("n_examples", "frac_train"), "fixed": {},
+            "train": {"epochs": 3, "lr": 3e-3, "weight_decay": 0.01, "batch_size": 128}},
     "memorization": {"options": ("n", "n_classes", "frac_train"), "fixed": {},
                      "train": {"epochs": 500, "lr": 1e-3, "weight_decay": 0.0}},
 }

@@ -149,7 +149,7 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         >>> t.inputs.shape
         torch.Size([25, 3])
     """
-    from interplab.tasks import memorization, modular, pair_labels, sequences
+    from interplab.tasks import ioi, memorization, modular, pair_labels, sequences
 
     d = dict(description)
     name = d.pop("name", None)
@@ -164,6 +164,7 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         "pair-labels": pair_labels.pair_label_task,
         "memorization": memorization.memorization_task,
         **sequences.BUILDERS,
+        "ioi": ioi.ioi_task,
     }
     check(name in builders, f"Unknown task {name!r} (known: {', '.join(sorted(builders))}).")
     if name == "pair-labels":
