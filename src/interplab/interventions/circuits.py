@@ -112,6 +112,7 @@ def acdc(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted: Tensor,
     check(threshold >= 0, f"threshold must be non-negative, got {threshold}.")
     distance = _distance_fn(model, graph, clean, metric, positions)
     mask = graph.mask(0.0).to(corrupted.device)
+    allowed = graph.allowed.to(corrupted.device)
     with torch.no_grad():
         current = distance(run_edges(model, graph, clean, corrupted, mask))
         n_forward = 1
@@ -120,7 +121,7 @@ def acdc(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted: Tensor,
         for r in order:
             senders = torch.nonzero(graph.allowed[r]).flatten().tolist()[::-1]
             node = graph.receiver_node(r)
-            if node is not None and not bool(((mask[:, node] == 0) & graph.allowed[:, node]).any()):
+            if node is not None and not bool(((mask[:, node] == 0) & allowed[:, node]).any()):
                 mask[r, senders] = 1.0  # the node's output is patched everywhere: its inputs do not matter
                 bar.update(len(senders))
                 continue
@@ -134,7 +135,7 @@ def acdc(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted: Tensor,
                     mask[r, s] = 0.0
                 bar.update(1)
         bar.close()
-    return ACDCResult(keep=(mask == 0) & graph.allowed.to(mask.device), distance=current, threshold=threshold,
+    return ACDCResult(keep=(mask == 0) & allowed, distance=current, threshold=threshold,
                       n_forward=n_forward)
 
 
@@ -320,6 +321,7 @@ def precision_recall(found: Tensor, known: Tensor) -> tuple[float, float]:
         >>> precision_recall(f, torch.tensor([[True, False], [True, False]]))
         (0.5, 0.5)
     """
+    found, known = found.bool().cpu(), known.bool().cpu()
     tp = int((found & known).sum())
     n_found, n_known = int(found.sum()), int(known.sum())
     return (tp / n_found if n_found else 0.0), (tp / n_known if n_known else 1.0)

@@ -264,6 +264,7 @@ def run_edges(model: torch.nn.Module, graph: Graph, tokens: Tensor, corrupted: T
         check(corrupted is not None, "Patching edges needs the corrupted sender outputs.")
         check(tuple(mask.shape) == tuple(graph.allowed.shape),
               f"mask must have shape {tuple(graph.allowed.shape)}, got {tuple(mask.shape)}.")
+        mask = mask.to(corrupted.device)  # a mask built on the CPU follows the activations' device
         mask = mask * graph.allowed.to(mask.device, mask.dtype)
     if corrupted is not None:
         check(corrupted.dim() == 4 and corrupted.shape[2] == len(graph.senders),
