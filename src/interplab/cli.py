@@ -36,6 +36,25 @@ study_app = typer.Typer(
 )
 app.add_typer(study_app, name="study")
 
+
+@app.callback()
+def _numerics_options(
+    flush_denormal: bool = typer.Option(True, "--flush-denormal/--no-flush-denormal",
+                                        help="Flush subnormal floats to zero in training and long loops "
+                                        "(fast on x86; see interplab.numerics)."),
+    fast: bool = typer.Option(False, "--fast", help="Allow non-deterministic algorithms (faster on GPU; the same "
+                              "seed may then give different weights at different thread counts)."),
+) -> None:
+    """Numerics switches for every command; they set INTERPLAB_FLUSH_DENORMAL and INTERPLAB_DETERMINISTIC."""
+    import os
+
+    from interplab.numerics import DETERMINISTIC_ENV, FLUSH_ENV
+
+    if not flush_denormal:
+        os.environ[FLUSH_ENV] = "0"
+    if fast:
+        os.environ[DETERMINISTIC_ENV] = "0"
+
 # Each study lives in its own module exposing ``cli``, a typer command function.
 STUDIES = {
     "eis-transformer": "interplab.studies.eis_transformer",
@@ -108,6 +127,9 @@ def train_command(
     checkpoint_every: int = typer.Option(100, help="Checkpoint every N epochs."),
     patience: Optional[int] = typer.Option(None, help="Stop once train accuracy is 100%% and test accuracy "
                                            "has not improved for N epochs."),
+    stop_loss: Optional[float] = typer.Option(None, help="Stop once the training loss has stayed below this "
+                                              "for --stop-patience epochs (training split only)."),
+    stop_patience: int = typer.Option(100, help="Epochs the training loss must stay below --stop-loss."),
     p: Optional[int] = typer.Option(None, help="[modular] The modulus (default 113)."),
     frac_train: Optional[float] = typer.Option(None, help="Fraction of examples used for training."),
     labels: Optional[str] = typer.Option(None, help="[pair-labels] 'published', 'builtin', or a path/URL of a "
@@ -161,7 +183,8 @@ def train_command(
         weight_decay=weight_decay if weight_decay is not None else defaults["weight_decay"],
         betas=(beta1, beta2), batch_size=batch_size if batch_size is not None else defaults.get("batch_size"),
         schedule=schedule, warmup_epochs=warmup_epochs, seed=seed, log_every=min(log_every, 50),
-        checkpoint_every=min(checkpoint_every, 100), patience=patience,
+        checkpoint_every=min(checkpoint_every, 100), patience=patience, stop_loss=stop_loss,
+        stop_patience=stop_patience,
     )
     if not quiet:
         source = the_task.extras.get("source")

@@ -39,6 +39,7 @@ from interplab.report import Report
 from interplab.runs import write_results
 from interplab.tasks import Task
 from interplab.tasks.sequences import induction_task, min_max_task
+from interplab.numerics import numerics
 from interplab.train import TrainConfig, train
 
 KINDS = ("z", "q", "k", "v", "pattern", "resid_pre")
@@ -132,6 +133,7 @@ def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     return info, compare(model, clean, corrupted, metric, quiet)
 
 
+@numerics()
 def run(out_dir: str | Path, seed: int = 0, n_prompts: int = 64, quiet: bool = False) -> dict[str, Any]:
     """Train both models, compare AtP and AtP* with exhaustive patching, write results and report."""
     t0 = time.perf_counter()

@@ -48,6 +48,7 @@ from interplab.analysis.rules import Rule, fit_score_rule, search_rules
 from interplab.analysis.templates import decode_rendered_digit, load_image, to_template
 from interplab.interventions.ablate import ablate, site_values
 from interplab.models import ConvNet, pixels_to_input
+from interplab.numerics import numerics
 from interplab.report import Report
 from interplab.runs import PathLike, write_results
 from interplab.scrub import Group, Hypothesis, scrub_many
@@ -126,6 +127,7 @@ def _mechanism(groups: dict[str, torch.Tensor], acts: torch.Tensor, rh: torch.Te
     return " ".join(parts)
 
 
+@numerics()
 def run(
     out_dir: PathLike,
     data_dir: PathLike | None = None,

@@ -45,15 +45,19 @@ from interplab.interventions.ablate import site_values
 from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan, predict
 from interplab.models import Transformer, TransformerConfig
 from interplab.report import Report
-from interplab.runs import PathLike, read_json, write_results
+from interplab.numerics import numerics
+from interplab.runs import PathLike, read_json, state_path, write_results
 from interplab.scrub import Group, Hypothesis, ScrubResult, scrub_many
 from interplab.tasks import Task
 from interplab.tasks.pair_labels import P, challenge2_config, pair_label_task, resolve_labels
-from interplab.train import TrainConfig, train
+from interplab.train import TrainConfig, train_or_resume
 
 SITE = "blocks.0.hook_resid_mid"
 PATTERN = "blocks.0.attn.hook_pattern"
-PATIENCE = 300  # epochs without a better test accuracy, once train accuracy is 100%
+# default stopping rule (training split only): train loss below STOP_LOSS for STOP_PATIENCE epochs;
+# --full trains the published 5000 epochs instead
+STOP_LOSS = 1e-3
+STOP_PATIENCE = 100
 NEAR_WIDTH = 0.1  # "near a threshold": within 0.1 standard deviations of that filter's values
 SETTINGS = ("1", "1star", "1_2", "1_3a", "1_3b", "1_2_3a", "1_2_3b", "1_2_3a_3b")
 SETTING_WORDS = {
@@ -68,15 +72,19 @@ SETTING_WORDS = {
 }
 
 
-def published_train_config(seed: int = 0, patience: int | None = PATIENCE, epochs: int = 5000) -> TrainConfig:
-    """The challenge's training: AdamW lr 5e-4, weight decay 1.0, betas (0.9, 0.98), full batch.
+def published_train_config(seed: int = 0, full: bool = False) -> TrainConfig:
+    """The challenge's training: AdamW lr 5e-4, weight decay 1.0, betas (0.9, 0.98), full batch,
+    at most 5000 epochs. ``full=True`` is the published protocol (all 5000 epochs); by default
+    training stops once the training loss has stayed below ``STOP_LOSS`` for ``STOP_PATIENCE``
+    epochs (a rule on the training split only, the same epoch whatever the thread count).
 
     Example:
-        >>> published_train_config().lr, published_train_config().patience
-        (0.0005, 300)
+        >>> published_train_config().stop_loss, published_train_config(full=True).stop_loss
+        (0.001, None)
     """
-    return TrainConfig(epochs=epochs, lr=5e-4, weight_decay=1.0, betas=(0.9, 0.98), seed=seed, patience=patience,
-                       log_every=10, checkpoint_every=250, keep_history=False)
+    return TrainConfig(epochs=5000, lr=5e-4, weight_decay=1.0, betas=(0.9, 0.98), seed=seed, patience=None,
+                       stop_loss=None if full else STOP_LOSS, stop_patience=STOP_PATIENCE, log_every=10,
+                       checkpoint_every=250, keep_history=False)
 
 
 def small_setup(epochs: int = 300) -> dict[str, Any]:
@@ -129,9 +137,10 @@ def _model_and_training(task: Task, out: Path, run_dir: PathLike | None, model_c
         return model, info
     model = Transformer(model_config or challenge2_config(), seed=seed)
     run = out / "run"
-    resume = (run / "checkpoints" / "state.pt").is_file()
+    resume = state_path(run).is_file()
     t0 = time.perf_counter()
-    result = train(model, task, dataclasses.replace(train_config, seed=seed), run, resume=resume, quiet=quiet)
+    # a finished run made with the same settings is reused; one made with other settings is refused
+    result = train_or_resume(model, task, dataclasses.replace(train_config, seed=seed), run, quiet=quiet)
     info.update(epochs=result.epochs_run, stopped_early=result.stopped_early, train_seconds=time.perf_counter() - t0)
     if not resume and result.epochs_run:
         info["epochs_per_second"] = result.epochs_run / info["train_seconds"]
@@ -169,6 +178,7 @@ def _hypotheses(rule: ThresholdRule, basis: torch.Tensor) -> list[Hypothesis]:
     return [Hypothesis(SITE, groups[name], basis=basis, rest="free", name=name) for name in SETTINGS]
 
 
+@numerics()
 @torch.no_grad()
 def run(
     out_dir: PathLike,
@@ -176,7 +186,7 @@ def run(
     data_dir: PathLike | None = None,
     run_dir: PathLike | None = None,
     seed: int = 0,
-    patience: int | None = PATIENCE,
+    full: bool = False,
     n_draws: int = 5,
     model_config: TransformerConfig | None = None,
     train_config: TrainConfig | None = None,
@@ -187,7 +197,9 @@ def run(
     ``labels``: ``None`` (published table if the data directory has it, else built-in),
     ``"builtin"``, ``"published"`` or a path/URL of a numpy-only pickle with a 113x113
     ``labels`` table. ``run_dir``: reuse a trained run instead of training.
-    ``model_config``/``train_config`` override the published setting (e.g. :func:`small_setup`).
+    ``full``: train the published 5000 epochs instead of stopping on the training loss (see
+    :func:`published_train_config`). ``model_config``/``train_config`` override the published
+    setting (e.g. :func:`small_setup`). Runs under :func:`interplab.numerics.numerics`.
 
     Example: see the module docstring.
     """
@@ -199,9 +211,7 @@ def run(
     say = print  # quiet only silences progress bars; the headline numbers are always printed
     say(f"labels: {source}")
     task = pair_label_task(labels=spec, seed=seed, data_dir=data_dir)
-    tcfg = train_config if train_config is not None else published_train_config(seed, patience)
-    if train_config is not None and patience != PATIENCE:
-        tcfg = dataclasses.replace(tcfg, patience=patience)
+    tcfg = train_config if train_config is not None else published_train_config(seed, full)
     with torch.enable_grad():
         model, train_info = _model_and_training(task, out, run_dir, model_config, tcfg, seed, quiet)
     model.eval()
@@ -214,7 +224,8 @@ def run(
         res["epochs_per_second"] = train_info["epochs_per_second"]
         res["train_seconds"] = train_info["train_seconds"]
         res["stopped_early"] = bool(train_info["stopped_early"])
-        res["patience"] = tcfg.patience if tcfg.patience is not None else 0
+        res["stop_loss"] = tcfg.stop_loss if tcfg.stop_loss is not None else 0.0
+        res["stop_patience"] = tcfg.stop_patience
 
     # -- the model and its fixed-attention version -------------------------------------------------
     pred = predict(model, inputs, **fwd)
@@ -353,9 +364,10 @@ def _report(res: dict[str, Any], source: str, train_info: dict[str, Any], task: 
     r.section("Model and training")
     if "epochs_per_second" in train_info:
         r.text(f"Trained the challenge architecture for {res['epochs']} epochs "
-               f"({'stopped early' if res.get('stopped_early') else 'to the configured end'}: early stopping once train "
-               f"accuracy is 100% and test accuracy has not improved for {res.get('patience')} epochs), "
-               f"{res['epochs_per_second']:.2f} epochs/s.")
+               f"({'stopped early' if res.get('stopped_early') else 'to the configured end'}"
+               + (f": early stopping once the training loss has stayed below {res['stop_loss']:g} for "
+                  f"{res['stop_patience']} epochs" if res.get("stop_loss") else ", the published protocol")
+               + f"), {res['epochs_per_second']:.2f} epochs/s.")
     else:
         r.text(f"Reused a trained run ({res['epochs']} epochs logged).")
     rows = [["all pairs", res["acc_full"]], ["train half", res["acc_train"]], ["test half", res["acc_test"]]]
@@ -490,14 +502,14 @@ def cli(
     run_dir: Optional[Path] = typer.Option(None, "--run", help="Reuse this trained run instead of training."),
     out: Path = typer.Option(Path("runs/eis-transformer"), "--out", help="Output directory."),
     seed: int = typer.Option(0, "--seed", help="Seed for the split, the initialisation and every random draw."),
-    patience: int = typer.Option(PATIENCE, "--patience", help="Early stopping: epochs without a better test accuracy "
-                                 "once train accuracy is 100%."),
+    full: bool = typer.Option(False, "--full", help="Train the published 5000 epochs instead of stopping once the "
+                              f"training loss has stayed below {STOP_LOSS:g} for {STOP_PATIENCE} epochs."),
     draws: int = typer.Option(5, "--draws", help="Random draws per causal scrubbing setting."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Reverse-engineer the EIS VII challenge 2 transformer: fixed attention, two directions, filters, causal scrubbing."""
-    run(out, labels=labels, data_dir=data_dir, run_dir=run_dir, seed=seed, patience=patience, n_draws=draws,
+    run(out, labels=labels, data_dir=data_dir, run_dir=run_dir, seed=seed, full=full, n_draws=draws,
         quiet=quiet)
 
 
-__all__ = ["run", "cli", "check_labels", "published_train_config", "small_setup", "SETTINGS", "PATIENCE"]
+__all__ = ["run", "cli", "check_labels", "published_train_config", "small_setup", "SETTINGS", "STOP_LOSS", "STOP_PATIENCE"]
