@@ -512,4 +512,5 @@ def cli(
         quiet=quiet)
 
 
-__all__ = ["run", "cli", "check_labels", "published_train_config", "small_setup", "SETTINGS", "STOP_LOSS", "STOP_PATIENCE"]
+__all__ = ["run", "cli", "check_labels", "published_train_config", "small_setup", "SETTINGS", "STOP_LOSS",
+           "STOP_PATIENCE"]
