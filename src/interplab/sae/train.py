@@ -17,8 +17,8 @@ are the same: ``checkpoints/state.pt`` (``torch.save``, read back with ``weights
 through :class:`interplab.runs.RunLog`, the writer :func:`interplab.train.train` uses too; its
 ``epoch`` counts steps), atomic writes, ``metrics.jsonl``, one generator for all randomness,
 the numerics of :mod:`interplab.numerics`. :func:`train_sae_or_resume` is the run policy of
-studies (reuse a run made with the same settings, refuse one made with others). With ``out_dir`` the finished SAE is
-written there in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``).
+studies (reuse a run made with the same settings, refuse one made with others). With
+``out_dir`` the finished SAE is written there in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``).
 
 Example:
     >>> import tempfile, torch
@@ -222,7 +222,8 @@ def _train_sae(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir:
             buffer.load_state_dict(state["buffer"])
             since_fired = state["since_fired"].clone()
         except (KeyError, RuntimeError, ValueError) as e:
-            raise InterplabError(f"Checkpoint {state_path(out_dir or '')} does not fit this SAE ({str(e)[:80]}).") from None
+            raise InterplabError(f"Checkpoint {state_path(run.out or '')} does not fit this SAE "
+                                 f"({str(e)[:80]}).") from None
         resampled = [tuple(r) for r in state.get("resampled", torch.zeros(0, 2, dtype=torch.long)).tolist()]
     else:
         buffer.rows, buffer.ptr = None, 0
