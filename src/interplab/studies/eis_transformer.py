@@ -59,6 +59,16 @@ PATTERN = "blocks.0.attn.hook_pattern"
 STOP_LOSS = 1e-3
 STOP_PATIENCE = 100
 NEAR_WIDTH = 0.1  # "near a threshold": within 0.1 standard deviations of that filter's values
+# (results key, what it is, the published figure: EIS VII challenge 2 write-up, see docs TECHNIQUES section 11)
+PUBLISHED = (
+    ("acc_test", "test accuracy (held-out half)", "97.27%"),
+    ("acc_full", "accuracy on all pairs", "98.6%"),
+    ("fixed_attn_agree", "labels kept with attention fixed to its mean", "about 93%"),
+    ("two_dir_agree_fixed", "two-direction AND rule vs the fixed-attention model", "not given"),
+    ("filters_and_agree_fixed", "AND of two thresholded filters vs the fixed-attention model", "about 98%"),
+    ("scrub_full_1_2_3a_3b", "causal scrubbing 1+2+3a+3b, full model (accuracy)", "94% to 99% over the settings"),
+    ("scrub_fixed_1_2_3a_3b", "causal scrubbing 1+2+3a+3b, fixed attention (accuracy)", "89% to 93% over the settings"),
+)
 SETTINGS = ("1", "1star", "1_2", "1_3a", "1_3b", "1_2_3a", "1_2_3b", "1_2_3a_3b")
 SETTING_WORDS = {
     "1": "keep the two readouts, resample everything else",
@@ -374,6 +384,10 @@ def _report(res: dict[str, Any], source: str, train_info: dict[str, Any], task: 
     if "agree_original" in res:
         rows.append(["agreement with the published model's labels", res["agree_original"]])
     r.table(["", "accuracy"], rows)
+    r.text("Beside the published write-up (its figures are for the published label table and 5000 epochs; "
+           "--full trains those):")
+    r.table(["quantity", "this run", "published"],
+            [[name, f"{res[key]:.2%}" if key in res else "-", published] for key, name, published in PUBLISHED])
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     _label_image(axes[0], task.labels.reshape(P, P), "ground truth")
     _label_image(axes[1], pred.reshape(P, P), f"model (acc {res['acc_full']:.3f})")
