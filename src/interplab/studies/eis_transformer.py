@@ -16,8 +16,9 @@ then finds the explanation from the model's own activations:
 5. whether the fixed-attention model's mistakes sit near a filter threshold.
 
 Command line: ``interplab study eis-transformer [--labels PATH_OR_URL] [--data-dir D] [--run RUN_DIR]
-[--out DIR] [--seed N]``; from Python: ``run(out_dir, labels=..., run_dir=...)`` (the tests run
-it on a small model with :func:`small_setup`).
+[--out DIR] [--seed N] [--full]``; from Python: ``run(out_dir, labels=..., run_dir=...)`` (the tests
+run it on a small model with :func:`small_setup`). Training stops on the training loss (see
+:func:`published_train_config`); ``--full`` trains the published 5000 epochs.
 
 Example:
     >>> SETTINGS[-1], check_labels("builtin", None)[1]
