@@ -3,6 +3,7 @@
 The suite pins one thread per worker (conftest), so each case runs in a subprocess that calls
 ``torch.set_num_threads(2)``. A "killed" run SIGKILLs itself right after its second checkpoint
 is on disk (a real kill -9, at a reproducible point) and is then resumed in a fresh process.
+Four processes per case make these slow (about 20-60 s each on a quiet 2-core machine).
 At two threads the backward of ``W_E[tokens]`` is not deterministic without
 :mod:`interplab.numerics` (its gradients differ from call to call), so these runs would differ.
 """
@@ -76,6 +77,7 @@ def _same_files(a: Path, b: Path, name: str) -> None:
         assert torch.equal(x[k], y[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what, weights", [("train", "model.safetensors"), ("sae", "sae_weights.safetensors")])
 def test_two_threads_twice_and_killed_and_resumed_are_bitwise_equal(tmp_path, what, weights):
     _run(what, tmp_path / "a")
@@ -89,6 +91,7 @@ def test_two_threads_twice_and_killed_and_resumed_are_bitwise_equal(tmp_path, wh
     assert [r[key] for r in rows] == [1, 10, 20, 30, 40, 50, 60]
 
 
+@pytest.mark.slow
 def test_a_study_at_two_threads_gives_the_same_results_twice_and_after_a_kill(tmp_path):
     for name in ("a", "b"):
         _run("study", tmp_path / name)
