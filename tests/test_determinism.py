@@ -3,7 +3,8 @@
 The suite pins one thread per worker (conftest), so each case runs in a subprocess that calls
 ``torch.set_num_threads(2)``. A "killed" run SIGKILLs itself right after its second checkpoint
 is on disk (a real kill -9, at a reproducible point) and is then resumed in a fresh process.
-Four processes per case make these slow (about 20-60 s each on a quiet 2-core machine).
+Four processes per case make these slow (measured 572 s for the SAE case and 976 s for the study
+case at load average 15 on 2 shared cores; not yet timed on a quiet machine).
 At two threads the backward of ``W_E[tokens]`` is not deterministic without
 :mod:`interplab.numerics` (its gradients differ from call to call), so these runs would differ.
 """
