@@ -26,7 +26,7 @@ ROOT = "interplab"
 # lowest first; a module belongs to the group whose name is its longest matching prefix
 LAYERS: list[list[str]] = [
     ["interplab.errors"],
-    ["interplab.io"],
+    ["interplab.io", "interplab.numerics"],
     ["interplab.models", "interplab.instrument", "interplab.data", "interplab.lm"],
     ["interplab.runs", "interplab.report", "interplab.tasks"],
     ["interplab.analysis"],
