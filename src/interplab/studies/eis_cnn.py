@@ -49,7 +49,7 @@ from interplab.analysis.rules import Rule, fit_score_rule, search_rules, source_
 from interplab.analysis.templates import decode_rendered_digit, load_image, to_template
 from interplab.instrument import site_values
 from interplab.interventions.ablate import ablate_by_region
-from interplab.interventions.scrub import Group, Hypothesis, scrub_many
+from interplab.interventions.scrub import Hypothesis, grouped_hypothesis, scrub_many
 from interplab.io import PathLike, write_results
 from interplab.models import ConvNet, pixels_to_input
 from interplab.numerics import numerics
@@ -84,15 +84,6 @@ QUICK = Settings(n_draws=2)
 @torch.no_grad()
 def _labels(net: ConvNet, images: np.ndarray) -> np.ndarray:
     return net(pixels_to_input(images)).argmax(-1).numpy()
-
-
-def _regions(rule: Rule, scores: np.ndarray) -> tuple[np.ndarray, float]:
-    """Region "hi" (True) / "lo" of each input: which side of the rule's middle its score lies."""
-    if rule.kind == "threshold":
-        cut = rule.lo if rule.lo is not None else rule.hi
-    else:
-        cut = (rule.lo + rule.hi) / 2.0  # type: ignore[operator]
-    return scores > cut, float(cut)
 
 
 def _mechanism(groups: dict[str, torch.Tensor], acts: torch.Tensor, rh: torch.Tensor, v: torch.Tensor,
@@ -377,7 +368,7 @@ def run(
 
     # -- unit groups and regions -------------------------------------------------------------
     score = rule.scores(fit_x)
-    region_hi, cut = _regions(rule, score)
+    region_hi, cut = rule.regions(score)
     gid = group_units(acts, n_groups=3, seed=seed)
     rh = torch.as_tensor(region_hi)
     groups = groups_by_selectivity(acts, gid, rh)  # a: detectors of the high-score side, b: of the low side
@@ -393,19 +384,10 @@ def run(
     score_n = torch.as_tensor((score - score.min()) / span)
     key = rh.long()
 
-    def hypothesis(tol: float | None, name: str) -> Hypothesis:
-        gs = []
-        for gname in ("a", "b", "other"):
-            units = groups[gname].tolist()
-            if units:
-                gs.append(Group(units, "same", key=key, score=None if tol is None else score_n,
-                                tol=0.0 if tol is None else tol, name=gname))
-        if len(dead):
-            gs.append(Group(dead.tolist(), "free", name="dead"))
-        return Hypothesis(SITE, groups=tuple(gs), name=name)
-
-    hyps = [hypothesis(t, f"tol={t:g}") for t in tolerances]
-    hyps += [hypothesis(None, "same region only"), Hypothesis(SITE, groups=(), name="everything free")]
+    same, free = {k: groups[k] for k in ("a", "b", "other")}, {"dead": dead}
+    hyps = [grouped_hypothesis(SITE, same, key, score_n, t, free, name=f"tol={t:g}") for t in tolerances]
+    hyps += [grouped_hypothesis(SITE, same, key, free=free, name="same region only"),
+             Hypothesis(SITE, groups=(), name="everything free")]
     scrubbed = scrub_many(head, hyps, pool2, n_draws=n_draws, seed=seed, quiet=quiet)
     curve = {f"{t:g}": r.agree for t, r in zip(tolerances, scrubbed)}
     at_1pct = next((r.agree for t, r in zip(tolerances, scrubbed) if abs(t - 0.01) < 1e-12), float("nan"))
