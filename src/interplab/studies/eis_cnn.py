@@ -123,6 +123,63 @@ def _mechanism(groups: dict[str, torch.Tensor], acts: torch.Tensor, rh: torch.Te
     return " ".join(parts)
 
 
+def _results(*, rule: Rule, source: str, rule_agree: float, test_vs_rule: float, source_agree: float, from_network: list[Rule],
+             norm_agree: float, fit_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, test_labels: np.ndarray,
+             labels: torch.Tensor, probs: torch.Tensor, probs_norm: torch.Tensor, labels_norm: np.ndarray,
+             dla_error: float, p: Any, arms: Any, v: torch.Tensor, groups: dict[str, torch.Tensor], cut: float,
+             region_hi: np.ndarray, at_1pct: float, curve: dict[str, float], scrubbed: list[Any], n_tol: int,
+             seed: int, abl: dict[tuple[str, str], dict[str, float]]) -> dict[str, Any]:
+    """The flat ``results.json`` record of the study (``wall_time_s`` is added by ``run``)."""
+    results: dict[str, Any] = {
+        "model_test_acc_vs_rule": test_vs_rule,
+        "rule_agree": rule_agree,
+        "rule_source": source,
+        "rule_description": rule.describe(),
+        "rule_template": rule.template_name,
+        "rule_center": rule.center,
+        "rule_kind": rule.kind,
+        "rule_lo": rule.lo,
+        "rule_hi": rule.hi,
+        "rule_source_test_agree": source_agree,
+        "rule_agree_network_templates_only": from_network[0].agree if from_network else float("nan"),
+        "rule_template_network_templates_only": from_network[0].template_name if from_network else "",
+        "rule_agree_if_inputs_normalized": norm_agree,
+        "n_fit_images": len(fit_x),
+        "n_test_images": len(test_x),
+        "used_train_set": fit_x is not test_x,
+        "model_label1_frac": float(labels.float().mean()),
+        "model_mean_confidence": float(probs.max(-1).values.mean()),
+        "model_mean_confidence_if_inputs_normalized": float(probs_norm.max(-1).values.mean()),
+        "model_label1_frac_if_inputs_normalized": float(labels_norm.mean()),
+        "model_acc_vs_digit_is_1": float((test_labels == (test_y == 1)).mean()),
+        "dla_reconstruction_max_error": dla_error,
+        "pca_var_explained_1": p.explained(1),
+        "pca_var_explained_2": p.explained(2),
+        "arm_logit_diff_weights": (arms.directions.float() @ v).tolist(),
+        "n_units_group_a": len(groups["a"]),
+        "n_units_group_b": len(groups["b"]),
+        "n_units_other": len(groups["other"]),
+        "n_units_dead": len(groups["dead"]),
+        "region_cut": cut,
+        "region_hi_frac": float(region_hi.mean()),
+        "scrub_agree_at_1pct": at_1pct,
+        "scrub_curve": curve,
+        "scrub_agree_same_region_only": scrubbed[n_tol].agree,
+        "scrub_agree_everything_free": scrubbed[n_tol + 1].agree,
+        "seed": seed,
+    }
+    for (name, method), row in abl.items():
+        if name == "other":
+            results[f"{method}_ablate_agree_other"] = row["own_agree"]
+            continue
+        results[f"{method}_ablate_own_region_agree_{name}"] = row["own_agree"]
+        results[f"{method}_ablate_other_region_agree_{name}"] = row["other_agree"]
+        results[f"{method}_ablate_own_region_dlogit_{name}"] = row["own_dld"]
+        results[f"{method}_ablate_other_region_dlogit_{name}"] = row["other_dld"]
+
+    return results
+
+
 def _report(*, model_file: Path, hint_file: Path, seed: int, results: dict[str, Any], rule: Rule,
             rules: list[Rule], from_network: list[Rule], fit_note: str, rendered: np.ndarray, hint: np.ndarray,
             score: np.ndarray, labels_np: np.ndarray, norm_agree: float, dla: torch.Tensor, v: torch.Tensor,
@@ -263,6 +320,24 @@ def _report(*, model_file: Path, hint_file: Path, seed: int, results: dict[str, 
     return r
 
 
+def _headline(res: dict[str, Any]) -> list[str]:
+    """The lines ``run`` always prints, from the results."""
+    def nan_get(k: str) -> float:
+        return res.get(k, float("nan"))
+
+    return ["recovered rule:", res["rule_source"],
+            f"rule agrees with the network on {res['rule_agree']:.4f} of {res['n_fit_images']} images "
+            f"(network accuracy against the rule on the test set: {res['model_test_acc_vs_rule']:.4f})",
+            f"groups: a {res['n_units_group_a']}, b {res['n_units_group_b']}, other {res['n_units_other']}, "
+            f"dead {res['n_units_dead']}; "
+            f"min-ablating a: own region {nan_get('min_ablate_own_region_agree_a'):.3f}, "
+            f"other {nan_get('min_ablate_other_region_agree_a'):.3f}; "
+            f"b: own {nan_get('min_ablate_own_region_agree_b'):.3f}, "
+            f"other {nan_get('min_ablate_other_region_agree_b'):.3f}",
+            f"causal scrubbing agreement at 1% tolerance: {res['scrub_agree_at_1pct']:.4f}; curve "
+            f"{', '.join(f'{k}: {v_:.3f}' for k, v_ in res['scrub_curve'].items())}"]
+
+
 @numerics()
 def run(
     out_dir: PathLike,
@@ -394,52 +469,12 @@ def run(
     timings["scrub"] = time.perf_counter() - t_start - sum(timings.values())
 
     # -- results ---------------------------------------------------------------------------
-    results: dict[str, Any] = {
-        "model_test_acc_vs_rule": test_vs_rule,
-        "rule_agree": rule_agree,
-        "rule_source": source,
-        "rule_description": rule.describe(),
-        "rule_template": rule.template_name,
-        "rule_center": rule.center,
-        "rule_kind": rule.kind,
-        "rule_lo": rule.lo,
-        "rule_hi": rule.hi,
-        "rule_source_test_agree": source_agree,
-        "rule_agree_network_templates_only": from_network[0].agree if from_network else float("nan"),
-        "rule_template_network_templates_only": from_network[0].template_name if from_network else "",
-        "rule_agree_if_inputs_normalized": norm_agree,
-        "n_fit_images": len(fit_x),
-        "n_test_images": len(test_x),
-        "used_train_set": fit_x is not test_x,
-        "model_label1_frac": float(labels.float().mean()),
-        "model_mean_confidence": float(probs.max(-1).values.mean()),
-        "model_mean_confidence_if_inputs_normalized": float(probs_norm.max(-1).values.mean()),
-        "model_label1_frac_if_inputs_normalized": float(labels_norm.mean()),
-        "model_acc_vs_digit_is_1": float((test_labels == (test_y == 1)).mean()),
-        "dla_reconstruction_max_error": dla_error,
-        "pca_var_explained_1": p.explained(1),
-        "pca_var_explained_2": p.explained(2),
-        "arm_logit_diff_weights": (arms.directions.float() @ v).tolist(),
-        "n_units_group_a": len(groups["a"]),
-        "n_units_group_b": len(groups["b"]),
-        "n_units_other": len(groups["other"]),
-        "n_units_dead": len(dead),
-        "region_cut": cut,
-        "region_hi_frac": float(region_hi.mean()),
-        "scrub_agree_at_1pct": at_1pct,
-        "scrub_curve": curve,
-        "scrub_agree_same_region_only": scrubbed[len(tolerances)].agree,
-        "scrub_agree_everything_free": scrubbed[len(tolerances) + 1].agree,
-        "seed": seed,
-    }
-    for (name, method), row in abl.items():
-        if name == "other":
-            results[f"{method}_ablate_agree_other"] = row["own_agree"]
-            continue
-        results[f"{method}_ablate_own_region_agree_{name}"] = row["own_agree"]
-        results[f"{method}_ablate_other_region_agree_{name}"] = row["other_agree"]
-        results[f"{method}_ablate_own_region_dlogit_{name}"] = row["own_dld"]
-        results[f"{method}_ablate_other_region_dlogit_{name}"] = row["other_dld"]
+    results = _results(rule=rule, source=source, rule_agree=rule_agree, test_vs_rule=test_vs_rule, source_agree=source_agree,
+                       from_network=from_network, norm_agree=norm_agree, fit_x=fit_x, test_x=test_x, test_y=test_y,
+                       test_labels=test_labels, labels=labels, probs=probs, probs_norm=probs_norm,
+                       labels_norm=labels_norm, dla_error=dla_error, p=p, arms=arms, v=v, groups=groups, cut=cut,
+                       region_hi=region_hi, at_1pct=at_1pct, curve=curve, scrubbed=scrubbed, n_tol=len(tolerances),
+                       seed=seed, abl=abl)
 
     # -- report -----------------------------------------------------------------------------
     r = _report(model_file=model_file, hint_file=hint_file, seed=seed, results=results, rule=rule, rules=rules,
@@ -453,16 +488,7 @@ def run(
     report_path = r.save(out / "report.html")
     write_results(out, results)
 
-    announce(["recovered rule:", source,
-              f"rule agrees with the network on {rule_agree:.4f} of {len(fit_x)} images "
-              f"(network accuracy against the rule on the test set: {test_vs_rule:.4f})",
-              f"groups: a {len(groups['a'])}, b {len(groups['b'])}, other {len(groups['other'])}, dead {len(dead)}; "
-              f"min-ablating a: own region {results.get('min_ablate_own_region_agree_a', float('nan')):.3f}, "
-              f"other {results.get('min_ablate_other_region_agree_a', float('nan')):.3f}; "
-              f"b: own {results.get('min_ablate_own_region_agree_b', float('nan')):.3f}, "
-              f"other {results.get('min_ablate_other_region_agree_b', float('nan')):.3f}",
-              f"causal scrubbing agreement at 1% tolerance: {at_1pct:.4f}; curve "
-              f"{', '.join(f'{k}: {v_:.3f}' for k, v_ in curve.items())}"], report_path)
+    announce(_headline(results), report_path)
     return results
 
 
