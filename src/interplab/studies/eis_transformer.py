@@ -38,7 +38,7 @@ import torch
 
 from interplab.options import parameter, setting, study_command
 from interplab.analysis.directions import (
-    ThresholdRule, fit_threshold_rule, gradient_subspace, lift_rule, readout_basis, subspace_r2,
+    ThresholdRule, fit_rule_in_subspace, fit_threshold_rule, gradient_subspace, readout_basis, subspace_r2,
 )
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
 from interplab.analysis.pca import pca
@@ -284,10 +284,8 @@ def run(
     g_full, share_full = gradient_subspace(model, inputs, SITE, 2, **fwd)
     g_fixed, share_fixed = gradient_subspace(model, inputs, SITE, 2, fwd_hooks=hooks, **fwd)
     res["grad_subspace_share_full"], res["grad_subspace_share_fixed"] = float(share_full.sum()), float(share_fixed.sum())
-    scrub_rule_full = lift_rule(fit_threshold_rule((mid - mid.mean(0)) @ g_full, pred.bool(), seed=seed), g_full.T,
-                                mid.mean(0))
-    scrub_rule_fixed = lift_rule(fit_threshold_rule((mid_fixed - mid_fixed.mean(0)) @ g_fixed, pred_fixed.bool(),
-                                                    seed=seed), g_fixed.T, mid_fixed.mean(0))
+    scrub_rule_full = fit_rule_in_subspace(mid, pred.bool(), g_full, seed=seed)
+    scrub_rule_fixed = fit_rule_in_subspace(mid_fixed, pred_fixed.bool(), g_fixed, seed=seed)
     res["scrub_rule_agree_full"] = scrub_rule_full.agreement(mid, pred)
     res["scrub_rule_agree_fixed"] = scrub_rule_fixed.agreement(mid_fixed, pred_fixed)
     # how much of each fitted readout the MLP's 2-d gradient subspace explains (R^2, mean over the two)
