@@ -32,14 +32,14 @@ import matplotlib.pyplot as plt
 import torch
 
 from interplab.options import setting, study_command
-from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
+from interplab.analysis.heads import corrupted_first_copy, heads_above, induction_scores, previous_token_scores, repeated_tokens
 from interplab.interventions.attribution import compare_attribution
 from interplab.interventions.diagnostics import missed_effects
 from interplab.io import write_results
 from interplab.models import Transformer
 from interplab.report import Report, announce
 from interplab.tasks import Task
-from interplab.tasks.sequences import induction_task, min_max_task
+from interplab.tasks.sequences import induction_task, min_max_prompt_pairs, min_max_task
 from interplab.numerics import numerics
 from interplab.train import TrainConfig, train
 
@@ -77,9 +77,7 @@ def _induction_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     acc = task.evaluate(model)["test_acc"]
     probe = repeated_tokens(n_values, length, 200, bos=n_values, seed=seed + 1)
     ind, prev = induction_scores(model, probe, length), previous_token_scores(model, probe)
-    clean = repeated_tokens(n_values, length, n_prompts, bos=n_values, seed=seed + 2)
-    other = repeated_tokens(n_values, length, n_prompts, bos=n_values, seed=seed + 3)
-    corrupted = torch.cat([clean[:, :1], other[:, 1:length + 1], clean[:, length + 1:]], dim=1)
+    clean, corrupted = corrupted_first_copy(n_values, length, n_prompts, bos=n_values, seed=seed + 2)
     positions = torch.arange(length + 1, 2 * length)  # second copy: r_1..r_{L-1} predict r_2..r_L
     labels = clean[:, 2:length + 1]
 
@@ -105,17 +103,8 @@ def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     model = _train(task, cfg, TrainConfig(epochs=60, lr=3e-3, weight_decay=0.01, batch_size=128, seed=seed,
                                           log_every=20), seed, quiet)
     acc = task.evaluate(model)["test_acc"]
-    g = torch.Generator().manual_seed(seed + 4)
-    a = torch.randint(n_values, (4 * n_prompts,), generator=g)
-    b = torch.randint(n_values, (4 * n_prompts,), generator=g)
-    keep = (a - b).abs() >= 2
-    a, b = a[keep][:n_prompts], b[keep][:n_prompts]
-    op = torch.arange(len(a)) % 2  # 0 = MIN, 1 = MAX
-    clean = torch.stack([a, b, n_values + op], 1)
-    corrupted = torch.stack([a, b, n_values + 1 - op], 1)
-    answer = torch.where(op == 0, torch.minimum(a, b), torch.maximum(a, b))
-    wrong = torch.where(op == 0, torch.maximum(a, b), torch.minimum(a, b))
-    rows = torch.arange(len(a))
+    clean, corrupted, answer, wrong = min_max_prompt_pairs(n_values, n_prompts, seed=seed + 4)
+    rows = torch.arange(len(clean))
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         last = logits[:, -1]
