@@ -208,8 +208,6 @@ def _hypotheses(rule: ThresholdRule, basis: torch.Tensor) -> list[Hypothesis]:
     return [Hypothesis(SITE, groups[name], basis=basis, rest="free", name=name) for name in SETTINGS]
 
 
-@numerics()
-@torch.no_grad()
 @dataclass
 class _Readout:
     """resid_mid of one model variant (full or fixed attention) and the rules fitted on it."""
@@ -232,6 +230,7 @@ def _readout_analysis(model: Any, inputs: torch.Tensor, target: torch.Tensor, ho
 
 
 @numerics()
+@torch.no_grad()
 def run(
     out_dir: PathLike,
     labels: str | None = FULL.labels,
