@@ -26,6 +26,7 @@ ROOT = "interplab"
 # lowest first; a module belongs to the group whose name is its longest matching prefix
 LAYERS: list[list[str]] = [
     ["interplab.errors"],
+    ["interplab.devices"],
     ["interplab.io"],
     ["interplab.models", "interplab.instrument", "interplab.data"],
     ["interplab.runs", "interplab.report", "interplab.tasks"],

@@ -41,6 +41,7 @@ from greenlet import greenlet
 from torch import Tensor
 from transformer_lens import HookedRootModule
 
+from interplab.devices import model_device
 from interplab.errors import InterplabError, check
 
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -79,9 +80,9 @@ class Site:
     def write(self, act: Tensor, rows: Tensor) -> Tensor:
         """A copy of ``act`` with the rows :meth:`read` takes replaced by ``rows``."""
         if self.position is None:
-            return rows.reshape(act.shape).to(act.dtype)
+            return rows.reshape(act.shape).to(act)
         out = act.clone()
-        out[:, self.position] = rows.reshape(out[:, self.position].shape).to(act.dtype)
+        out[:, self.position] = rows.reshape(out[:, self.position].shape).to(act)
         return out
 
 
@@ -102,6 +103,12 @@ def _check_names(model: HookedRootModule, names: NameFilter) -> None:
     wanted = [names] if isinstance(names, str) else list(names)
     unknown = [n for n in wanted if n not in model.hook_dict]
     check(not unknown, f"The model has no site named {unknown[0]!r}." if unknown else "")
+
+
+def _on_device(model: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Positional tensor arguments moved to the model's device (dtypes are the model's business)."""
+    device = model_device(model)
+    return tuple(a.to(device) if isinstance(a, Tensor) else a for a in args)
 
 
 def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hooks: Hooks = (),
@@ -135,7 +142,7 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hoo
         return act
 
     hooks = [*fwd_hooks, *((n, save) for n in model.hook_dict if keep(n))]
-    out = model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
+    out = model.run_with_hooks(*_on_device(model, args), fwd_hooks=hooks, **kwargs)
     return out, acts
 
 
@@ -193,6 +200,7 @@ def run_batches(model: HookedRootModule, inputs: Tensor, batch_size: int = 4096,
     check(batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
     values = dict(values or {})
     _check_names(model, list(values))
+    device = model_device(model)
     for start in range(0, len(inputs), batch_size):
         rows = slice(start, start + batch_size)
         hooks = list(fwd_hooks)
@@ -200,10 +208,10 @@ def run_batches(model: HookedRootModule, inputs: Tensor, batch_size: int = 4096,
             def put(act: Tensor, hook: Any, part: Tensor = value[rows], site: str = site) -> Tensor:
                 check(act.shape == part.shape, f"A value of shape {tuple(part.shape)} does not fit site {site} "
                       f"of shape {tuple(act.shape)} in this batch.")
-                return part.to(act.dtype)
+                return part.to(act)
 
             hooks.append((site, put))
-        yield rows, model.run_with_hooks(inputs[rows], fwd_hooks=hooks, **forward_kwargs)
+        yield rows, model.run_with_hooks(inputs[rows].to(device), fwd_hooks=hooks, **forward_kwargs)
 
 
 @torch.no_grad()
@@ -232,13 +240,13 @@ def masked_patch(act: Tensor, value: Tensor, mask: Tensor | None = None) -> Tens
         >>> masked_patch(a, v, torch.tensor([True, False, True])).tolist()
         [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
     """
-    value = value.to(act.dtype)
+    value = value.to(act)
     if mask is None:
         check(value.shape == act.shape or value.dim() <= act.dim(),
               f"A patch of shape {tuple(value.shape)} does not fit a site of shape {tuple(act.shape)}.")
         return value.expand_as(act) if value.shape != act.shape else value
     try:
-        return torch.where(mask.to(torch.bool), value, act)
+        return torch.where(mask.to(device=act.device, dtype=torch.bool), value, act)
     except RuntimeError:
         raise InterplabError(
             f"A patch of shape {tuple(value.shape)} with a mask of shape {tuple(mask.shape)} does not fit "
@@ -280,7 +288,7 @@ def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, 
         (True, True)
     """
     _check_names(model, list(patches))
-    return model.run_with_hooks(*args, fwd_hooks=patch_hooks(patches), **kwargs)
+    return model.run_with_hooks(*_on_device(model, args), fwd_hooks=patch_hooks(patches), **kwargs)
 
 
 # -- trace --------------------------------------------------------------------------------
@@ -403,7 +411,7 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
         >>> grad.shape
         torch.Size([1, 4, 8])
     """
-    return Trace(model, args, kwargs, names)
+    return Trace(model, _on_device(model, args), kwargs, names)
 
 
 __all__ = ["Site", "Hook", "cache", "site_values", "default_readout", "run_batches", "predict", "masked_patch",

@@ -117,7 +117,7 @@ class ConvNet(HookedModel):
             images.dim() == 4 and tuple(images.shape[1:]) == (1, 28, 28),
             f"ConvNet input must have shape [batch, 28, 28] or [batch, 1, 28, 28], got {tuple(images.shape)}.",
         )
-        x = self.hook_input(images.float())
+        x = self.hook_input(images.to(self.fc1.weight.dtype))  # in the model's dtype
         x = self.hook_pool1(F.max_pool2d(self.conv1(x), 2))
         x = self.hook_pool2(F.max_pool2d(self.conv2(x), 2))
         x = self.fc1(x.flatten(1))

@@ -86,7 +86,7 @@ class MLP(HookedModel):
             x.dim() == 2 and x.shape[1] == self.cfg.d_in,
             f"MLP input must have shape [batch, {self.cfg.d_in}], got {tuple(x.shape)}.",
         )
-        x = self.hook_input(x.float())
+        x = self.hook_input(x.to(self.W_U.dtype))  # integer or float inputs, in the model's dtype
         for layer in self.layers:
             x = layer(x)
         logits = x @ self.W_U

@@ -258,7 +258,8 @@ class Transformer(HookedModel):
         """Turn readout positions (negative allowed) into a sorted-as-given index tensor."""
         if positions is None:
             return None
-        idx = torch.as_tensor([positions] if isinstance(positions, int) else positions, dtype=torch.long).flatten()
+        idx = torch.as_tensor([positions] if isinstance(positions, int) else positions, dtype=torch.long,
+                              device=self.W_E.device).flatten()
         check(idx.numel() > 0, "positions must name at least one position.")
         check(
             bool(((idx >= -n) & (idx < n)).all()),
