@@ -83,7 +83,7 @@ class SAE(HookedRootModule):
     def pre_acts(self, x: Tensor) -> Tensor:
         """Encoder pre-activations ``(x - b_dec) @ W_enc + b_enc``, ``[..., d_sae]``."""
         check(x.shape[-1] == self.cfg.d_in, f"SAE input must end in d_in={self.cfg.d_in}, got shape {tuple(x.shape)}.")
-        x = self.hook_sae_input(x)
+        x = self.hook_sae_input(x.to(self.W_enc))  # the SAE's device and dtype
         return self.hook_sae_acts_pre((x - self.b_dec) @ self.W_enc + self.b_enc)
 
     def encode(self, x: Tensor, k: int | None = None) -> Tensor:
@@ -102,7 +102,7 @@ class SAE(HookedRootModule):
 
     def decode(self, f: Tensor) -> Tensor:
         """Reconstruction ``f @ W_dec + b_dec``."""
-        return self.hook_sae_recons(f @ self.W_dec + self.b_dec)
+        return self.hook_sae_recons(f.to(self.W_dec) @ self.W_dec + self.b_dec)
 
     def forward(self, x: Tensor, k: int | None = None) -> Tensor:
         """The reconstruction of ``x`` (top-``k`` readout if ``k`` is given)."""
@@ -114,6 +114,7 @@ class SAE(HookedRootModule):
 
         Example: see the module docstring.
         """
+        x = x.to(self.W_enc)  # the SAE's device and dtype
         pre = self.pre_acts(x)
         f = self.hook_sae_acts_post(F.relu(pre))
         x_hat = self.decode(f)

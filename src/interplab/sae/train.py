@@ -66,7 +66,9 @@ class SAETrainConfig:
     ``l1_warmup_steps``: the L1 coefficient ramps linearly from 0. ``init_b_dec``: ``mean``
     sets ``b_dec`` to the mean of the first buffer, ``zero`` leaves it. ``resample_every``:
     resampling happens at multiples of it, except in the last ``resample_every`` steps, on
-    ``resample_rows`` fresh rows. ``ghost_capped``: use ``exp(min(pre, 0))``.
+    ``resample_rows`` fresh rows. ``ghost_capped``: use ``exp(min(pre, 0))``. ``autocast``: run
+    the forward pass under bfloat16 autocast on the SAE's device (weights and optimizer stay in
+    their dtype). ``tf32``: allow TF32 matmuls on CUDA for the run (no effect elsewhere).
 
     Example:
         >>> SAETrainConfig(dead_fix="ghosts")
@@ -89,6 +91,8 @@ class SAETrainConfig:
     resample_every: int = 500
     resample_rows: int = 4096
     ghost_capped: bool = True
+    autocast: bool = False
+    tf32: bool = False
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 500
@@ -148,6 +152,10 @@ def make_buffer(model: torch.nn.Module, site: Site, sampler: Sampler, cfg: SAETr
     return ActivationBuffer(model, site, sampler, torch.Generator(), size=cfg.buffer_size, model_batch=cfg.model_batch)
 
 
+def _autocast(sae: SAE, enabled: bool) -> Any:
+    return torch.autocast(device_type=sae.W_dec.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def sae_step(
     sae: SAE,
     optimizer: torch.optim.Optimizer,
@@ -156,11 +164,14 @@ def sae_step(
     dead: torch.Tensor | None = None,
     ghost: str | None = None,
     ghost_capped: bool = True,
+    autocast: bool = False,
 ) -> tuple[SAEOutput, torch.Tensor, torch.Tensor | None]:
     """One optimizer step on batch ``x``: loss (plus the ghost term for ``dead`` features when
     ``ghost`` names a variant), backward, decoder-gradient projection, step, renormalization.
 
-    Returns the :class:`SAEOutput`, the total loss and the ghost loss (None without ghost grads).
+    ``x`` is moved to the SAE's device and dtype; ``autocast`` runs the forward pass under
+    bfloat16 autocast. Returns the :class:`SAEOutput`, the total loss and the ghost loss (None
+    without ghost grads).
 
     Example:
         >>> from interplab.sae.model import SAEConfig
@@ -170,11 +181,13 @@ def sae_step(
         >>> aux is None, round(float(sae.W_dec.detach().norm(dim=1).max()), 5)
         (True, 1.0)
     """
-    out = sae.loss(x, l1_coeff)
-    loss = out.loss
-    aux = ghost_loss(sae, x, out, dead, ghost, ghost_capped) if ghost and dead is not None else None
-    if aux is not None:
-        loss = loss + aux
+    x = x.to(sae.W_dec)
+    with _autocast(sae, autocast):
+        out = sae.loss(x, l1_coeff)
+        loss = out.loss
+        aux = ghost_loss(sae, x, out, dead, ghost, ghost_capped) if ghost and dead is not None else None
+        if aux is not None:
+            loss = loss + aux
     if not torch.isfinite(loss):
         raise InterplabError(f"SAE training diverged: the loss became {loss.item()}; try a lower learning rate.")
     optimizer.zero_grad(set_to_none=True)
@@ -206,7 +219,8 @@ def train_sae(
     generator = buffer.generator
     generator.manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
-    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    device = sae.W_dec.device
+    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
     start, metrics, resampled = 0, [], []
     if resume:
         check(out is not None, "resume needs an output directory.")
@@ -217,7 +231,7 @@ def train_sae(
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             buffer.load_state_dict(state["buffer"])
-            since_fired = state["since_fired"].clone()
+            since_fired = state["since_fired"].to(device)
         except (KeyError, RuntimeError, ValueError) as e:
             raise InterplabError(f"Checkpoint {state_path(out)} does not fit this SAE ({str(e)[:80]}).") from None
         start = int(state["epoch"])
@@ -232,7 +246,7 @@ def train_sae(
             buffer.d  # fills the buffer
             assert buffer.rows is not None
             with torch.no_grad():
-                sae.b_dec.copy_(buffer.rows.mean(0))
+                sae.b_dec.copy_(buffer.rows.mean(0, dtype=torch.promote_types(buffer.rows.dtype, torch.float32)))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "train_config.json", {"sae": dataclasses.asdict(sae.cfg), "train": dataclasses.asdict(cfg),
@@ -240,15 +254,18 @@ def train_sae(
         atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
         metrics_file = open(out / "metrics.jsonl", "a")
     t0 = time.perf_counter() - (metrics[-1]["time"] if metrics else 0.0)
+    t_log, step_log = time.perf_counter(), start
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     ghost = cfg.dead_fix.removeprefix("ghost-") if cfg.dead_fix.startswith("ghost-") else None
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=quiet, desc="sae", unit="step")
     done = start
     try:
         for step in bar:
             sae.train()
-            x = buffer.next(cfg.batch_size)
+            x = buffer.next(cfg.batch_size).to(sae.W_dec)
             dead = since_fired >= cfg.dead_window if ghost else None
-            out_, loss, aux = sae_step(sae, optimizer, x, cfg.l1_at(step), dead, ghost, cfg.ghost_capped)
+            out_, loss, aux = sae_step(sae, optimizer, x, cfg.l1_at(step), dead, ghost, cfg.ghost_capped, cfg.autocast)
             with torch.no_grad():
                 fired = (out_.f > 0).any(0)
                 since_fired = torch.where(fired, 0, since_fired + 1)
@@ -262,6 +279,7 @@ def train_sae(
                 if n:
                     resampled.append((done, n))
             if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
+                now = time.perf_counter()
                 with torch.no_grad():
                     var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-30)
                     row = {"step": done, "loss": loss.item(), "mse": out_.mse.item(), "l1": out_.l1.item(),
@@ -269,12 +287,14 @@ def train_sae(
                            "variance_explained": (1 - (x - out_.x_hat).pow(2).sum() / var).item(),
                            "dead": int((since_fired >= cfg.dead_window).sum()),
                            "ghost_loss": aux.item() if aux is not None else 0.0,
-                           "time": round(time.perf_counter() - t0, 3)}
+                           "rows_per_s": round((done - step_log) * cfg.batch_size / max(now - t_log, 1e-9), 1),
+                           "time": round(now - t0, 3)}
+                t_log, step_log = time.perf_counter(), done
                 metrics.append(row)
                 if out is not None:
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
-                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("mse", "l0", "dead")})
+                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("mse", "l0", "dead", "rows_per_s")})
             if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
                 state = {"epoch": done, "model": sae.state_dict(), "optimizer": optimizer.state_dict(),
                          "generator": generator.get_state(), "buffer": buffer.state_dict(),
@@ -283,6 +303,7 @@ def train_sae(
                          "finished": done == cfg.steps}
                 save_torch(state_path(out), state)
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
         bar.close()
         if out is not None:
             metrics_file.close()
