@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from interplab.devices import dtype_name
 from interplab.errors import InterplabError, check
 from interplab.instrument import Site
 from interplab.io import PathLike, atomic_write_bytes, atomic_write_json, save_torch
@@ -250,7 +251,9 @@ def train_sae(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "train_config.json", {"sae": dataclasses.asdict(sae.cfg), "train": dataclasses.asdict(cfg),
-                                                       "site": {"name": buffer.site.name, "position": buffer.site.position}})
+                                                       "site": {"name": buffer.site.name, "position": buffer.site.position},
+                                                       "placement": {"device": str(device),
+                                                                     "dtype": dtype_name(sae.W_dec.dtype)}})
         atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
         metrics_file = open(out / "metrics.jsonl", "a")
     t0 = time.perf_counter() - (metrics[-1]["time"] if metrics else 0.0)
