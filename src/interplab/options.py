@@ -324,7 +324,7 @@ def with_placement(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     Example:
         >>> cmd = with_placement(lambda n, placement: (n, placement.dtype))
-        >>> [p.name for p in inspect.signature(cmd).parameters], cmd(n=1, device="cpu", dtype="float64")
+        >>> list(inspect.signature(cmd).parameters), cmd(n=1, device="cpu", dtype="float64")
         (['n', 'device', 'dtype'], (1, 'float64'))
     """
     from interplab.devices import Placement
