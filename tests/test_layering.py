@@ -28,7 +28,7 @@ LAYERS: list[list[str]] = [
     ["interplab.errors"],
     ["interplab.devices"],
     ["interplab.io"],
-    ["interplab.models", "interplab.instrument", "interplab.data"],
+    ["interplab.models", "interplab.instrument", "interplab.data", "interplab.lm"],
     ["interplab.runs", "interplab.report", "interplab.tasks"],
     ["interplab.analysis"],
     ["interplab.interventions", "interplab.sae"],

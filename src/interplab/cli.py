@@ -46,6 +46,8 @@ STUDIES = {
     "sae-mlp": "interplab.studies.sae_mlp",
     "atp": "interplab.studies.atp",
     "grokking": "interplab.studies.grokking",
+    "fact-finding": "interplab.studies.fact_finding",
+    "embeddings": "interplab.studies.embeddings",
 }
 # Sub-applications living beside the technique they drive, each exposing ``app``.
 SUBAPPS = {"sae": "interplab.sae.cli"}
@@ -190,6 +192,26 @@ def info(run_dir: Path = typer.Argument(..., help="A run directory written by `i
     if ckpt.is_dir():
         history = sorted(ckpt.glob("epoch_*.safetensors"))
         typer.echo(f"checkpoints: {len(history)} in history" + (f", latest {history[-1].name}" if history else ""))
+
+
+@app.command("lm-info")
+def lm_info(
+    model: str = typer.Option(..., "--model", help="A causal language model: a local Hugging Face directory "
+                              "(works offline) or a hub name (needs the network)."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+) -> None:
+    """Load a language model through TransformerLens and print its architecture, sizes and sites."""
+    from interplab.lm import load
+
+    lm_model, tokenizer = load(model, device=device, dtype=dtype)
+    cfg = lm_model.cfg
+    n_params = sum(p.numel() for p in lm_model.parameters())
+    typer.echo(f"model: {model} ({cfg.architecture})")
+    typer.echo(f"layers {cfg.n_layers}, d_model {cfg.d_model}, heads {cfg.n_heads}, d_head {cfg.d_head}, "
+               f"vocabulary {cfg.d_vocab}, context {cfg.n_ctx}, {n_params} parameters")
+    typer.echo(f"tokenizer: {type(tokenizer).__name__}, {len(tokenizer)} tokens; "
+               f"{len(lm_model.hook_dict)} hook names, e.g. blocks.0.hook_resid_pre, blocks.0.attn.hook_z")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

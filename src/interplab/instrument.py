@@ -9,6 +9,9 @@
   values written into sites, and a readout (predicted classes by default);
 - :func:`run_with_patches` / :func:`masked_patch`: overwrite sites with other values, only
   where a boolean mask is true (masked injection);
+- :func:`site_groups` / :func:`write_hooks`: what makes the above work on a TransformerBridge
+  (one hook point known by several names, read once and keyed by the name asked for; writes to
+  ``hook_resid_mid`` that reach both the MLP and the skip connection);
 - :func:`trace`: iterate a forward pass site by site. The forward pass runs in a greenlet that
   switches back to the caller at each hook, so the loop body sees ``site.name`` and
   ``site.value``, may assign ``site.value = ...`` (or ``site.patch(v, mask)``), may keep any
@@ -32,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,6 +115,43 @@ def _on_device(model: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]
     return tuple(a.to(device) if isinstance(a, Tensor) else a for a in args)
 
 
+def _generic(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in ("hook_in", "hook_out")
+
+
+def site_groups(model: HookedRootModule, names: NameFilter = None) -> list[tuple[str, list[str]]]:
+    """The hook points ``names`` selects, once each: ``[(name to hook, [names it is known by])]``.
+
+    A TransformerBridge knows one hook point by several names (``blocks.0.hook_resid_pre`` is
+    an alias of its ``blocks.0.hook_in``); the point is hooked once and reported under every
+    selected name. The name to hook is the TransformerLens one: a specific name
+    (``hook_resid_pre``) before a generic ``hook_in``/``hook_out``, then the shortest. Without
+    explicit names, points the model has switched off (a bridge's ``hook_mlp_in`` unless
+    ``use_hook_mlp_in``) are left out.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> site_groups(MLP(MLPConfig(d_in=3, d_hidden=(4,), d_out=2)), ["layers.0.hook_post"])
+        [('layers.0.hook_post', ['layers.0.hook_post'])]
+    """
+    hook_dict = model.hook_dict
+    if names is None or callable(names):
+        keep = _name_filter(names)
+        wanted = [n for n in hook_dict if keep(n)]
+    else:
+        wanted = list(dict.fromkeys([names] if isinstance(names, str) else names))
+    groups: dict[int, list[str]] = {}
+    for n in wanted:
+        groups.setdefault(id(hook_dict[n]), []).append(n)
+    if names is None or callable(names):
+        # a bridge refuses hooks on points switched off by its config (e.g. hook_mlp_in): leave them out
+        gated = getattr(model, "_gated_hook_reason", None)
+        if gated is not None:
+            groups = {k: g for k, g in groups.items() if gated(hook_dict[g[0]].name or g[0]) is None}
+        return [(min(g, key=lambda n: (_generic(n), len(n))), g) for g in groups.values()]
+    return [(g[0], g) for g in groups.values()]
+
+
 def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hooks: Hooks = (),
           requires_grad: bool = False, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
     """Run ``model(*args, **kwargs)`` and return ``(output, {site: activation})`` for ``names``.
@@ -132,16 +173,16 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hoo
         (['layers.0.hook_post'], torch.Size([5, 4]))
     """
     _check_names(model, names)
-    keep = _name_filter(names)
     acts: dict[str, Tensor] = {}
 
-    def save(act: Tensor, hook: Any) -> Tensor:
+    def save(act: Tensor, hook: Any, known_as: list[str]) -> Tensor:
         if requires_grad and not act.requires_grad:
             act = act.detach().requires_grad_(True)
-        acts[hook.name] = act
-        return act
+        for n in known_as:  # the names asked for, not hook.name (a bridge's canonical name)
+            acts[n] = act
+        return act  # returned, so that the pass uses this very tensor (a bridge reshapes e.g. hook_z)
 
-    hooks = [*fwd_hooks, *((n, save) for n in model.hook_dict if keep(n))]
+    hooks = [*fwd_hooks, *((n, functools.partial(save, known_as=g)) for n, g in site_groups(model, names))]
     out = model.run_with_hooks(*_on_device(model, args), fwd_hooks=hooks, **kwargs)
     return out, acts
 
@@ -200,7 +241,6 @@ def run_batches(model: HookedRootModule, inputs: Tensor, batch_size: int = 4096,
     check(batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
     values = dict(values or {})
     _check_names(model, list(values))
-    device = model_device(model)
     for start in range(0, len(inputs), batch_size):
         rows = slice(start, start + batch_size)
         hooks = list(fwd_hooks)
@@ -210,8 +250,8 @@ def run_batches(model: HookedRootModule, inputs: Tensor, batch_size: int = 4096,
                       f"of shape {tuple(act.shape)} in this batch.")
                 return part.to(act)
 
-            hooks.append((site, put))
-        yield rows, model.run_with_hooks(inputs[rows].to(device), fwd_hooks=hooks, **forward_kwargs)
+            hooks += write_hooks(model, site, put)  # (a bridge's resid_mid: on both paths)
+        yield rows, model.run_with_hooks(*_on_device(model, (inputs[rows],)), fwd_hooks=hooks, **forward_kwargs)
 
 
 @torch.no_grad()
@@ -275,6 +315,40 @@ def patch_hooks(patches: Mapping[str, Patch]) -> list[tuple[str, Callable[..., T
     return hooks
 
 
+def write_hooks(model: HookedRootModule, site: str, fn: Callable[..., Tensor | None]
+                ) -> list[tuple[str, Callable[..., Tensor | None]]]:
+    """Forward hooks that apply ``fn(act, hook) -> new act`` at ``site`` on the model's real path.
+
+    Usually just ``[(site, fn)]``. A TransformerBridge's ``blocks.{l}.hook_resid_mid`` is its
+    ``ln2.hook_in``: a value written there reaches the MLP but not the skip connection around
+    it. There the write goes through the attention output instead: ``attn_out := fn(resid_pre
+    + attn_out) - resid_pre``, which sets the residual stream between the sublayers for both
+    paths.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=8, n_layers=1, n_heads=2))
+        >>> [name for name, _ in write_hooks(m, "blocks.0.hook_resid_mid", lambda a, hook: a)]
+        ['blocks.0.hook_resid_mid']
+    """
+    if site.startswith("blocks.") and site.endswith(".hook_resid_mid"):
+        prefix = site[: -len("hook_resid_mid")]
+        hook_dict = model.hook_dict
+        if site in hook_dict and hook_dict[site] is hook_dict.get(prefix + "ln2.hook_in"):
+            seen: dict[str, Tensor] = {}
+
+            def keep(act: Tensor, hook: Any) -> Tensor:
+                seen["pre"] = act
+                return act  # (a reading hook returns what it keeps)
+
+            def through_attn_out(act: Tensor, hook: Any) -> Tensor:
+                new = fn(seen["pre"] + act, hook)
+                return act if new is None else new - seen["pre"]
+
+            return [(prefix + "hook_resid_pre", keep), (prefix + "hook_attn_out", through_attn_out)]
+    return [(site, fn)]
+
+
 def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, Patch], **kwargs: Any) -> Tensor:
     """Run ``model`` with sites overwritten by ``patches`` (see :func:`patch_hooks`).
 
@@ -288,7 +362,8 @@ def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, 
         (True, True)
     """
     _check_names(model, list(patches))
-    return model.run_with_hooks(*_on_device(model, args), fwd_hooks=patch_hooks(patches), **kwargs)
+    hooks = [h for name, fn in patch_hooks(patches) for h in write_hooks(model, name, fn)]
+    return model.run_with_hooks(*_on_device(model, args), fwd_hooks=hooks, **kwargs)
 
 
 # -- trace --------------------------------------------------------------------------------
@@ -341,7 +416,7 @@ class Trace:
                  names: NameFilter) -> None:
         _check_names(model, names)
         self.model, self.args, self.kwargs = model, args, kwargs
-        self.keep = _name_filter(names)
+        self.names_arg = names
         self.names: list[str] = []
         self._output: Any = None
         self._finished = False
@@ -354,13 +429,13 @@ class Trace:
         return self._output
 
     def _forward(self, caller: greenlet) -> Any:
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            site = TracedSite(hook.name, act, len(self.names))
-            self.names.append(hook.name)
+        def hook(act: Tensor, hook: Any, name: str) -> Tensor:
+            site = TracedSite(name, act, len(self.names))
+            self.names.append(name)
             caller.switch(site)  # hand the site to the loop body; resume when it asks for the next
             return site._value
 
-        fwd_hooks = [(n, hook) for n in self.model.hook_dict if self.keep(n)]
+        fwd_hooks = [(n, functools.partial(hook, name=n)) for n, _ in site_groups(self.model, self.names_arg)]
         return self.model.run_with_hooks(*self.args, fwd_hooks=fwd_hooks, **self.kwargs)
 
     def __iter__(self) -> Iterator[TracedSite]:
@@ -414,5 +489,5 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     return Trace(model, _on_device(model, args), kwargs, names)
 
 
-__all__ = ["Site", "Hook", "cache", "site_values", "default_readout", "run_batches", "predict", "masked_patch",
-           "patch_hooks", "run_with_patches", "trace", "Trace", "TracedSite"]
+__all__ = ["Site", "Hook", "cache", "site_groups", "site_values", "default_readout", "run_batches", "predict",
+           "masked_patch", "patch_hooks", "write_hooks", "run_with_patches", "trace", "Trace", "TracedSite"]

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from interplab.errors import check
-from interplab.instrument import Hook
+from interplab.instrument import Hook, write_hooks
 
 METHODS = ("zero", "mean", "min", "resample")
 Units = Sequence[int] | Tensor | None
@@ -273,7 +273,7 @@ def ablate(
     check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
     generator = torch.Generator().manual_seed(seed)
     hook = ablation_hook(method, units, basis, reference, sources, generator)
-    return model.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, (site, hook)], **forward_kwargs)
+    return model.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, *write_hooks(model, site, hook)], **forward_kwargs)
 
 
 __all__ = ["METHODS", "coordinates", "replace_coordinates", "resample_indices", "ablated_coordinates",

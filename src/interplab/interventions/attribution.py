@@ -58,8 +58,9 @@ def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, 
     with torch.enable_grad():
         out, acts = cache(model, corrupted, names=sites, fwd_hooks=[(s, stop) for s in stopped], **kw)
         value = metric_value(metric(out))
-        # a stopped site passes no gradient back: its own gradient counts as zero
-        live = [s for s in sites if s not in stopped]
+        # a stopped site passes no gradient back: its own gradient counts as zero; so does a site
+        # outside the graph (e.g. a bridge's rotary cos/sin)
+        live = [s for s in sites if s not in stopped and acts[s].requires_grad]
         grads = dict(zip(live, torch.autograd.grad(value, [acts[s] for s in live], allow_unused=True)))
     return ({s: a.detach() for s, a in acts.items()},
             {s: (torch.zeros_like(acts[s]) if grads.get(s) is None else grads[s]) for s in sites})
@@ -70,18 +71,83 @@ def _linear_estimate(spec: NodeKind, clean: dict[str, Tensor], corr: dict[str, T
     return torch.stack([spec.per_unit((clean[s] - corr[s]) * grads[s]) for s in spec.sites])
 
 
+def _scale(model: torch.nn.Module, layer: int) -> float:
+    """The factor on ``q . k`` in the attention scores (``attn.scale``, else from the config)."""
+    attn = model.blocks[layer].attn
+    if hasattr(attn, "scale"):
+        return float(attn.scale)
+    cfg = model.cfg
+    if not getattr(cfg, "use_attn_scale", True):
+        return 1.0
+    a = getattr(cfg, "attn_scale", -1.0)
+    return 1.0 / (a if a and a > 0 else cfg.d_head ** 0.5)
+
+
+def _rotary(model: torch.nn.Module, acts: dict[str, Tensor], layer: int, x: Tensor) -> Tensor:
+    """Rotary position embedding of ``x`` [b, pos, heads, d_head] with the layer's hooked cos/sin
+    (Hugging Face convention: the first ``rd`` dimensions rotated in halves; identity without rotary)."""
+    cos, sin = acts.get(f"blocks.{layer}.attn.hook_cos"), acts.get(f"blocks.{layer}.attn.hook_sin")
+    if getattr(model.cfg, "positional_embedding_type", "") != "rotary" or cos is None or sin is None:
+        return x
+    rd = cos.shape[-1]
+    cos, sin = cos[..., : x.shape[1], None, :], sin[..., : x.shape[1], None, :]  # [b|1, pos, 1, rd]
+    r, rest = x[..., :rd], x[..., rd:]
+    r1, r2 = r[..., : rd // 2], r[..., rd // 2:]
+    return torch.cat([r * cos + torch.cat([-r2, r1], -1) * sin, rest], -1)
+
+
+def _heads(x: Tensor, n_heads: int) -> Tensor:
+    """Key/value heads repeated for the query heads they serve (grouped-query attention)."""
+    return x if x.shape[2] == n_heads else x.repeat_interleave(n_heads // x.shape[2], dim=2)
+
+
+def _qk(model: torch.nn.Module, acts: dict[str, Tensor], layer: int, which: str, pos_acts: dict[str, Tensor]) -> Tensor:
+    """Queries or keys as the scores use them: rotated, and (keys) one per query head."""
+    p = f"blocks.{layer}.attn."
+    x = _rotary(model, pos_acts, layer, acts[p + f"hook_{which}"])
+    return x if which == "q" else _heads(x, acts[p + "hook_q"].shape[2])
+
+
+def _attention_sites(model: torch.nn.Module, layer: int) -> set[str]:
+    p = f"blocks.{layer}.attn."
+    return {p + "hook_q", p + "hook_k", p + "hook_attn_scores", p + "hook_pattern"} | {
+        p + h for h in ("hook_cos", "hook_sin") if p + h in model.hook_dict}
+
+
+def _check_recomputation(model: torch.nn.Module, corr: dict[str, Tensor], layer: int) -> None:
+    """Refuse AtP*'s exact attention step unless ``scale * q . k`` of the hooked (rotated, grouped)
+    queries and keys reproduces the model's own attention scores on the corrupted input."""
+    p = f"blocks.{layer}.attn."
+    s_x = corr[p + "hook_attn_scores"]
+    mine = torch.einsum("bqhd,bkhd->bhqk", _qk(model, corr, layer, "q", corr), _qk(model, corr, layer, "k", corr))
+    mine = mine * _scale(model, layer)
+    ok = torch.isfinite(s_x)
+    err = (mine - s_x)[ok].abs().max().item() if ok.any() else 0.0
+    tol = max(1e-4, 16 * torch.finfo(s_x.dtype).eps) * max(1.0, s_x[ok].abs().max().item() if ok.any() else 1.0)
+    check(err <= tol,
+          f"AtP*'s exact attention step cannot reproduce layer {layer}'s attention scores from its hooked queries "
+          f"and keys (off by {err:.2g}); use atp or activation_patching for q, k and per-position resid_pre nodes.")
+
+
+def _group_heads(x: Tensor, n_units: int) -> Tensor:
+    """Sum per-query-head estimates ``[H, ...]`` into the ``n_units`` key/value heads they share."""
+    return x if x.shape[0] == n_units else x.reshape(n_units, -1, *x.shape[1:]).sum(1)
+
+
 def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str, Tensor], corr: dict[str, Tensor],
                         grads: dict[str, Tensor], per_position: bool) -> Tensor:
     """AtP* for query/key nodes: exact softmax with the patched q or k, linear after the pattern."""
     rows = []
     for layer, site in enumerate(spec.sites):
         prefix = f"blocks.{layer}.attn."
-        q_x, k_x = corr[prefix + "hook_q"], corr[prefix + "hook_k"]
-        q_or_k_clean = clean[site]
+        _check_recomputation(model, corr, layer)
+        n_units = corr[site].shape[2]
+        q_x, k_x = _qk(model, corr, layer, "q", corr), _qk(model, corr, layer, "k", corr)
+        q_or_k_clean = _qk(model, clean, layer, spec.kind, corr)
         s_x = corr[prefix + "hook_attn_scores"]  # [b, H, q, k], -inf where masked
         p_x, g = corr[prefix + "hook_pattern"], grads[prefix + "hook_pattern"]
         masked = torch.isinf(s_x)
-        scale = model.blocks[layer].attn.scale
+        scale = _scale(model, layer)
         if spec.kind == "q":
             s_new = torch.einsum("bqhd,bkhd->bhqk", q_or_k_clean, k_x) * scale
         else:
@@ -89,7 +155,7 @@ def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str,
         s_new = s_new.masked_fill(masked, float("-inf"))
         if spec.kind == "q" or not per_position:
             diff = (s_new.softmax(-1) - p_x) * g  # [b, H, q, k]
-            rows.append(diff.sum((0, 2, 3)) if not per_position else diff.sum((0, 3)))
+            rows.append(_group_heads(diff.sum((0, 2, 3)) if not per_position else diff.sum((0, 3)), n_units))
             continue
         # one key position j patched at a time: column j of the scores takes its new value
         n_k = s_x.shape[-1]
@@ -99,13 +165,33 @@ def _attention_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str,
             s_all = torch.where(eye, s_new[:, h, None], s_x[:, h, None])  # [b, j, q, k]
             d = (s_all.softmax(-1) - p_x[:, h, None]) * g[:, h, None]
             per_head.append(d.nan_to_num().sum((0, 2, 3)))
-        rows.append(torch.stack(per_head))
+        rows.append(_group_heads(torch.stack(per_head), n_units))
     return torch.stack(rows)
 
 
+def _parallel(model: torch.nn.Module) -> bool:
+    """Attention and MLP both read the layer's input (GPT-NeoX/Pythia, GPT-J)."""
+    return bool(getattr(model.cfg, "parallel_attn_mlp", False))
+
+
 def _skip_site(model: torch.nn.Module, layer: int) -> str:
+    if _parallel(model):  # everything but attention: the input's total gradient minus attention's share
+        return f"blocks.{layer}.ln1.hook_out"
     mid = f"blocks.{layer}.hook_resid_mid"
     return mid if mid in model.hook_dict else f"blocks.{layer}.hook_resid_post"
+
+
+def _skip_term(model: torch.nn.Module, layer: int, site: str, delta: Tensor, corr: dict[str, Tensor],
+               grads: dict[str, Tensor]) -> Tensor:
+    """The first-order effect ``[n]`` of ``delta`` at each position along every path but the attention
+    sublayer's: through the gradient after attention, or, when attention and MLP run in parallel, the
+    input's total gradient minus the part that flows back through the attention norm (a VJP of ``ln1``)."""
+    if not _parallel(model):
+        return (delta * grads[_skip_site(model, layer)]).sum((0, 2))
+    with torch.enable_grad():
+        x = corr[site].detach().requires_grad_(True)
+        (through_attn,) = torch.autograd.grad(model.blocks[layer].ln1(x), x, grad_outputs=grads[_skip_site(model, layer)])
+    return (delta * (grads[site] - through_attn)).sum((0, 2))
 
 
 def _resid_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str, Tensor], corr: dict[str, Tensor],
@@ -113,17 +199,22 @@ def _resid_estimate(model: torch.nn.Module, spec: NodeKind, clean: dict[str, Ten
     """AtP* for residual nodes before a layer, per position: position ``j``'s clean residual gives
     the clean ``q``, ``k``, ``v`` at ``j`` (the norm is per position), so the heads' outputs ``z``
     with them patched in are recomputed exactly; the step from ``z`` onwards and the skip
-    connection (gradient after the attention sublayer) stay linear."""
+    connection (gradient after the attention sublayer; with attention and MLP in parallel, the
+    input's gradient less the attention norm's share) stay linear."""
     rows = []
     for layer, site in enumerate(spec.sites):
         p = f"blocks.{layer}.attn."
+        _check_recomputation(model, corr, layer)
         delta = clean[site] - corr[site]  # [b, n, d]
-        skip = (delta * grads[_skip_site(model, layer)]).sum((0, 2))  # [n]
-        q_c, k_c, v_c = clean[p + "hook_q"], clean[p + "hook_k"], clean[p + "hook_v"]
-        q_x, k_x, v_x = corr[p + "hook_q"], corr[p + "hook_k"], corr[p + "hook_v"]
+        skip = _skip_term(model, layer, site, delta, corr, grads)  # [n]
+        n_heads = corr[p + "hook_q"].shape[2]
+        q_c, k_c, v_c = (_qk(model, clean, layer, "q", corr), _qk(model, clean, layer, "k", corr),
+                         _heads(clean[p + "hook_v"], n_heads))
+        q_x, k_x, v_x = (_qk(model, corr, layer, "q", corr), _qk(model, corr, layer, "k", corr),
+                         _heads(corr[p + "hook_v"], n_heads))
         s_x, p_x = corr[p + "hook_attn_scores"], corr[p + "hook_pattern"]
         z_x, g_z = corr[p + "hook_z"], grads[p + "hook_z"]
-        masked, scale = torch.isinf(s_x), model.blocks[layer].attn.scale
+        masked, scale = torch.isinf(s_x), _scale(model, layer)
         col = torch.einsum("bqhd,bkhd->bhqk", q_x, k_c) * scale  # queries as corrupted, key j clean
         row = torch.einsum("bqhd,bkhd->bhqk", q_c, k_x) * scale  # query j clean, keys as corrupted
         both = torch.einsum("bqhd,bqhd->bhq", q_c, k_c) * scale  # query j and key j clean
@@ -152,10 +243,14 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
     resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"
                    and not kw.get("positions")]
+    check(not resid_kinds or not _parallel(model) or all(_skip_site(model, layer) in model.hook_dict
+                                                           for layer in range(model.cfg.n_layers)),
+          "AtP* needs the attention norm's output (ln1.hook_out) to separate per-position resid_pre nodes' "
+          "attention path in this parallel-attention model; use atp or activation_patching for them.")
     for spec in attn_kinds + resid_kinds:
         for layer in range(len(spec.sites)):
             p = f"blocks.{layer}.attn."
-            sites |= {p + "hook_q", p + "hook_k", p + "hook_attn_scores", p + "hook_pattern"}
+            sites |= _attention_sites(model, layer)
             if spec in resid_kinds:
                 sites |= {p + "hook_v", p + "hook_z", _skip_site(model, layer)}
     sites_list = sorted(sites)
@@ -287,7 +382,7 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
     kw = model_kwargs or {}
     cfg = model.cfg
     check(kind == "head" or not cfg.attn_only, "An attention-only model has no neurons to attribute to.")
-    n_out = cfg.vocab_out
+    n_out = getattr(cfg, "vocab_out", None) or cfg.d_vocab_out  # (a bridge's config: d_vocab_out)
     check(direction.shape[-1] == n_out and direction.dim() in (1, 2),
           f"direction must have shape [{n_out}] or [batch, {n_out}], got {tuple(direction.shape)}.")
     L = cfg.n_layers
@@ -303,8 +398,10 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
         dirs = direction.to(model.W_U.dtype)
         read = back(dirs[None].expand(tokens.shape[0], -1) if dirs.dim() == 1 else dirs, model.W_U)  # [b, d_model]
         if has_ln:  # LayerNorm centres, divides by its (frozen) scale and multiplies by w
-            read = read * model.ln_final.w
-            read = read - read.mean(-1, keepdim=True)
+            w = getattr(model.ln_final, "w", None)
+            read = read if w is None else read * w
+            if not str(getattr(cfg, "normalization_type", "") or "").startswith("RMS"):  # RMSNorm does not centre
+                read = read - read.mean(-1, keepdim=True)
             scale = acts["ln_final.hook_scale"]  # [batch, pos', 1]
         out = []
         for layer in range(L):

@@ -21,9 +21,10 @@ neuron          ``blocks.{l}.mlp.hook_post``         [layer, neuron]   [layer, n
 estimates of the same grids (AtP, AtP*) from a few passes.
 
 Path patching (:func:`path_patching`) restores a sender's clean output only along its
-direct path into chosen receivers (heads' q/k/v inputs, or the logits): each receiver
-sees the corrupted residual stream plus the sender's clean-minus-corrupted output, and
-nothing else changes upstream of the receivers.
+direct path into chosen receivers (heads' q/k/v inputs, MLP inputs, or the logits): each
+receiver sees the corrupted residual stream plus the sender's clean-minus-corrupted output,
+and nothing else changes upstream of the receivers. With reference inputs instead of a
+corrupted batch, the paths are mean-ablated: the receivers see the sender's mean output.
 
 Example:
     >>> import torch
@@ -51,6 +52,7 @@ from tqdm.auto import tqdm
 from interplab.errors import check
 from interplab.instrument import cache, run_with_patches
 from interplab.interventions.nodes import Metric, as_kinds, metric_value, node_kind
+
 
 def activation_patching(
     model: torch.nn.Module,
@@ -114,20 +116,27 @@ def _sender_site(sender: tuple[int, int | None]) -> str:
 def path_patching(
     model: torch.nn.Module,
     clean: Tensor,
-    corrupted: Tensor,
+    corrupted: Tensor | None,
     metric: Metric,
     sender: tuple[int, int | None],
-    receivers: Sequence[tuple[int, int, str] | str],
+    receivers: Sequence[tuple[int, int, str] | tuple[int, str] | str],
     model_kwargs: dict[str, Any] | None = None,
+    reference: Tensor | None = None,
 ) -> Tensor:
     """Effect of a sender's clean output along its direct paths into ``receivers`` only.
 
     ``sender``: ``(layer, head)`` or ``(layer, None)`` for the MLP of that layer.
-    ``receivers``: ``(layer, head, "q" | "k" | "v")`` for a later head's input, or
-    ``"logits"`` for the direct path to the unembedding. Each receiver's input is recomputed
-    from the corrupted residual stream plus the sender's (clean - corrupted) output, the rest
-    of the network runs as usual on the corrupted input. Returns
-    ``metric(patched) - metric(corrupted)`` (a scalar tensor).
+    ``receivers``: ``(layer, head, "q" | "k" | "v")`` for a later head's input,
+    ``(layer, "mlp")`` for an MLP's input (a later layer's, or the same layer's when the
+    sender is a head), or ``"logits"`` for the direct path to the unembedding. Each
+    receiver's input is recomputed from the corrupted residual stream plus the sender's
+    (clean - corrupted) output, the rest of the network runs as usual on the corrupted input.
+    Returns ``metric(patched) - metric(corrupted)`` (a scalar tensor).
+
+    Mean-ablated paths: with ``reference`` (inputs of the same shape but any batch size) and
+    ``corrupted=None``, the model runs on ``clean`` and each receiver instead sees the
+    sender's output replaced by its mean over ``reference`` (per position); the return value
+    is then ``metric(path-ablated) - metric(clean)``.
 
     Example:
         >>> import torch
@@ -141,6 +150,10 @@ def path_patching(
         >>> direct = activation_patching(m, clean, corrupt, metric, "z")[0, 1]
         >>> bool(torch.isclose(total, direct, atol=1e-5))
         True
+        >>> m2 = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=16, n_layers=2, n_heads=2, d_mlp=32))
+        >>> via_mlp = path_patching(m2, clean, None, metric, (0, 0), [(0, "mlp"), (1, "mlp")], reference=corrupt)
+        >>> via_mlp.shape
+        torch.Size([])
     """
     kw = model_kwargs or {}
     cfg = model.cfg
@@ -148,46 +161,81 @@ def path_patching(
     check(0 <= s_layer < cfg.n_layers, f"Sender layer {s_layer} is out of range (the model has {cfg.n_layers}).")
     check(s_head is None or 0 <= s_head < cfg.n_heads, f"Sender head {s_head} is out of range.")
     check(s_head is not None or not cfg.attn_only, "The model has no MLP to send from.")
-    parsed: list[tuple[int, int, str] | str] = []
+    check((corrupted is None) != (reference is None),
+          "Give either corrupted inputs or reference inputs for mean-ablated paths (one of the two).")
+    parsed: list[tuple[int, int, str] | tuple[int, str] | str] = []
     for r in receivers:
         if r == "logits":
             parsed.append("logits")
             continue
+        if isinstance(r, tuple) and len(r) == 2 and r[1] == "mlp":
+            layer = r[0]
+            check(not cfg.attn_only, "The model has no MLP to receive.")
+            after = isinstance(layer, int) and (s_layer < layer < cfg.n_layers or (layer == s_layer and s_head is not None))
+            check(after, f"Receiver {r!r} must be an MLP after the sender (layer {s_layer}, or the same layer for a head).")
+            parsed.append(r)
+            continue
         check(isinstance(r, tuple) and len(r) == 3 and r[2] in ("q", "k", "v"),
-              f"A receiver must be (layer, head, 'q'|'k'|'v') or 'logits', got {r!r}.")
+              f"A receiver must be (layer, head, 'q'|'k'|'v'), (layer, 'mlp') or 'logits', got {r!r}.")
         layer, head, _ = r
-        check(s_layer < layer < cfg.n_layers and 0 <= head < cfg.n_heads,
+        n_units = cfg.n_heads if r[2] == "q" else (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+        check(s_layer < layer < cfg.n_layers and 0 <= head < n_units,
               f"Receiver {r!r} must be a head in a layer after the sender's ({s_layer}).")
         parsed.append(r)
     L = cfg.n_layers - 1
-    names = {_sender_site(sender)} | {f"blocks.{r[0]}.hook_resid_pre" for r in parsed if r != "logits"}
+    base_input = clean if corrupted is None else corrupted
+    names = {_sender_site(sender)} | {f"blocks.{r[0]}.hook_resid_pre" for r in parsed if len(r) == 3}
+    names |= {f"blocks.{r[0]}.hook_resid_mid" for r in parsed if len(r) == 2}
     names.add(f"blocks.{L}.hook_resid_post")
     with torch.no_grad():
-        _, clean_acts = cache(model, clean, names=list(names), **kw)
-        corrupt_out, corr_acts = cache(model, corrupted, names=list(names), **kw)
-        base = metric_value(metric(corrupt_out))
-        delta = _component_output(model, clean_acts, sender) - _component_output(model, corr_acts, sender)
-        n = corrupted.shape[1]
+        base_out, base_acts = cache(model, base_input, names=list(names), **kw)
+        base = metric_value(metric(base_out))
+        if reference is None:
+            _, clean_acts = cache(model, clean, names=list(names), **kw)
+            delta = _component_output(model, clean_acts, sender) - _component_output(model, base_acts, sender)
+        else:
+            check(reference.shape[1:] == clean.shape[1:], f"reference inputs must have shape [*, "
+                  f"{', '.join(map(str, clean.shape[1:]))}], got {tuple(reference.shape)}.")
+            _, ref_acts = cache(model, reference, names=[_sender_site(sender)], **kw)
+            mean = _component_output(model, ref_acts, sender).mean(0, keepdim=True)
+            delta = mean - _component_output(model, base_acts, sender)
+        n = base_input.shape[1]
         q_pos = model.positions_index(kw.get("positions"), n) if hasattr(model, "positions_index") else None
+        # the readout positions of the sender's change (a last-layer sender has only those already)
+        at_readout = delta if q_pos is None or s_layer == L else delta[:, q_pos]
         hooks: list[tuple[str, Callable[..., Tensor]]] = []
         for r in parsed:
             if r == "logits":
-                d = delta if q_pos is None else delta[:, q_pos]
+                d = at_readout
 
                 def add(act: Tensor, hook: Any, d: Tensor = d) -> Tensor:
                     return act + d.to(act.dtype)
 
                 hooks.append((f"blocks.{L}.hook_resid_post", add))
                 continue
+            if len(r) == 2:  # an MLP receiver: its pre-activations from the shifted residual stream
+                layer = int(r[0])
+                block = model.blocks[layer]
+                d = at_readout if layer == L else delta
+                pre = block.ln2(base_acts[f"blocks.{layer}.hook_resid_mid"] + d) @ block.mlp.W_in
+                if block.mlp.bias:
+                    pre = pre + block.mlp.b_in
+
+                def set_pre(act: Tensor, hook: Any, pre: Tensor = pre) -> Tensor:
+                    return pre.to(act.dtype)
+
+                hooks.append((f"blocks.{layer}.mlp.hook_pre", set_pre))
+                continue
             layer, head, which = r
             block = model.blocks[layer]
-            x = block.ln1(corr_acts[f"blocks.{layer}.hook_resid_pre"] + delta)
+            x = block.ln1(base_acts[f"blocks.{layer}.hook_resid_pre"] + delta)
             if which == "q" and layer == L and q_pos is not None:
                 x = x[:, q_pos]
             W = getattr(block.attn, f"W_{which.upper()}")[head]
             new = x @ W
-            if block.attn.bias:
-                new = new + getattr(block.attn, f"b_{which.upper()}")[head]
+            bias = getattr(block.attn, f"b_{which.upper()}", None) if getattr(block.attn, "bias", True) else None
+            if bias is not None:  # (a bridge has no `bias` flag; its b_Q/b_K/b_V are None without biases)
+                new = new + bias[head]
 
             def replace(act: Tensor, hook: Any, new: Tensor = new, head: int = head) -> Tensor:
                 act = act.clone()
@@ -195,7 +243,7 @@ def path_patching(
                 return act
 
             hooks.append((f"blocks.{layer}.attn.hook_{which}", replace))
-        patched = model.run_with_hooks(corrupted, fwd_hooks=hooks, **kw)
+        patched = model.run_with_hooks(base_input, fwd_hooks=hooks, **kw)
         return metric_value(metric(patched)) - base
 
 

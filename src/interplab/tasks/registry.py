@@ -84,7 +84,7 @@ LENGTH = Option("(induction, previous-token) Sequence length.", {"ge": 2, "le": 
 
 
 def _register_builtin() -> None:
-    from interplab.tasks import memorization, modular, pair_labels, sequences
+    from interplab.tasks import memorization, modular, names, pair_labels, sequences
 
     modular_train = {"epochs": 3000, "lr": 1e-3, "weight_decay": 10.0}
     for name, op in (("modular-addition", "+"), ("modular-subtraction", "-"), ("modular-division", "/")):
@@ -113,6 +113,13 @@ def _register_builtin() -> None:
                        "n_classes": Option("(memorization) Number of random labels.", {"ge": 2, "le": 100_000}),
                        "frac_train": FRAC},
                       {"epochs": 500, "lr": 1e-3, "weight_decay": 0.0}))
+    register(TaskSpec("two-token-names", names.two_token_names_task,
+                      {"n_first": Option("(two-token-names) First-name tokens.", {"ge": 2, "le": 100_000}),
+                       "n_last": Option("(two-token-names) Last-name tokens.", {"ge": 2, "le": 100_000}),
+                       "n_names": Option("(two-token-names) Names, each a random (first, last) pair.",
+                                         {"ge": 1, "le": 10_000_000}),
+                       "n_attributes": Option("(two-token-names) Attribute values.", {"ge": 2, "le": 100_000})},
+                      {"epochs": 3000, "lr": 3e-3, "weight_decay": 0.1}))
 
 
 _register_builtin()
