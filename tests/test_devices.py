@@ -289,3 +289,26 @@ def test_cli_train_records_device_and_dtype(device, tmp_path):
     assert e.value.code == 0
     placement = json.loads((tmp_path / "r" / "config.json").read_text())["placement"]
     assert placement["device"].startswith(device) and placement["dtype"] == "float64"
+
+
+# -- studies --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device,dtype", [c for c in CASES if c.id != "cpu-float32"])  # float32 CPU: test_studies_*
+def test_grokking_study_trains_where_asked(device, dtype, tmp_path):
+    from interplab.studies import grokking
+
+    r = grokking.run(tmp_path, p=11, max_epochs=30, checkpoint_every=10, quiet=True, device=device,
+                     dtype=str(dtype).removeprefix("torch."))
+    assert r["epochs_trained"] == 30 and 0.0 <= r["final_test_acc"] <= 1.0
+    placement = json.loads((tmp_path / "config.json").read_text())["placement"]
+    assert placement["device"].startswith(device) and placement["dtype"] == str(dtype).removeprefix("torch.")
+
+
+def test_studies_that_train_offer_device_and_dtype():
+    from typer.testing import CliRunner
+
+    from interplab.cli import _register, app
+
+    _register()
+    out = CliRunner().invoke(app, ["study", "grokking", "--help"], terminal_width=200).output
+    assert "--device" in out and "--dtype" in out

@@ -262,7 +262,8 @@ def study_command(settings_cls: type, run: Callable[..., Any], presets: dict[str
     ``run(out, **{settings_arg: settings}, **extra, quiet=quiet)`` when ``settings_arg`` is given.
 
     An option not given takes its value from the chosen preset (``full``, or ``quick`` with
-    ``--quick``).
+    ``--quick``). When ``run`` takes ``device`` and ``dtype`` arguments, the command also gets
+    ``--device``/``--dtype`` (:func:`placement_options`) and passes them on.
 
     Example:
         >>> import dataclasses
@@ -292,6 +293,9 @@ def study_command(settings_cls: type, run: Callable[..., Any], presets: dict[str
         params.append(parameter(name, hints[name], None, helps[name], f.metadata.get("bounds"), f.metadata.get("flag")))
     params.extend(extra)
     extra_names = [p.name for p in extra]
+    if {"device", "dtype"} <= set(inspect.signature(run).parameters):  # a study that can run on a GPU
+        params.extend(placement_options())
+        extra_names += ["device", "dtype"]
 
     def body(out: Path, quiet: bool, quick: bool = False, **kwargs: Any) -> Any:
         preset = presets["quick"] if quick else full
