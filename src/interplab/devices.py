@@ -141,6 +141,16 @@ def to_model(x: Any, model: torch.nn.Module) -> Any:
     return x.to(model_device(model))
 
 
+def to_device(x: Any, device: torch.device) -> Any:
+    """``x`` moved to ``device`` when it is a tensor; anything else (a list of prompts) unchanged.
+
+    Example:
+        >>> to_device(torch.ones(1), torch.device("cpu")).device, to_device(["a prompt"], torch.device("cpu"))
+        (device(type='cpu'), ['a prompt'])
+    """
+    return x.to(device) if isinstance(x, torch.Tensor) else x
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a command runs its model: the ``--device`` and ``--dtype`` options of every command
@@ -184,4 +194,4 @@ class Placement:
 
 
 __all__ = ["DEVICES", "DTYPES", "Placement", "cuda_available", "mps_available", "resolve_device", "resolve_dtype",
-           "dtype_name", "model_device", "model_dtype", "to_model"]
+           "dtype_name", "model_device", "model_dtype", "to_model", "to_device"]

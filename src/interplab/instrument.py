@@ -45,7 +45,7 @@ from greenlet import greenlet
 from torch import Tensor
 from transformer_lens import HookedRootModule
 
-from interplab.devices import model_device
+from interplab.devices import model_device, to_device
 from interplab.errors import InterplabError, check
 
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -112,7 +112,7 @@ def _check_names(model: HookedRootModule, names: NameFilter) -> None:
 def _on_device(model: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     """Positional tensor arguments moved to the model's device (dtypes are the model's business)."""
     device = model_device(model)
-    return tuple(a.to(device) if isinstance(a, Tensor) else a for a in args)
+    return tuple(to_device(a, device) for a in args)
 
 
 def _generic(name: str) -> bool:
