@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,40 +74,107 @@ class Site:
     name: str
     position: int | None = None
 
+    def __post_init__(self) -> None:
+        pos = self.position
+        check(pos is None or (isinstance(pos, numbers.Integral) and not isinstance(pos, bool)),
+              f"A site's position must be an int or None, got {pos!r}.")
+        if pos is not None:
+            object.__setattr__(self, "position", int(pos))
+
     def read(self, act: Tensor) -> Tensor:
         """Rows ``[rows, d]``: ``act[:, position]`` or every leading index flattened."""
         if self.position is None:
             return act.reshape(-1, act.shape[-1])
+        self._check_position(act)
+        return act[:, self.position].reshape(-1, act.shape[-1])
+
+    def _check_position(self, act: Tensor) -> None:
         check(act.dim() >= 3, f"Site {self.name} has shape {tuple(act.shape)}, which has no axis 1 to pick "
               f"position {self.position} from.")
-        return act[:, self.position].reshape(-1, act.shape[-1])
+        n = act.shape[1]
+        check(-n <= self.position < n, f"Position {self.position!r} is out of range for site {self.name}, whose axis 1 has length {n}.")
 
     def write(self, act: Tensor, rows: Tensor) -> Tensor:
         """A copy of ``act`` with the rows :meth:`read` takes replaced by ``rows``."""
         if self.position is None:
             return rows.reshape(act.shape).to(act)
+        self._check_position(act)
         out = act.clone()
         out[:, self.position] = rows.reshape(out[:, self.position].shape).to(act)
         return out
 
 
-def _name_filter(names: NameFilter) -> Callable[[str], bool]:
+def units_index(units: int | Sequence[int] | Tensor, d: int) -> Tensor:
+    """Units along a last axis of size ``d`` as a long index tensor (negative allowed, as in Python).
+
+    Accepts one int, any iterable of ints (list, tuple, range, set: in iteration order;
+    repeats kept), an integer tensor or array, or a boolean mask of length ``d``. Raises
+    :class:`InterplabError` for an empty, non-integer or out-of-range value.
+
+    Example:
+        >>> units_index(2, 4).tolist(), units_index(range(1, 3), 4).tolist(), units_index([-1], 4).tolist()
+        ([2], [1, 2], [-1])
+        >>> units_index(torch.tensor([True, False, False, True]), 4).tolist()
+        [0, 3]
+        >>> units_index([0.5], 4)
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: units must be integers, got [0.5].
+    """
+    check(not isinstance(units, (bool, str, bytes, float)), f"units must be an int or a sequence of ints, got {units!r}.")
+    if isinstance(units, numbers.Integral):
+        units = [int(units)]
+    try:
+        idx = torch.as_tensor(units if isinstance(units, Tensor) else list(units))
+    except (TypeError, ValueError, RuntimeError):
+        raise InterplabError(f"units must be an int or a sequence of ints, got {units!r}.") from None
+    check(idx.dim() <= 1, f"units must be one int or a flat sequence of ints, got shape {tuple(idx.shape)}.")
+    idx = idx.reshape(-1)
+    if idx.dtype == torch.bool:
+        check(len(idx) == d, f"A boolean units mask must have length {d}, got {len(idx)}.")
+        idx = idx.nonzero().reshape(-1)
+    check(len(idx) > 0, "units must name at least one unit.")
+    check(not idx.is_floating_point() and not idx.is_complex(), f"units must be integers, got {idx.tolist()}.")
+    idx = idx.long()
+    check(int(idx.min()) >= -d and int(idx.max()) < d, f"units must lie in {-d}..{d - 1}, got {idx.tolist()}.")
+    return idx
+
+
+def site_filter(model: HookedRootModule, names: NameFilter) -> Callable[[str], bool]:
+    """The sites ``names`` selects, as a predicate; checks every named site exists.
+
+    ``names``: None (every site), one site name, any iterable of names (list, tuple, set,
+    generator: read once), or a predicate ``name -> bool``. Raises :class:`InterplabError`
+    for a name the model does not have or a value of another kind.
+
+    Example:
+        >>> from interplab.models import MLP, MLPConfig
+        >>> m = MLP(MLPConfig(d_in=3, d_hidden=(4,), d_out=2))
+        >>> keep = site_filter(m, (n for n in ["hook_input", "hook_logits"]))
+        >>> [n for n in m.hook_dict if keep(n)]
+        ['hook_input', 'hook_logits']
+    """
     if names is None:
         return lambda _: True
     if isinstance(names, str):
-        return lambda n: n == names
-    if callable(names):
+        names = (names,)
+    elif callable(names):
         return names
-    wanted = set(names)
-    return lambda n: n in wanted
-
-
-def _check_names(model: HookedRootModule, names: NameFilter) -> None:
-    if names is None or callable(names):
-        return
-    wanted = [names] if isinstance(names, str) else list(names)
-    unknown = [n for n in wanted if n not in model.hook_dict]
+    check(isinstance(names, Iterable), f"Site names must be a name, an iterable of names or a predicate, got {names!r}.")
+    try:
+        wanted = frozenset(names)
+    except TypeError:
+        raise InterplabError(f"Site names must be strings, got {names!r}.") from None
+    unknown = sorted((n for n in wanted if n not in model.hook_dict), key=repr)
     check(not unknown, f"The model has no site named {unknown[0]!r}." if unknown else "")
+    return wanted.__contains__
+
+
+def _read_once(names: NameFilter) -> NameFilter:
+    """``names`` with an iterator (e.g. a generator) read into a list, so it can be read twice."""
+    if names is None or isinstance(names, str) or callable(names) or not isinstance(names, Iterable):
+        return names
+    return list(names)
 
 
 def _on_device(model: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -136,7 +204,7 @@ def site_groups(model: HookedRootModule, names: NameFilter = None) -> list[tuple
     """
     hook_dict = model.hook_dict
     if names is None or callable(names):
-        keep = _name_filter(names)
+        keep = site_filter(model, names)
         wanted = [n for n in hook_dict if keep(n)]
     else:
         wanted = list(dict.fromkeys([names] if isinstance(names, str) else names))
@@ -172,7 +240,8 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hoo
         >>> list(acts), acts["layers.0.hook_post"].shape
         (['layers.0.hook_post'], torch.Size([5, 4]))
     """
-    _check_names(model, names)
+    names = _read_once(names)
+    site_filter(model, names)
     acts: dict[str, Tensor] = {}
 
     def save(act: Tensor, hook: Any, known_as: list[str]) -> Tensor:
@@ -203,6 +272,8 @@ def site_values(model: HookedRootModule, inputs: Tensor, site: str, batch_size: 
         torch.Size([1, 1, 8])
     """
     check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
+    check(len(inputs) > 0, "inputs are empty; pass at least one example.")
+    check(batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
     out = [cache(model, chunk, names=site, fwd_hooks=fwd_hooks, **forward_kwargs)[1][site]
            for chunk in inputs.split(batch_size)]
     return torch.cat(out)
@@ -239,8 +310,9 @@ def run_batches(model: HookedRootModule, inputs: Tensor, batch_size: int = 4096,
         True
     """
     check(batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
+    check(len(inputs) > 0, "inputs are empty; pass at least one example.")
     values = dict(values or {})
-    _check_names(model, list(values))
+    site_filter(model, list(values))
     for start in range(0, len(inputs), batch_size):
         rows = slice(start, start + batch_size)
         hooks = list(fwd_hooks)
@@ -361,7 +433,7 @@ def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, 
         >>> torch.allclose(out[1], m.b_U), torch.allclose(out[0], m(x)[0])
         (True, True)
     """
-    _check_names(model, list(patches))
+    site_filter(model, list(patches))
     hooks = [h for name, fn in patch_hooks(patches) for h in write_hooks(model, name, fn)]
     return model.run_with_hooks(*_on_device(model, args), fwd_hooks=hooks, **kwargs)
 
@@ -414,7 +486,8 @@ class Trace:
 
     def __init__(self, model: HookedRootModule, args: tuple[Any, ...], kwargs: dict[str, Any],
                  names: NameFilter) -> None:
-        _check_names(model, names)
+        names = _read_once(names)
+        self.keep = site_filter(model, names)
         self.model, self.args, self.kwargs = model, args, kwargs
         self.names_arg = names
         self.names: list[str] = []
@@ -489,5 +562,6 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     return Trace(model, _on_device(model, args), kwargs, names)
 
 
-__all__ = ["Site", "Hook", "cache", "site_groups", "site_values", "default_readout", "run_batches", "predict",
-           "masked_patch", "patch_hooks", "write_hooks", "run_with_patches", "trace", "Trace", "TracedSite"]
+__all__ = ["Site", "Hook", "units_index", "site_filter", "cache", "site_groups", "site_values", "default_readout",
+           "run_batches", "predict", "masked_patch", "patch_hooks", "write_hooks", "run_with_patches", "trace", "Trace",
+           "TracedSite"]

@@ -223,7 +223,7 @@ def fit_threshold_rule(
     if x.shape[1] == 2 and n_directions == 2:  # in a plane the directions can be searched exactly
         dirs, thr = _angle_search(xd, y, dirs, thr)
     vals = xd @ dirs.T
-    margin = ((vals - thr) / vals.std(0)).abs().mean(0)
+    margin = ((vals - thr) / vals.std(0).clamp(min=1e-12)).abs().mean(0)  # a constant readout has no spread
     order = torch.argsort(margin, descending=True)
     return ThresholdRule(dirs[order], thr[order], "and")
 

@@ -30,18 +30,17 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
-from interplab.instrument import cache
+from interplab.instrument import cache, units_index
 
 
-def unit_directions(d: int, units: Sequence[int] | None = None) -> Tensor:
-    """One-hot directions ``[len(units), d]`` (all ``d`` units if None).
+def unit_directions(d: int, units: int | Sequence[int] | Tensor | None = None) -> Tensor:
+    """One-hot directions ``[len(units), d]`` (all ``d`` units if None; any form :func:`~interplab.instrument.units_index` takes).
 
     Example:
-        >>> unit_directions(3, [1]).tolist()
-        [[0.0, 1.0, 0.0]]
+        >>> unit_directions(3, [1]).tolist(), unit_directions(3, -1).tolist()
+        ([[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]])
     """
-    idx = list(range(d)) if units is None else [int(u) for u in units]
-    check(all(0 <= u < d for u in idx), f"units must lie in 0..{d - 1}.")
+    idx = torch.arange(d) if units is None else units_index(units, d) % d
     return torch.eye(d)[idx]
 
 

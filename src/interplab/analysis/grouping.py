@@ -76,6 +76,9 @@ def group_units(
         f = (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1.0)
         f = f * feature_weight / np.sqrt(f.shape[1])
         prof = np.concatenate([prof, f], 1)
+    n_distinct = len(np.unique(prof.round(9), axis=0))
+    check(n_distinct >= n_groups, f"The active units have only {n_distinct} distinct activation profiles; cannot form "
+                                  f"{n_groups} groups.")
     km = KMeans(n_clusters=n_groups, n_init=10, random_state=seed).fit(prof)
     raw = km.labels_
     sizes = np.bincount(raw, minlength=n_groups)

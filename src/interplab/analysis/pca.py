@@ -63,6 +63,7 @@ def pca(x: Tensor, k: int | None = None, center: bool = True) -> PCA:
     _, s, vt = torch.linalg.svd(xc, full_matrices=False)
     var = s**2 / (len(x) - 1)
     total = float(xc.pow(2).sum() / (len(x) - 1))
+    check(total > 0, "x has no variance (every sample is the same), so its principal components are undefined.")
     idx = vt.abs().argmax(1)
     signs = torch.sign(vt[torch.arange(len(vt)), idx])
     vt = vt * signs[:, None]

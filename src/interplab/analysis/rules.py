@@ -130,7 +130,9 @@ def fit_score_rule(scores: np.ndarray, labels: np.ndarray, simplicity: float = 0
 
     Exact: every rule of these forms is a pair of cuts in the sorted scores; prefix sums give
     each pair's agreement. A threshold wins when within ``simplicity`` of the best band or
-    two-sided rule.
+    two-sided rule. When no cut helps (all scores equal, or one label throughout), the result
+    is the constant rule giving the majority label, written as a threshold below every score
+    (``lo`` for ones, ``hi`` for zeros).
 
     Example:
         >>> s = np.arange(10.0); y = np.array([0, 0, 0, 1, 1, 1, 1, 0, 0, 0])
@@ -138,6 +140,8 @@ def fit_score_rule(scores: np.ndarray, labels: np.ndarray, simplicity: float = 0
         ('band', 2.5, 6.5, 1.0)
         >>> fit_score_rule(s, (s > 4).astype(int))
         ('threshold', 4.5, None, 1.0)
+        >>> fit_score_rule(np.ones(4), np.array([1, 1, 0, 1]))   # constant scores: majority label
+        ('threshold', -1.0, None, 0.75)
     """
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -182,6 +186,9 @@ def fit_score_rule(scores: np.ndarray, labels: np.ndarray, simplicity: float = 0
             kind, lo, hi = "threshold", (lo if hi is None else None), (hi if lo is None else None)
         else:
             kind, lo, hi = "threshold", (hi if lo is None else None), (lo if hi is None else None)
+    if lo is None and hi is None:  # no cut helps: the constant rule, as a threshold below every score
+        below_all = float(ss[0] - (1.0 + abs(ss[0])))
+        lo, hi = (below_all, None) if 2 * int(y.sum()) >= n else (None, below_all)
     # recompute the agreement from the final rule, so it is exactly what predict gives
     rule = Rule("", np.zeros((28, 28), np.uint8), "none", kind, lo, hi)
     return kind, lo, hi, float((rule.predict_scores(s) == y).mean())

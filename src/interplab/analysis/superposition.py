@@ -153,14 +153,20 @@ def feature_dimensionality(W: Tensor) -> Tensor:
 
 
 def dimensions_per_feature(W: Tensor) -> Tensor:
-    """``m / ||W||_F^2`` per instance: ``[..., m, n] -> [...]``.
+    """``m / ||W||_F^2`` per instance: ``[..., m, n] -> [...]``; 0 for an instance whose ``W`` is zero.
+
+    A zero ``W`` stores no feature; as :func:`feature_dimensionality` does for a zero column,
+    it gets 0 rather than ``m / 0``.
 
     Example:
         >>> dimensions_per_feature(torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]))
         tensor(1.)
+        >>> dimensions_per_feature(torch.zeros(2, 3))
+        tensor(0.)
     """
     check(W.dim() >= 2, f"W must have shape [..., n_hidden, n_features], got {tuple(W.shape)}.")
-    return W.shape[-2] / W.pow(2).sum(dim=(-2, -1))
+    norm2 = W.pow(2).sum(dim=(-2, -1))
+    return torch.where(norm2 > 0, W.shape[-2] / norm2.clamp_min(1e-30), torch.zeros_like(norm2))
 
 
 def hidden_vectors(W: Tensor, X: Tensor) -> Tensor:

@@ -36,17 +36,10 @@ from torch import Tensor
 
 from interplab.devices import model_device, to_device
 from interplab.errors import check
-from interplab.instrument import Hook, write_hooks
+from interplab.instrument import Hook, units_index, write_hooks
 
 METHODS = ("zero", "mean", "min", "resample")
-Units = Sequence[int] | Tensor | None
-
-
-def _units_index(units: Units, d: int) -> Tensor:
-    idx = torch.as_tensor(list(units) if not isinstance(units, Tensor) else units, dtype=torch.long).reshape(-1)
-    check(len(idx) > 0, "units must name at least one unit.")
-    check(int(idx.min()) >= -d and int(idx.max()) < d, f"units must lie in 0..{d - 1}.")
-    return idx
+Units = int | Sequence[int] | Tensor | None
 
 
 def _dual(basis: Tensor) -> Tensor:
@@ -71,7 +64,7 @@ def coordinates(x: Tensor, units: Units = None, basis: Tensor | None = None) -> 
               f"basis must have shape [{x.shape[-1]}, k], got {tuple(basis.shape)}.")
         return x @ _dual(basis.to(x.dtype))
     if units is not None:
-        return x[..., _units_index(units, x.shape[-1])]
+        return x[..., units_index(units, x.shape[-1])]
     return x
 
 
@@ -93,7 +86,7 @@ def replace_coordinates(x: Tensor, new: Tensor, units: Units = None, basis: Tens
         return x + (new - coordinates(x, basis=basis)) @ basis.T
     if units is not None:
         out = x.clone()
-        out[..., _units_index(units, x.shape[-1])] = new.to(x.dtype)
+        out[..., units_index(units, x.shape[-1])] = new.to(x.dtype)
         return out
     return new.to(x.dtype).expand_as(x).clone()
 
@@ -196,6 +189,7 @@ def ablated_coordinates(
     assert reference is not None
     check(tuple(reference.shape[1:]) == tuple(x.shape[1:]),
           f"reference activations have shape {tuple(reference.shape[1:])} per input, the site has {tuple(x.shape[1:])}.")
+    check(len(reference) > 0, f"{method} ablation needs at least one reference activation, got none.")
     ref_c = coordinates(reference.to(x), units, basis)
     if method == "mean":
         return ref_c.mean(0, keepdim=True).expand_as(c)

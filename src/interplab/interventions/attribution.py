@@ -40,7 +40,8 @@ from interplab.analysis.logit_attribution import direct_logit_attribution as uni
 from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
 from interplab.instrument import cache
-from interplab.interventions.nodes import Metric, NodeKind, as_kinds, metric_value, node_kind
+from interplab.interventions.nodes import Metric, NodeKind, as_kinds, check_readout, metric_value, node_kind
+from interplab.models.base import readout_positions
 
 
 def _corrupted_grads(model: torch.nn.Module, corrupted: Tensor, metric: Metric, sites: list[str],
@@ -239,10 +240,11 @@ def _estimates(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric:
     check(clean.shape == corrupted.shape,
           f"clean and corrupted inputs must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}.")
     specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
+    check_readout(specs, per_position, kw.get("positions"), clean.shape[-1])
     sites = {s for spec in specs for s in spec.sites}
     attn_kinds = [spec for spec in specs if star and spec.kind in ("q", "k")]
-    resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre"
-                   and not kw.get("positions")]
+    full_pass = readout_positions(kw.get("positions"), corrupted.shape[-1]) is None
+    resid_kinds = [spec for spec in specs if star and per_position and spec.kind == "resid_pre" and full_pass]
     check(not resid_kinds or not _parallel(model) or all(_skip_site(model, layer) in model.hook_dict
                                                            for layer in range(model.cfg.n_layers)),
           "AtP* needs the attention norm's output (ln1.hook_out) to separate per-position resid_pre nodes' "
@@ -320,6 +322,9 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
     components by true magnitude that are also in the estimate's top ``k``) and
     ``false_negatives`` (components whose true magnitude is at least ``threshold`` times the
     largest but whose estimate's magnitude is below that level), with ``n_components``.
+    Where a side's magnitudes are all equal (e.g. all-zero effects) the rank correlation is
+    undefined; ``spearman`` is then 1.0 if both sides are constant and 0.0 if one is. Raises
+    :class:`InterplabError` for empty grids.
 
     Example:
         >>> t = torch.tensor([5.0, 3.0, 0.1, 0.0])
@@ -327,6 +332,8 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
         1
         >>> agreement(t, t * 2, k=2)["recall"], agreement(t, t * 2, k=2)["spearman"]
         (1.0, 1.0)
+        >>> agreement(t, torch.zeros(4))["spearman"]   # a constant estimate ranks nothing
+        0.0
     """
     from scipy.stats import spearmanr
 
@@ -338,12 +345,18 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
     else:
         check(isinstance(estimate, Tensor) and estimate.shape == true.shape, "true and estimate must have the same shape.")
         t, e = true.flatten(), estimate.flatten()
+    check(t.numel() > 0, "true and estimate hold no components to compare.")
+    check(k >= 1, f"k must be at least 1, got {k}.")
     t, e = t.abs().double(), e.abs().double()
     k = min(k, t.numel())
     top_t = set(t.topk(k).indices.tolist())
     top_e = set(e.topk(k).indices.tolist())
     level = threshold * t.max()
-    rho = spearmanr(t.numpy(), e.numpy()).statistic
+    t_const, e_const = bool((t == t[0]).all()), bool((e == e[0]).all())
+    if t_const or e_const:  # a rank correlation with a constant side is undefined
+        rho = 1.0 if t_const and e_const else 0.0
+    else:
+        rho = spearmanr(t.numpy(), e.numpy()).statistic
     return {
         "spearman": float(rho),
         "recall": len(top_t & top_e) / k,
@@ -413,10 +426,9 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
             else:  # each neuron writes post_n * W_out[n]
                 contrib = unit_attribution(acts[names[layer]], back(read, block.mlp.W_out)[:, None])
             out.append(contrib)
-        n_pos = min(c.shape[1] for c in out)  # with readout positions the last layer is restricted
-        if n_pos != out[0].shape[1] or n_pos != out[-1].shape[1]:
-            q_pos = model.positions_index(kw.get("positions"), tokens.shape[1])
-            out = [c if c.shape[1] == n_pos else c[:, q_pos] for c in out]
+        q_pos = readout_positions(kw.get("positions"), tokens.shape[1])
+        if q_pos is not None:  # the last layer works only at the readout positions: take the others there
+            out = [c[:, q_pos] for c in out[:-1]] + [out[-1]]
         result = torch.stack(out, dim=2)
         if has_ln:
             result = result / scale[..., None]

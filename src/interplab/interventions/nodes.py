@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from interplab.errors import check
+from interplab.models.base import readout_positions
 
 Metric = Callable[[Tensor], Tensor]
 
@@ -104,6 +105,34 @@ def node_kind(model: torch.nn.Module, kind: str, per_position: bool = False) -> 
     return NodeKind(kind, sites, axes_pos if per_position else axes)
 
 
+# kinds whose last-layer site keeps every position when the model reads out only some
+_FULL_LENGTH = ("resid_pre", "k", "v")
+
+
+def check_readout(kinds: Sequence[NodeKind], per_position: bool, positions: Any, n: int) -> None:
+    """Refuse per-position grids of kinds the readout ``positions`` restrict in the last layer.
+
+    With readout positions (see :func:`~interplab.models.base.readout_positions`) the last
+    layer computes queries, attention output and MLP only there, so its position axis is not
+    the sequence's; ``resid_pre``, ``k`` and ``v`` keep every position.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=16, n_layers=2, n_heads=2))
+        >>> check_readout([node_kind(m, "k", True)], True, [-1], 4)
+        >>> check_readout([node_kind(m, "z", True)], True, [3, 2, 1, 0], 4)
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: Nodes of kind z per position need a full forward pass; drop the readout positions [3, 2, 1, 0].
+    """
+    q_pos = readout_positions(positions, n)
+    if not per_position or q_pos is None or q_pos.tolist() == list(range(n)):
+        return
+    for spec in kinds:
+        check(spec.kind in _FULL_LENGTH, f"Nodes of kind {spec.kind} per position need a full forward pass; drop the "
+                                         f"readout positions {q_pos.tolist()}.")
+
+
 def as_kinds(kinds: str | Sequence[str]) -> list[str]:
     """One kind or a list of kinds, as a list.
 
@@ -129,4 +158,4 @@ def metric_value(value: Tensor) -> Tensor:
     return value.reshape(())
 
 
-__all__ = ["KINDS", "Metric", "NodeKind", "node_kind", "as_kinds", "metric_value"]
+__all__ = ["KINDS", "Metric", "NodeKind", "node_kind", "check_readout", "as_kinds", "metric_value"]

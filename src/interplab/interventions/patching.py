@@ -51,7 +51,8 @@ from tqdm.auto import tqdm
 
 from interplab.errors import check
 from interplab.instrument import cache, run_with_patches
-from interplab.interventions.nodes import Metric, as_kinds, metric_value, node_kind
+from interplab.interventions.nodes import Metric, as_kinds, check_readout, metric_value, node_kind
+from interplab.models.base import readout_positions
 
 
 def activation_patching(
@@ -77,6 +78,7 @@ def activation_patching(
     check(clean.shape == corrupted.shape,
           f"clean and corrupted inputs must have the same shape, got {tuple(clean.shape)} and {tuple(corrupted.shape)}.")
     specs = [node_kind(model, k, per_position) for k in as_kinds(kinds)]
+    check_readout(specs, per_position, kw.get("positions"), clean.shape[-1])
     sites = sorted({s for spec in specs for s in spec.sites})
     with torch.no_grad():
         _, clean_acts = cache(model, clean, names=sites, **kw)
@@ -200,8 +202,9 @@ def path_patching(
             mean = _component_output(model, ref_acts, sender).mean(0, keepdim=True)
             delta = mean - _component_output(model, base_acts, sender)
         n = base_input.shape[1]
-        q_pos = model.positions_index(kw.get("positions"), n) if hasattr(model, "positions_index") else None
-        # the readout positions of the sender's change (a last-layer sender has only those already)
+        # with readout positions the last layer works only at those positions: a sender there
+        # already has them, an earlier sender's output is taken at them for the logits path
+        q_pos = readout_positions(kw.get("positions"), n)
         at_readout = delta if q_pos is None or s_layer == L else delta[:, q_pos]
         hooks: list[tuple[str, Callable[..., Tensor]]] = []
         for r in parsed:

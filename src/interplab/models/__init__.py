@@ -6,8 +6,8 @@ Example:
     512
 """
 
-from interplab.models.base import (HookedModel, config_from_dict, model_config_dict, model_for_config,
-                                   model_from_config_dict)
+from interplab.models.base import (HookedModel, Positions, check_nonempty, config_from_dict, model_config_dict,
+                                   model_for_config, model_from_config_dict, readout_positions)
 from interplab.models.convnet import ConvNet, ConvNetConfig, pixels_to_input
 from interplab.models.mlp import MLP, MLPConfig
 from interplab.models.tms import TMSConfig, ToyModelOfSuperposition
@@ -15,7 +15,8 @@ from interplab.models.transformer import Transformer, TransformerConfig
 
 __all__ = [
     "model_for_config",
-    "HookedModel", "config_from_dict", "model_config_dict", "model_from_config_dict",
+    "HookedModel", "Positions", "check_nonempty", "config_from_dict", "model_config_dict", "model_from_config_dict",
+    "readout_positions",
     "ConvNet", "ConvNetConfig", "pixels_to_input", "MLP", "MLPConfig",
     "TMSConfig", "ToyModelOfSuperposition", "Transformer", "TransformerConfig",
 ]

@@ -15,9 +15,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import numbers
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
 from transformer_lens import HookedRootModule
 
 from interplab.errors import InterplabError, check
@@ -107,3 +110,63 @@ def model_from_config_dict(d: dict[str, Any]) -> HookedModel:
     check(name in _REGISTRY, f"Unknown model class {name!r} (known: {', '.join(sorted(_REGISTRY))}).")
     cls = _REGISTRY[name]
     return cls(config_from_dict(cls.config_class, d.get("cfg", {})), seed=int(d.get("seed", 0)))
+
+
+Positions = int | Sequence[int] | Tensor | None
+
+
+def readout_positions(positions: Positions, n: int) -> Tensor | None:
+    """Readout positions in any accepted form as a long tensor of indices in ``0..n-1`` (or None).
+
+    The one reading of a ``positions`` argument, used wherever one is accepted: ``None`` means
+    every position; an int (also a 0-d tensor or numpy integer) means that one position; a
+    list, tuple, range, 1-d tensor or array means those positions, in the order given and
+    repeats kept (the output then has one row per entry). Negative positions count from the
+    end, as in Python. Raises :class:`InterplabError` for an empty, non-integer, nested or
+    out-of-range value, or ``n == 0``.
+
+    Example:
+        >>> readout_positions(-1, 4).tolist(), readout_positions((0, -1, 0), 4).tolist()
+        ([3], [0, 3, 0])
+        >>> readout_positions(None, 4) is None, readout_positions(torch.tensor(0), 4).tolist()
+        (True, [0])
+        >>> readout_positions([4], 4)
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: positions [4] are out of range for sequences of length 4.
+    """
+    if positions is None:
+        return None
+    check(not isinstance(positions, (bool, str, bytes, float)),
+          f"positions must be an int or a sequence of ints, got {positions!r}.")
+    if isinstance(positions, numbers.Integral):
+        positions = [int(positions)]
+    try:
+        idx = torch.as_tensor(positions if isinstance(positions, Tensor) else list(positions))
+    except (TypeError, ValueError, RuntimeError):
+        raise InterplabError(f"positions must be an int or a sequence of ints, got {positions!r}.") from None
+    check(idx.dim() <= 1, f"positions must be one int or a flat sequence of ints, got shape {tuple(idx.shape)}.")
+    idx = idx.reshape(-1)
+    check(idx.numel() > 0, "positions must name at least one position.")
+    check(not idx.is_floating_point() and not idx.is_complex() and idx.dtype != torch.bool,
+          f"positions must be integers, got {idx.tolist()}.")
+    check(n >= 1, "positions cannot be read from sequences of length 0.")
+    idx = idx.long()
+    check(bool(((idx >= -n) & (idx < n)).all()), f"positions {idx.tolist()} are out of range for sequences of length {n}.")
+    return idx % n
+
+
+def check_nonempty(x: Tensor, what: str) -> None:
+    """Raise :class:`InterplabError` if ``x`` holds no values (a batch of 0, or an axis of length 0).
+
+    Every model checks its input with this before the forward pass, so an empty batch or a
+    sequence of length 0 gives one sentence instead of an error from inside PyTorch.
+
+    Example:
+        >>> check_nonempty(torch.zeros(2, 3), "inputs")
+        >>> check_nonempty(torch.zeros(0, 3), "inputs")
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: inputs of shape (0, 3) are empty; pass at least one example, with no axis of length 0.
+    """
+    check(x.numel() > 0, f"{what} of shape {tuple(x.shape)} are empty; pass at least one example, with no axis of length 0.")

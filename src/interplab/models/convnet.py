@@ -32,7 +32,7 @@ from transformer_lens.hook_points import HookPoint
 
 from interplab.errors import check
 from interplab.io import PathLike, load_state_into, load_torch
-from interplab.models.base import HookedModel, register
+from interplab.models.base import HookedModel, check_nonempty, register
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ class ConvNet(HookedModel):
             images.dim() == 4 and tuple(images.shape[1:]) == (1, 28, 28),
             f"ConvNet input must have shape [batch, 28, 28] or [batch, 1, 28, 28], got {tuple(images.shape)}.",
         )
+        check_nonempty(images, "ConvNet inputs")
         x = self.hook_input(images.to(self.fc1.weight.dtype))  # in the model's dtype
         x = self.hook_pool1(F.max_pool2d(self.conv1(x), 2))
         x = self.hook_pool2(F.max_pool2d(self.conv2(x), 2))
@@ -179,5 +180,6 @@ class ConvNetHead(HookedRootModule):
 
     def forward(self, pool2: Tensor) -> Tensor:
         """Logits [batch, n_classes] from pool2 activations [batch, channels2, 5, 5]."""
+        check_nonempty(pool2, "pool2 activations")
         x = self.fc1(self.hook_pool2(pool2).flatten(1))
         return self.hook_logits(self.fc2(x))

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from interplab.errors import check
-from interplab.models.base import HookedModel, register
+from interplab.models.base import HookedModel, check_nonempty, register
 
 _ACTS = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh}
 
@@ -86,6 +86,7 @@ class MLP(HookedModel):
             x.dim() == 2 and x.shape[1] == self.cfg.d_in,
             f"MLP input must have shape [batch, {self.cfg.d_in}], got {tuple(x.shape)}.",
         )
+        check_nonempty(x, "MLP inputs")
         x = self.hook_input(x.to(self.W_U.dtype))  # integer or float inputs, in the model's dtype
         for layer in self.layers:
             x = layer(x)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from interplab.errors import check
-from interplab.models.base import HookedModel, register
+from interplab.models.base import HookedModel, check_nonempty, register
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class ToyModelOfSuperposition(HookedModel):
             x.dim() == 3 and tuple(x.shape[1:]) == (c.n_instances, c.n_features),
             f"TMS input must have shape [batch, {c.n_instances}, {c.n_features}], got {tuple(x.shape)}.",
         )
+        check_nonempty(x, "TMS inputs")
         h = self.hook_hidden(torch.einsum("bif,ihf->bih", x, self.W))
         pre = self.hook_out_pre(torch.einsum("bih,ihf->bif", h, self.W) + self.b)
         return self.hook_out(F.relu(pre) if c.relu_output else pre)

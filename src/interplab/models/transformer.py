@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from interplab.errors import check
-from interplab.models.base import HookedModel, register
+from interplab.models.base import HookedModel, Positions, check_nonempty, readout_positions, register
 
 ACTIVATIONS = ("relu", "gelu", "solu")
 SHORT_CONTEXT = 8  # up to this many positions, attention uses broadcast products instead of batched matmuls
@@ -254,23 +253,15 @@ class Transformer(HookedModel):
                 if name.split(".")[-1].startswith("W_"):
                     p.normal_(0.0, std, generator=g)
 
-    def positions_index(self, positions: int | Sequence[int] | Tensor | None, n: int) -> Tensor | None:
-        """Turn readout positions (negative allowed) into a sorted-as-given index tensor."""
-        if positions is None:
-            return None
-        idx = torch.as_tensor([positions] if isinstance(positions, int) else positions, dtype=torch.long,
-                              device=self.W_E.device).flatten()
-        check(idx.numel() > 0, "positions must name at least one position.")
-        check(
-            bool(((idx >= -n) & (idx < n)).all()),
-            f"positions {idx.tolist()} are out of range for sequences of length {n}.",
-        )
-        return idx % n
+    def positions_index(self, positions: Positions, n: int) -> Tensor | None:
+        """Readout positions as an index tensor (see :func:`~interplab.models.base.readout_positions`)."""
+        idx = readout_positions(positions, n)
+        return None if idx is None else idx.to(self.W_E.device)
 
     def forward(
         self,
         tokens: Tensor,
-        positions: int | Sequence[int] | Tensor | None = None,
+        positions: Positions = None,
         return_type: str = "logits",
     ) -> Tensor:
         """Logits ``[batch, pos, d_vocab_out]``, at ``positions`` only if given.
@@ -278,6 +269,8 @@ class Transformer(HookedModel):
         ``return_type="resid"`` returns the final residual stream instead of logits.
         """
         check(tokens.dim() == 2, f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}.")
+        check_nonempty(tokens, "tokens")
+        check(not tokens.is_floating_point(), f"tokens must be integers, got dtype {tokens.dtype}.")
         n = tokens.shape[1]
         check(n <= self.cfg.n_ctx, f"sequence length {n} exceeds n_ctx {self.cfg.n_ctx}.")
         check(
@@ -285,7 +278,7 @@ class Transformer(HookedModel):
             f"tokens must lie in 0..{self.cfg.d_vocab - 1}.",
         )
         q_pos = self.positions_index(positions, n)
-        resid = self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(self.W_pos[:n])[None]
+        resid = self.hook_embed(self.W_E[tokens.long()]) + self.hook_pos_embed(self.W_pos[:n])[None]
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             resid = block(resid, q_pos if i == last else None)

@@ -31,30 +31,51 @@ from interplab.instrument import Site, run_batches
 from interplab.sae.buffer import collect
 
 
+def check_rows(x: Tensor, what: str) -> None:
+    """Raise :class:`InterplabError` unless ``x`` has at least one row (a mean over no rows is undefined).
+
+    Example:
+        >>> check_rows(torch.zeros(0, 3), "l0")
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: l0 needs at least one row of activations, got shape (0, 3).
+    """
+    check(x.dim() >= 1 and len(x) > 0, f"{what} needs at least one row of activations, got shape {tuple(x.shape)}.")
+
+
 def l0(f: Tensor) -> float:
-    """Mean number of nonzero features per row of codes ``f [N, d_sae]``."""
+    """Mean number of nonzero features per row of codes ``f [N, d_sae]`` (at least one row)."""
+    check_rows(f, "l0")
     return (f != 0).float().sum(-1).mean().item()
 
 
 def mse(x: Tensor, x_hat: Tensor) -> float:
-    """Mean over rows of the squared reconstruction error (summed over dimensions)."""
+    """Mean over rows (at least one) of the squared reconstruction error (summed over dimensions)."""
+    check_rows(x, "mse")
     return (x - x_hat).pow(2).sum(-1).mean().item()
 
 
 def variance_explained(x: Tensor, x_hat: Tensor) -> float:
     """Fraction of the variance of ``x`` (about its mean) that the reconstruction explains.
 
+    ``x``, ``x_hat``: ``[rows, d]``. Raises :class:`InterplabError` when ``x`` has no rows or
+    no variance (every row the same): the fraction is then undefined.
+
     Example:
         >>> x = torch.tensor([[0.0], [2.0]])
         >>> variance_explained(x, torch.tensor([[1.0], [1.0]]))
         0.0
     """
+    check_rows(x, "variance_explained")
     total = (x - x.mean(0)).pow(2).sum()
-    return (1 - (x - x_hat).pow(2).sum() / total.clamp_min(1e-30)).item()
+    check(bool(total > 0), "The activations have no variance (every row is the same), so the variance explained "
+                           "is undefined.")
+    return (1 - (x - x_hat).pow(2).sum() / total).item()
 
 
 def feature_density(f: Tensor) -> Tensor:
-    """Fraction of rows on which each feature is active, ``[d_sae]``."""
+    """Fraction of rows (at least one) on which each feature is active, ``[d_sae]``."""
+    check_rows(f, "feature_density")
     return (f > 0).float().mean(0)
 
 

@@ -52,6 +52,7 @@ from interplab.instrument import Site
 from interplab.io import PathLike, atomic_write_bytes, atomic_write_json, save_torch
 from interplab.sae.buffer import ActivationBuffer, Sampler
 from interplab.sae.ghost import ghost_loss
+from interplab.sae.metrics import variance_explained
 from interplab.sae.model import SAE, SAEOutput
 from interplab.sae.resample import resample_dead
 from interplab.sae.saelens import save_saelens
@@ -284,14 +285,14 @@ def train_sae(
             if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
                 now = time.perf_counter()
                 with torch.no_grad():
-                    var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-30)
                     row = {"step": done, "loss": loss.item(), "mse": out_.mse.item(), "l1": out_.l1.item(),
                            "l0": (out_.f > 0).float().sum(-1).mean().item(),
-                           "variance_explained": (1 - (x - out_.x_hat).pow(2).sum() / var).item(),
                            "dead": int((since_fired >= cfg.dead_window).sum()),
                            "ghost_loss": aux.item() if aux is not None else 0.0,
                            "rows_per_s": round((done - step_log) * cfg.batch_size / max(now - t_log, 1e-9), 1),
                            "time": round(now - t0, 3)}
+                    if bool(((x - x.mean(0)).pow(2).sum()) > 0):  # undefined for a batch without variance: left out
+                        row["variance_explained"] = variance_explained(x, out_.x_hat)
                 t_log, step_log = time.perf_counter(), done
                 metrics.append(row)
                 if out is not None:

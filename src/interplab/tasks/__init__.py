@@ -119,6 +119,7 @@ class Task:
     # -- Objective protocol -------------------------------------------------------------
     def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Tensor]:
         """Index batches over the training split: full batch, or a seeded permutation."""
+        check(batch_size is None or batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
         if batch_size is None or batch_size >= len(self.train_idx):
             yield self.train_idx
             return
@@ -141,6 +142,8 @@ class Task:
                 continue
             logits = self.logits(model, self.inputs[idx])
             y = self.labels[idx].to(logits.device)
+            check(bool((y != IGNORE).any()), f"The {which} split has no labelled readout position (every label is "
+                                             f"{IGNORE}), so its loss and accuracy are undefined.")
             out[f"{which}_loss"] = F.cross_entropy(_loss_precision(logits.reshape(-1, logits.shape[-1])), y.reshape(-1)).item()
             keep = y != IGNORE
             out[f"{which}_acc"] = (logits.argmax(-1) == y)[keep].float().mean().item()

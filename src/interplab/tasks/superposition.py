@@ -170,7 +170,8 @@ class SparseFeatures:
     # -- Objective protocol ------------------------------------------------------------------
     def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Tensor]:
         """``steps_per_epoch`` batches of ``batch_size`` (default 1024), freshly drawn."""
-        size = batch_size or 1024
+        check(batch_size is None or batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
+        size = 1024 if batch_size is None else batch_size
         for _ in range(self.steps_per_epoch):
             yield self.finite_batch(generator, size) if self.data is not None else self._draw(generator, size)
 
