@@ -256,6 +256,22 @@ def test_scrub(device, dtype):
     assert r.agree == 1.0 and r.acc == 1.0
 
 
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_feature_visualization(device, dtype):
+    from interplab.analysis.featviz import unit_directions, visualize
+    from interplab.models import MLP, MLPConfig
+
+    model = MLP(MLPConfig(d_in=3, d_hidden=[4], d_out=2), seed=0)
+    with torch.no_grad():
+        model.layers[0].W.copy_(torch.eye(3, 4))
+        model.layers[0].b.zero_()
+    model.to(resolve_device(device), dtype)
+    x = visualize(model, "layers.0.hook_pre", unit_directions(4, [0, 2]), shape=(3,), steps=30, clamp=(-1.0, 1.0),
+                  l2=0.0, tv=0.0, quiet=True)
+    assert x.device.type == device and x.dtype == dtype
+    assert x[0, 0].item() == 1.0 and x[1, 2].item() == 1.0
+
+
 # -- command line and loading ---------------------------------------------------------------
 
 def test_asking_for_a_missing_device_is_one_sentence():
