@@ -328,3 +328,33 @@ def test_studies_that_train_offer_device_and_dtype():
     _register()
     out = CliRunner().invoke(app, ["study", "grokking", "--help"], terminal_width=200).output
     assert "--device" in out and "--dtype" in out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sae_commands_take_device_and_dtype(device, tmp_path):
+    from typer.testing import CliRunner
+
+    from interplab.models import Transformer
+    from interplab.sae.cli import app
+    from interplab.tasks.modular import modular_task
+    from interplab.train import TrainConfig, train
+
+    task = modular_task(p=5, frac_train=0.8, seed=0)
+    cfg = dataclasses.replace(task.default_model_config(), d_model=16, n_heads=2, d_mlp=32)
+    train(Transformer(cfg, seed=0), task, TrainConfig(epochs=3, checkpoint_every=3, keep_history=False),
+          tmp_path / "run", quiet=True)
+    runner = CliRunner()
+    sae_dir = tmp_path / "sae"
+    r = runner.invoke(app, ["train", "--run", str(tmp_path / "run"), "--site", "blocks.0.mlp.hook_post",
+                            "--out", str(sae_dir), "--steps", "6", "--batch-size", "8", "--buffer-size", "32",
+                            "--d-sae", "16", "--device", device, "--dtype", "float64", "--autocast", "--quiet"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((sae_dir / "cfg.json").read_text())
+    assert saved["dtype"] == "float64" and saved["device"].startswith(device)
+    assert json.loads((sae_dir / "train_config.json").read_text())["train"]["autocast"] is True
+    rows = [json.loads(line) for line in (sae_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["rows_per_s"] > 0
+    r = runner.invoke(app, ["eval", "--sae", str(sae_dir), "--run", str(tmp_path / "run"), "--method", "omp", "--k", "2",
+                            "--device", device, "--dtype", "bfloat16"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((sae_dir / "eval_omp.json").read_text())["l0"] <= 2
