@@ -320,14 +320,26 @@ def test_grokking_study_trains_where_asked(device, dtype, tmp_path):
     assert placement["device"].startswith(device) and placement["dtype"] == str(dtype).removeprefix("torch.")
 
 
+@pytest.mark.parametrize("device,dtype", [c for c in CASES if c.id != "cpu-float32"])  # float32 CPU: test_sae_cli
+def test_sae_tms_study_trains_where_asked(device, dtype, tmp_path):
+    from interplab.studies import sae_tms
+
+    r = sae_tms.run(tmp_path, n_features=6, n_hidden=3, tms_epochs=2, widths=(3, 6), l1_values=(0.3,), steps=30,
+                    quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    assert 0 <= r["mmcs"] <= 1 and sorted(r["width_sweep"]) == ["3", "6"]
+    saved = json.loads((tmp_path / "saes" / "w3_l1_0.3" / "cfg.json").read_text())
+    assert saved["dtype"] == str(dtype).removeprefix("torch.") and saved["device"].startswith(device)
+
+
 def test_studies_that_train_offer_device_and_dtype():
     from typer.testing import CliRunner
 
     from interplab.cli import _register, app
 
     _register()
-    out = CliRunner().invoke(app, ["study", "grokking", "--help"], terminal_width=200).output
-    assert "--device" in out and "--dtype" in out
+    for name in ("grokking", "sae-tms"):
+        out = CliRunner().invoke(app, ["study", name, "--help"], terminal_width=200).output
+        assert "--device" in out and "--dtype" in out, name
 
 
 @pytest.mark.parametrize("device", DEVICES)
