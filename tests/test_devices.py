@@ -36,6 +36,10 @@ DEVICES = [
 ]
 
 
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def _where(model: torch.nn.Module, device: str, dtype: torch.dtype) -> None:
     for name, p in model.named_parameters():
         assert p.device.type == device and p.dtype == dtype, f"{name} is {p.dtype} on {p.device}"
@@ -98,7 +102,7 @@ def test_train_mlp_and_convnet_in_the_model_dtype(device, dtype):
     _where(mlp, device, dtype)
     assert result.final["train_acc"] >= 0 and torch.isfinite(torch.tensor(result.final["train_loss"]))
     net = ConvNet(ConvNetConfig(channels1=2, channels2=2, d_fc=4), seed=0).to(resolve_device(device), dtype)
-    out = net(torch.rand(3, 28, 28))  # float32 pixels on the CPU, whatever the model's place
+    out = net(torch.rand(3, 28, 28, generator=_gen()))  # float32 pixels on the CPU, whatever the model's place
     assert out.dtype == dtype and out.device.type == device and bool(torch.isfinite(out.float()).all())
 
 
@@ -130,7 +134,7 @@ def test_train_sae_with_each_dead_fix(device, dtype, dead_fix, tmp_path):
     model = MLP(MLPConfig(d_in=6, d_hidden=(12,), d_out=2), seed=0).to(dev, dtype)
     cfg = SAETrainConfig(steps=8, batch_size=16, buffer_size=64, model_batch=32, log_every=4, dead_fix=dead_fix,
                          dead_window=2, resample_every=4, resample_rows=32, checkpoint_every=4)
-    buf = make_buffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(200, 6)), cfg)
+    buf = make_buffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(200, 6, generator=_gen())), cfg)
     sae = SAE(SAEConfig(d_in=12, d_sae=48, hook_name="layers.0.hook_post"), seed=0).to(dev, dtype)
     result = train_sae(sae, buf, cfg, tmp_path / "sae", quiet=True)
     _where(sae, device, dtype)
@@ -149,12 +153,12 @@ def test_sae_casts_its_input_and_trains_on_other_precision_activations():
     from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 
     sae16 = SAE(SAEConfig(d_in=4, d_sae=8)).to(torch.bfloat16)
-    out = sae16.loss(torch.randn(5, 4), 1e-3)  # float32 input to a bfloat16 SAE
+    out = sae16.loss(torch.randn(5, 4, generator=_gen()), 1e-3)  # float32 input to a bfloat16 SAE
     assert out.x_hat.dtype == torch.bfloat16 and bool(torch.isfinite(out.loss.float()))
     model = MLP(MLPConfig(d_in=6, d_hidden=(12,), d_out=2), seed=0).double()  # float64 activations
     cfg = SAETrainConfig(steps=30, batch_size=16, buffer_size=64, log_every=10, dead_fix="ghost-scaled", dead_window=2,
                          lr=3e-3)
-    buf = make_buffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(100, 6)), cfg)
+    buf = make_buffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(100, 6, generator=_gen())), cfg)
     sae = SAE(SAEConfig(d_in=12, d_sae=24), seed=0)  # float32 SAE
     result = train_sae(sae, buf, cfg, quiet=True)
     assert buf.rows.dtype == torch.float64 and sae.W_dec.dtype == torch.float32
@@ -170,7 +174,7 @@ def test_train_sae_under_bfloat16_autocast_learns():
 
     model = MLP(MLPConfig(d_in=6, d_hidden=(12,), d_out=2), seed=0)
     cfg = SAETrainConfig(steps=30, batch_size=16, buffer_size=64, log_every=10, autocast=True, tf32=True, lr=3e-3)
-    buf = make_buffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(100, 6)), cfg)
+    buf = make_buffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(100, 6, generator=_gen())), cfg)
     sae = SAE(SAEConfig(d_in=12, d_sae=24), seed=0)
     result = train_sae(sae, buf, cfg, quiet=True)
     assert sae.W_dec.dtype == torch.float32 and result.metrics[-1]["mse"] < result.metrics[0]["mse"]
@@ -196,7 +200,7 @@ def test_pursuits_refuse_mixed_dtypes_with_a_sentence():
     from interplab.sae.ito import gradient_pursuit
 
     with pytest.raises(InterplabError, match="same floating-point dtype"):
-        gradient_pursuit(torch.randn(2, 4), torch.randn(6, 4, dtype=torch.float64), k=2)
+        gradient_pursuit(torch.ones(2, 4), torch.ones(6, 4, dtype=torch.float64), k=2)
 
 
 # -- interventions --------------------------------------------------------------------------
