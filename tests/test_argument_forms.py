@@ -122,7 +122,7 @@ def test_basis_ablation_depends_only_on_the_span(k, seed, dtype):
     for b in (basis, basis @ mix, q):
         out = replace_coordinates(x, zeros, basis=b.to(dtype))
         assert out.dtype == dtype
-        tol = 1e-4 if dtype == torch.float32 else 1e-9
+        tol = 1e-3 if dtype == torch.float32 else 1e-9  # float32 through a mixed, conditioned basis
         torch.testing.assert_close(out.double(), want, atol=tol, rtol=0)
 
 

@@ -35,7 +35,7 @@ LAYERS: list[list[str]] = [
     ["interplab.train"],
     ["interplab.sae.train"],  # the SAE trainer reuses train's checkpoint and metrics helpers
     ["interplab"],  # the package root re-exports the public entry points
-    ["interplab.studies", "interplab.sae.cli"],
+    ["interplab.studies", "interplab.sae.cli", "interplab.lm.cli"],
     ["interplab.cli"],
 ]
 

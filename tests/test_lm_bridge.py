@@ -480,7 +480,8 @@ def test_ablation_and_scrubbing_on_a_bridge(bridges, family) -> None:
 
 
 def test_sae_trains_on_a_bridge_site(bridges, tmp_path) -> None:
-    from interplab.sae.buffer import Site, collect, sample_rows
+    from interplab.instrument import Site
+    from interplab.sae.buffer import collect, sample_rows
     from interplab.sae.model import SAE, SAEConfig
     from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 

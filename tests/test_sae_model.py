@@ -91,9 +91,66 @@ def test_load_refuses_other_architectures(tmp_path):
     sae = SAE(SAEConfig(d_in=3, d_sae=4))
     save_saelens(sae, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    cfg["architecture"] = "jumprelu"
+    cfg["architecture"] = "gated"
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(InterplabError, match="jumprelu"):
+    with pytest.raises(InterplabError, match="gated"):
         load_saelens(tmp_path)
     with pytest.raises(InterplabError, match="does not exist"):
         load_saelens(tmp_path / "nope")
+
+
+def _write_saelens_dir(path, cfg, tensors):
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "sae_weights.safetensors"))
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_loads_saelens_topk_and_jumprelu(tmp_path, arch, apply_b_dec):
+    # a directory in the SAELens 6 layout, non-unit decoder norms; expected outputs from the
+    # formulas of SAELens's TopKSAE / JumpReLUSAE written out with plain tensors
+    g = torch.Generator().manual_seed(0)
+    d_in, d_sae = 6, 10
+    t = {"W_enc": torch.randn(d_in, d_sae, generator=g), "W_dec": torch.randn(d_sae, d_in, generator=g) * 2,
+         "b_enc": torch.randn(d_sae, generator=g) * 0.1, "b_dec": torch.randn(d_in, generator=g) * 0.1}
+    cfg = {"d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": apply_b_dec,
+           "normalize_activations": "none", "architecture": arch,
+           "metadata": {"sae_lens_version": "6.12.0", "hook_name": "blocks.1.hook_resid_post"}}
+    if arch == "topk":
+        cfg["k"] = 3
+    else:
+        t["threshold"] = torch.rand(d_sae, generator=g)
+    _write_saelens_dir(tmp_path, cfg, t)
+    x = torch.randn(20, d_in, generator=g)
+    pre = (x - t["b_dec"] * apply_b_dec) @ t["W_enc"] + t["b_enc"]
+    if arch == "topk":
+        top = pre.topk(3, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+    else:
+        f = torch.relu(pre) * (pre > t["threshold"])
+    x_hat = f @ t["W_dec"] + t["b_dec"]
+    sae = load_saelens(tmp_path)
+    assert sae.cfg.architecture == arch and sae.cfg.apply_b_dec_to_input == apply_b_dec
+    assert torch.allclose(sae(x), x_hat, atol=1e-5)
+    assert torch.equal(sae.encode(x) > 0, f > 0)
+    save_saelens(sae, tmp_path / "again")  # and back out, the same function
+    assert torch.allclose(load_saelens(tmp_path / "again")(x), x_hat, atol=1e-5)
+
+
+def test_act_scale_is_folded_for_saelens_and_restored(tmp_path):
+    sae = SAE(SAEConfig(d_in=5, d_sae=8, act_scale=0.25), seed=1)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.5)
+        sae.b_enc.normal_(0, 0.2)
+    save_saelens(sae, tmp_path)
+    from safetensors.torch import load_file
+
+    w = load_file(str(tmp_path / "sae_weights.safetensors"))
+    x = torch.randn(7, 5) * 4
+    plain = torch.relu((x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]) @ w["W_dec"] + w["b_dec"]  # what SAELens computes
+    assert torch.allclose(plain, sae.reconstruct(x), atol=1e-5)
+    back = load_saelens(tmp_path)
+    assert back.cfg == sae.cfg and torch.allclose(back.reconstruct(x), sae.reconstruct(x), atol=1e-5)

@@ -48,9 +48,11 @@ STUDIES = {
     "grokking": "interplab.studies.grokking",
     "fact-finding": "interplab.studies.fact_finding",
     "embeddings": "interplab.studies.embeddings",
+    "lm": "interplab.studies.lm",
+    "sae-lm": "interplab.studies.sae_lm",
 }
 # Sub-applications living beside the technique they drive, each exposing ``app``.
-SUBAPPS = {"sae": "interplab.sae.cli"}
+SUBAPPS = {"sae": "interplab.sae.cli", "corpus": "interplab.lm.cli"}
 
 _REGISTERED: list[bool] = []
 
@@ -65,6 +67,9 @@ def _register() -> None:
         module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip().splitlines()
         study_app.command(name=name, help=doc[0] if doc else None)(module.cli)
+    from interplab.lm.cli import sample_command
+
+    app.command("sample", help=(sample_command.__doc__ or "").splitlines()[0])(sample_command)
     for name, module_name in SUBAPPS.items():
         try:
             found = importlib.util.find_spec(module_name) is not None
@@ -140,7 +145,8 @@ def _train(task: str, out: Path, quiet: bool, resume: bool, data_dir: Optional[P
     sizes = {k: given[k] for k in MODEL_SIZES if given[k] is not None}
     if sizes:
         names = {f.name for f in dataclasses.fields(model_cfg)}
-        check(set(sizes) <= names, f"--{next(iter(set(sizes) - names)).replace('_', '-')} does not apply to the "
+        unknown = sorted(set(sizes) - names)
+        check(not unknown, f"--{unknown[0].replace('_', '-') if unknown else ''} does not apply to the "
               f"{type(model_cfg).__name__} of {task}.")
         model_cfg = dataclasses.replace(model_cfg, **sizes)
     model = placement.apply(model_for_config(model_cfg, seed=given["seed"]))

@@ -220,8 +220,13 @@ def site_groups(model: HookedRootModule, names: NameFilter = None) -> list[tuple
     return [(g[0], g) for g in groups.values()]
 
 
+class _Stop(Exception):
+    """Raised inside a hook to end a forward pass early (see :func:`cache`)."""
+
+
 def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hooks: Hooks = (),
-          requires_grad: bool = False, **kwargs: Any) -> tuple[Tensor, dict[str, Tensor]]:
+          requires_grad: bool = False, stop: bool = False, **kwargs: Any
+          ) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Run ``model(*args, **kwargs)`` and return ``(output, {site: activation})`` for ``names``.
 
     ``names``: one site name, a list of names, a predicate, or None for every site. The
@@ -231,6 +236,9 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hoo
     ``fwd_hooks`` (TransformerLens ``(name, fn)`` pairs) act in the same pass; at a site they
     also edit, the cache holds the edited value. Raises :class:`InterplabError` for a name
     the model does not have.
+    ``stop=True`` (with ``names`` a name or a list of names) ends the forward pass as soon as every
+    named site has been reached, skipping the later layers (TransformerLens' ``stop_at_layer`` for
+    any model); the output is then None.
 
     Example:
         >>> import torch
@@ -242,17 +250,25 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hoo
     """
     names = _read_once(names)
     site_filter(model, names)
+    check(not stop or isinstance(names, (str, list, tuple, set)), "stop=True needs the site names, not a predicate.")
     acts: dict[str, Tensor] = {}
+    groups = site_groups(model, names)
+    n_names = sum(len(g) for _, g in groups)
 
     def save(act: Tensor, hook: Any, known_as: list[str]) -> Tensor:
         if requires_grad and not act.requires_grad:
             act = act.detach().requires_grad_(True)
         for n in known_as:  # the names asked for, not hook.name (a bridge's canonical name)
             acts[n] = act
+        if stop and len(acts) == n_names:
+            raise _Stop
         return act  # returned, so that the pass uses this very tensor (a bridge reshapes e.g. hook_z)
 
-    hooks = [*fwd_hooks, *((n, functools.partial(save, known_as=g)) for n, g in site_groups(model, names))]
-    out = model.run_with_hooks(*_on_device(model, args), fwd_hooks=hooks, **kwargs)
+    hooks = [*fwd_hooks, *((n, functools.partial(save, known_as=g)) for n, g in groups)]
+    try:
+        out = model.run_with_hooks(*_on_device(model, args), fwd_hooks=hooks, **kwargs)
+    except _Stop:
+        out = None
     return out, acts
 
 

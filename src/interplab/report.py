@@ -86,6 +86,29 @@ def image_grid(images: Any, titles: Sequence[str], cols: int = 20, size: float =
     return fig
 
 
+# Draws the selected head's pattern as an SVG grid (queries down, keys across), darker = more attention.
+_ATTN_JS = """(function(uid){
+var root=document.getElementById(uid), d=JSON.parse(document.getElementById(uid+'-data').textContent);
+var sel=root.querySelector('select'), box=root.querySelector('.grid'), val=root.querySelector('.val');
+var n=d.tokens.length, c=Math.max(8,Math.min(22,Math.floor(640/Math.max(n,1)))), m=110, NS='http://www.w3.org/2000/svg';
+function el(t,a){var e=document.createElementNS(NS,t);for(var k in a)e.setAttribute(k,a[k]);return e;}
+function esc(s){return s.replace(/ /g,'\u00b7');}
+function draw(){
+ var p=d.patterns[+sel.value], W=m+n*c+4, svg=el('svg',{width:W,height:W,'font-size':Math.min(11,c-1)});
+ for(var i=0;i<n;i++){
+  var tq=el('text',{x:m-4,y:m+i*c+c*0.75,'text-anchor':'end'});tq.textContent=esc(d.tokens[i]);svg.appendChild(tq);
+  var tk=el('text',{x:0,y:0,'text-anchor':'start',transform:'translate('+(m+i*c+c*0.75)+','+(m-4)+') rotate(-90)'});
+  tk.textContent=esc(d.tokens[i]);svg.appendChild(tk);
+  for(var j=0;j<n;j++){
+   var r=el('rect',{x:m+j*c,y:m+i*c,width:c-1,height:c-1,fill:'rgb(20,60,160)','fill-opacity':j>i?0:Math.max(0.03,p[i][j]),
+     stroke:'#eee','stroke-width':0.5});
+   (function(i,j){r.addEventListener('mouseover',function(){val.textContent='query '+i+' '+JSON.stringify(d.tokens[i])+
+     ' -> key '+j+' '+JSON.stringify(d.tokens[j])+': '+p[i][j];});})(i,j);
+   svg.appendChild(r);}}
+ box.innerHTML='';box.appendChild(svg);}
+sel.addEventListener('change',draw);draw();})"""
+
+
 def fmt(x: Any) -> str:
     """Format a number for people: 4 significant digits, ints as ints.
 
@@ -112,6 +135,7 @@ _TEMPLATE = """<!doctype html>
 {%- elif b.kind == "numbers" %}<div class="nums">{% for k, v in b.tiles %}<div class="num"><b>{{ v }}</b><span>{{ k }}</span></div>{% endfor %}</div>
 {%- elif b.kind == "table" %}<table>{% if b.caption %}<caption>{{ b.caption }}</caption>{% endif %}<tr>{% for h in b.header %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in b.body %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
+{%- elif b.kind == "attention" %}<figure class="attnview" id="{{ b.uid }}"><label>head <select>{% for lab in b.labels %}<option value="{{ loop.index0 }}">{{ lab }}</option>{% endfor %}</select></label> <span class="val"></span><div class="grid"></div>{% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure><script type="application/json" id="{{ b.uid }}-data">{{ b.payload }}</script><script>{{ b.js }}('{{ b.uid }}');</script>
 {%- elif b.kind == "figure" %}<figure><img src="data:image/png;base64,{{ b.png }}" alt="{{ b.caption }}">{% if b.caption %}<figcaption>{{ b.caption }}</figcaption>{% endif %}</figure>
 {%- endif %}
 {% endfor %}
@@ -169,6 +193,34 @@ class Report:
         plt.close(fig)
         png = base64.b64encode(buf.getvalue()).decode("ascii")
         self.blocks.append({"kind": "figure", "png": png, "caption": caption})
+
+    def attention(self, tokens: Sequence[str], patterns: Any, labels: Sequence[str], caption: str = "") -> None:
+        """An interactive attention-pattern viewer: a head selector and a query x key grid with
+        the tokens on both axes (inline SVG drawn by inline JavaScript, so it works offline).
+
+        ``tokens``: the ``n`` token strings; ``patterns``: ``[n_heads, n, n]`` (query, key;
+        a tensor or nested lists) with one ``labels`` entry per head, e.g. ``"L1H3"``.
+
+        Example:
+            >>> r = Report("x")
+            >>> r.attention(["<bos>", " A", " B"], [[[1, 0, 0], [.5, .5, 0], [.2, .3, .5]]], ["L0H0"])
+            >>> "L0H0" in r.html() and "<select>" in r.html()
+            True
+        """
+        import json
+
+        pat = patterns.tolist() if hasattr(patterns, "tolist") else patterns
+        n = len(tokens)
+        if len(pat) != len(labels) or any(len(p) != n or any(len(row) != n for row in p) for p in pat):
+            raise ValueError(f"patterns must be [{len(labels)} heads, {n}, {n}] to match labels and tokens.")
+        data = {"tokens": list(tokens), "labels": list(labels),
+                "patterns": [[[round(float(v), 3) for v in row] for row in p] for p in pat]}
+        from markupsafe import Markup
+
+        uid = f"attn{sum(1 for b in self.blocks if b['kind'] == 'attention')}"
+        payload = Markup(json.dumps(data).replace("</", "<\\/"))  # JSON for the script below, not HTML text
+        self.blocks.append({"kind": "attention", "uid": uid, "labels": list(labels), "caption": caption,
+                            "payload": payload, "js": Markup(_ATTN_JS)})
 
     def html(self) -> str:
         """The whole page as a string, with a provenance footer.

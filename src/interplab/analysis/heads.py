@@ -1,9 +1,16 @@
-"""Attention-head detectors: previous-token and induction scores from attention patterns.
+"""Attention-head detectors: previous-token, duplicate-token and induction scores.
 
 On repeated random sequences ``[BOS, r_1..r_L, r_1..r_L]`` an *induction head* attends from
 each token of the second copy to the token right after that token's first occurrence
 (``i -> i - L + 1``); a *previous-token head* attends from each position to the one before
 (``i -> i - 1``). A head's score is its mean attention along that offset.
+
+On any text (Olsson et al. 2022, "In-context Learning and Induction Heads"; Wang et al. 2022
+for duplicate-token heads): :func:`duplicate_token_scores` is the attention from a token to
+earlier copies of itself, :func:`text_induction_scores` the attention from a token to the
+tokens that followed its earlier copies, each summed over those keys and averaged over the
+queries that have at least one (:func:`mask_scores`). :func:`attention_patterns` returns every
+layer's pattern for the attention viewer of :class:`interplab.report.Report`.
 
 Example:
     >>> import torch
@@ -33,6 +40,18 @@ def repeated_tokens(n_values: int, length: int, n: int, bos: int, seed: int = 0)
     """
     r = torch.randint(n_values, (n, length), generator=torch.Generator().manual_seed(seed))
     return torch.cat([torch.full((n, 1), bos), r, r], dim=1)
+
+
+def attention_patterns(model: torch.nn.Module, tokens: Tensor) -> Tensor:
+    """Every layer's attention pattern ``[batch, layer, head, query_pos, key_pos]``.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=5, n_ctx=12, d_model=8, n_layers=2, n_heads=2, d_mlp=None))
+        >>> attention_patterns(m, torch.zeros(1, 10, dtype=torch.long)).shape
+        torch.Size([1, 2, 2, 10, 10])
+    """
+    return _patterns(model, tokens)
 
 
 def _patterns(model: torch.nn.Module, tokens: Tensor) -> Tensor:
@@ -68,6 +87,77 @@ def induction_scores(model: torch.nn.Module, tokens: Tensor, length: int) -> Ten
     return _offset_score(_patterns(model, tokens), torch.arange(length + 1, 2 * length + 1), length - 1)
 
 
+def mask_scores(patterns: Tensor, mask: Tensor) -> Tensor:
+    """Attention on the keys ``mask`` marks, summed over keys and averaged over the queries (and
+    rows) with at least one marked key: ``patterns`` ``[batch, layer, head, q, k]``, ``mask``
+    ``[batch, q, k]`` -> ``[layer, head]`` (zeros if no query has a marked key).
+
+    Example:
+        >>> p = torch.tensor([[0.5, 0.5], [0.2, 0.8]]).expand(1, 1, 1, 2, 2)
+        >>> mask_scores(p, torch.tensor([[[False, False], [True, False]]]))
+        tensor([[0.2000]])
+    """
+    mask = mask.to(patterns.device, patterns.dtype)
+    has = mask.sum(-1) > 0  # [batch, q]
+    if not bool(has.any()):
+        return torch.zeros(patterns.shape[1:3], device=patterns.device)
+    per_query = (patterns * mask[:, None, None]).sum(-1)  # [batch, layer, head, q]
+    return (per_query * has[:, None, None]).sum((0, -1)) / has.sum()
+
+
+def duplicate_token_mask(tokens: Tensor) -> Tensor:
+    """``[batch, q, k]``: key ``k < q`` holds the same token as query ``q``.
+
+    Example:
+        >>> duplicate_token_mask(torch.tensor([[5, 6, 5]]))[0].int().tolist()
+        [[0, 0, 0], [0, 0, 0], [1, 0, 0]]
+    """
+    n = tokens.shape[1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
+    return (tokens[:, :, None] == tokens[:, None, :]) & earlier
+
+
+def induction_mask(tokens: Tensor) -> Tensor:
+    """``[batch, q, k]``: key ``k < q`` follows an earlier copy of query ``q``'s token (``tokens[k-1] == tokens[q]``).
+
+    Example:
+        >>> induction_mask(torch.tensor([[7, 8, 7]]))[0].int().tolist()
+        [[0, 0, 0], [0, 0, 0], [0, 1, 0]]
+    """
+    n = tokens.shape[1]
+    prev = torch.zeros_like(tokens[:, :, None] == tokens[:, None, :])
+    prev[:, :, 1:] = tokens[:, :, None] == tokens[:, None, :-1]
+    earlier = torch.ones(n, n, dtype=torch.bool, device=tokens.device).tril(-1)
+    return prev & earlier
+
+
+def duplicate_token_scores(model: torch.nn.Module, tokens: Tensor) -> Tensor:
+    """Mean attention from a token to its earlier copies, on any text ``[batch, pos]``: ``[layer, head]``.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=8, n_ctx=9, d_model=16, n_layers=2, n_heads=2, d_mlp=None))
+        >>> duplicate_token_scores(m, repeated_tokens(7, 4, 3, bos=7)).shape
+        torch.Size([2, 2])
+    """
+    return mask_scores(_patterns(model, tokens), duplicate_token_mask(tokens))
+
+
+def text_induction_scores(model: torch.nn.Module, tokens: Tensor) -> Tensor:
+    """Mean attention from a token to the tokens after its earlier copies, on any text: ``[layer, head]``.
+
+    On ``[BOS, r, r]`` sequences with distinct tokens in ``r`` this equals :func:`induction_scores`.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=8, n_ctx=9, d_model=16, n_layers=2, n_heads=2, d_mlp=None))
+        >>> x = torch.tensor([[7, 0, 1, 2, 3, 0, 1, 2, 3]])
+        >>> torch.allclose(text_induction_scores(m, x), induction_scores(m, x, length=4))
+        True
+    """
+    return mask_scores(_patterns(model, tokens), induction_mask(tokens))
+
+
 def heads_above(scores: Tensor, threshold: float) -> list[str]:
     """Heads whose score exceeds ``threshold``, as ``"layer.head"`` strings.
 
@@ -78,4 +168,5 @@ def heads_above(scores: Tensor, threshold: float) -> list[str]:
     return [f"{layer}.{head}" for layer, head in torch.nonzero(scores > threshold).tolist()]
 
 
-__all__ = ["repeated_tokens", "previous_token_scores", "induction_scores", "heads_above"]
+__all__ = ["repeated_tokens", "attention_patterns", "previous_token_scores", "induction_scores", "mask_scores",
+           "duplicate_token_mask", "induction_mask", "duplicate_token_scores", "text_induction_scores", "heads_above"]

@@ -5,6 +5,13 @@ model), ReLU / GELU / SoLU, no normalisation or LayerNorm, optional biases, lear
 positional embeddings and an optional separate output vocabulary. Weights use the
 TransformerLens layout (``W_Q[head, d_model, d_head]``, ``W_O[head, d_head, d_model]``, ...).
 
+Fused kernels (``fused=True``): when nothing is hooked at a LayerNorm's ``hook_scale`` /
+``hook_normalized`` or at an attention layer's ``hook_attn_scores`` / ``hook_pattern`` (beyond
+``SHORT_CONTEXT`` positions), the forward pass uses ``F.layer_norm`` and
+``F.scaled_dot_product_attention`` instead of materialising those sites: the same function up
+to float rounding, and faster to train. Caching or patching a site switches that module back
+to the explicit computation (so outputs with and without hooks agree to rounding, not bits).
+
 Readout at selected positions: ``model(tokens, positions=[-1])`` returns logits only there.
 The last block then computes queries, attention output, MLP and unembedding only at those
 positions (keys and values still see every position), which gives the same numbers as
@@ -51,7 +58,8 @@ class TransformerConfig:
 
     ``d_head`` defaults to ``d_model // n_heads``; ``d_mlp=None`` means attention-only;
     ``d_vocab_out`` defaults to ``d_vocab``; ``init_range`` is the std of the normal init
-    (default ``0.8 / sqrt(d_model)``, as TransformerLens).
+    (default ``0.8 / sqrt(d_model)``, as TransformerLens); ``fused``: fused LayerNorm and
+    attention kernels where no hook reads them (see the module docstring).
     """
 
     d_vocab: int
@@ -66,6 +74,7 @@ class TransformerConfig:
     bias: bool = True
     d_vocab_out: int | None = None
     init_range: float | None = None
+    fused: bool = False
 
     def __post_init__(self) -> None:
         for name in ("d_vocab", "n_ctx", "d_model", "n_layers", "n_heads"):
@@ -95,25 +104,33 @@ class TransformerConfig:
         return self.d_mlp is None
 
 
+def _hooked(*points: HookPoint) -> bool:
+    """Whether any hook (forward or backward) is attached to one of ``points``."""
+    return any(p._forward_hooks or p._forward_pre_hooks or p._backward_hooks or p._backward_pre_hooks
+               for p in points)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with TransformerLens sites ``hook_scale`` and ``hook_normalized``."""
 
-    def __init__(self, d: int, eps: float = 1e-5) -> None:
+    def __init__(self, d: int, eps: float = 1e-5, fused: bool = False) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.fused = eps, fused
         self.w = nn.Parameter(torch.ones(d))
         self.b = nn.Parameter(torch.zeros(d))
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused and not _hooked(self.hook_scale, self.hook_normalized):
+            return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale) * self.w + self.b
 
 
 def _norm(cfg: TransformerConfig) -> nn.Module:
-    return LayerNorm(cfg.d_model) if cfg.normalization == "LN" else nn.Identity()
+    return LayerNorm(cfg.d_model, fused=cfg.fused) if cfg.normalization == "LN" else nn.Identity()
 
 
 class Attention(nn.Module):
@@ -131,7 +148,7 @@ class Attention(nn.Module):
             self.b_K = nn.Parameter(torch.zeros(H, Dh))
             self.b_V = nn.Parameter(torch.zeros(H, Dh))
             self.b_O = nn.Parameter(torch.zeros(D))
-        self.bias = cfg.bias
+        self.bias, self.fused = cfg.bias, cfg.fused
         self.scale = 1.0 / math.sqrt(Dh)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
@@ -146,25 +163,38 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, q_pos: Tensor | None = None) -> Tensor:
         """``x``: [batch, pos, d_model]; ``q_pos``: query positions (None = all)."""
         n = x.shape[1]
-        x_q = x if q_pos is None else x[:, q_pos]
-        q = self.hook_q(self._proj(x_q, self.W_Q, "b_Q"))
-        k = self.hook_k(self._proj(x, self.W_K, "b_K"))
-        v = self.hook_v(self._proj(x, self.W_V, "b_V"))
-        if n <= SHORT_CONTEXT:  # broadcast products beat many tiny batched matmuls here
-            scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1).permute(0, 3, 1, 2) * self.scale
+        if q_pos is None:  # q, k, v from one matmul: [batch, pos, 3 * head * d_head]
+            H, D, Dh = self.W_Q.shape
+            W = torch.stack([self.W_Q, self.W_K, self.W_V]).permute(2, 0, 1, 3).reshape(D, 3 * H * Dh)  # [D, 3, H, Dh]
+            b = torch.stack([self.b_Q, self.b_K, self.b_V]).flatten() if self.bias else None
+            qkv = (x @ W if b is None else torch.addmm(b, x.flatten(0, 1), W).unflatten(0, x.shape[:2]))
+            q, k, v = (t.unflatten(-1, (H, Dh)) for t in qkv.chunk(3, dim=-1))
+            q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         else:
-            scores = torch.einsum("bqhk,bphk->bhqp", q, k) * self.scale
-        qp = torch.arange(n, device=x.device) if q_pos is None else q_pos
-        future = torch.arange(n, device=x.device)[None, :] > qp[:, None]  # [q, k]
-        scores = self.hook_attn_scores(scores.masked_fill(future, float("-inf")))
-        pattern = self.hook_pattern(scores.softmax(-1))
-        if n <= SHORT_CONTEXT:
-            z = (pattern.permute(0, 2, 3, 1).unsqueeze(-1) * v.unsqueeze(1)).sum(2)
+            q = self.hook_q(self._proj(x[:, q_pos], self.W_Q, "b_Q"))
+            k = self.hook_k(self._proj(x, self.W_K, "b_K"))
+            v = self.hook_v(self._proj(x, self.W_V, "b_V"))
+        if self.fused and n > SHORT_CONTEXT and not _hooked(self.hook_attn_scores, self.hook_pattern):
+            # fused attention on [batch, head, pos, d_head]; True in attn_mask = may attend
+            mask = None if q_pos is None else torch.arange(n, device=x.device)[None, :] <= q_pos[:, None]
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=mask, is_causal=q_pos is None, scale=self.scale)
+            z = self.hook_z(z.transpose(1, 2))
         else:
-            z = torch.einsum("bhqp,bphk->bqhk", pattern, v)
-        z = self.hook_z(z)
-        out = z.flatten(-2) @ self.W_O.flatten(0, 1)
-        return out + self.b_O if self.bias else out
+            if n <= SHORT_CONTEXT:  # broadcast products beat many tiny batched matmuls here
+                scores = (q.unsqueeze(2) * k.unsqueeze(1)).sum(-1).permute(0, 3, 1, 2) * self.scale
+            else:
+                scores = torch.einsum("bqhk,bphk->bhqp", q, k) * self.scale
+            qp = torch.arange(n, device=x.device) if q_pos is None else q_pos
+            future = torch.arange(n, device=x.device)[None, :] > qp[:, None]  # [q, k]
+            scores = self.hook_attn_scores(scores.masked_fill(future, float("-inf")))
+            pattern = self.hook_pattern(scores.softmax(-1))
+            if n <= SHORT_CONTEXT:
+                z = (pattern.permute(0, 2, 3, 1).unsqueeze(-1) * v.unsqueeze(1)).sum(2)
+            else:
+                z = torch.einsum("bhqp,bphk->bqhk", pattern, v)
+            z = self.hook_z(z)
+        return F.linear(z.flatten(-2), self.W_O.flatten(0, 1).t(), self.b_O if self.bias else None)
 
 
 class MLPBlock(nn.Module):
@@ -186,16 +216,14 @@ class MLPBlock(nn.Module):
             self.ln = LayerNorm(cfg.d_mlp)
 
     def forward(self, x: Tensor) -> Tensor:
-        pre = x @ self.W_in
-        pre = self.hook_pre(pre + self.b_in if self.bias else pre)
+        pre = self.hook_pre(F.linear(x, self.W_in.t(), self.b_in if self.bias else None))
         if self.act_fn == "relu":
             post = F.relu(pre)
         elif self.act_fn == "gelu":
             post = F.gelu(pre)
         else:
             post = self.ln(self.hook_mid(pre * pre.softmax(-1)))
-        out = self.hook_post(post) @ self.W_out
-        return out + self.b_out if self.bias else out
+        return F.linear(self.hook_post(post), self.W_out.t(), self.b_out if self.bias else None)
 
 
 class Block(nn.Module):
@@ -278,12 +306,11 @@ class Transformer(HookedModel):
             f"tokens must lie in 0..{self.cfg.d_vocab - 1}.",
         )
         q_pos = self.positions_index(positions, n)
-        resid = self.hook_embed(self.W_E[tokens.long()]) + self.hook_pos_embed(self.W_pos[:n])[None]
+        resid = self.hook_embed(F.embedding(tokens.long(), self.W_E)) + self.hook_pos_embed(self.W_pos[:n])[None]
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             resid = block(resid, q_pos if i == last else None)
         resid = self.ln_final(resid)
         if return_type == "resid":
             return resid
-        logits = resid @ self.W_U
-        return logits + self.b_U if self.cfg.bias else logits
+        return F.linear(resid, self.W_U.t(), self.b_U if self.cfg.bias else None)

@@ -11,9 +11,16 @@ Variants (:data:`GHOST_VARIANTS`):
 - ``original``: as above;
 - ``scaled``: the loss multiplied by the fraction of features that are dead (the known fix:
   the auxiliary term fades as the dictionary comes alive);
-- ``dead-only``: as ``original``, but its gradient reaches only the dead features' own
-  parameters (encoder columns, encoder biases, decoder rows): the shared pre-encoder bias
-  ``b_dec`` is detached, so the ghost term cannot move the live features' inputs.
+- ``dead-only``: the ghost loss is computed on the dead features alone: its gradient reaches
+  only their own parameters (encoder columns, encoder biases, decoder rows), the shared
+  pre-encoder bias ``b_dec`` is detached, so the ghost term cannot move the live features'
+  inputs. It keeps the per-input rescale to the reconstruction loss and has no dead-fraction
+  factor.
+- ``seed-dead-only``: the seed's version of "dead only", kept under its own name for
+  comparison: dead features alone as in ``dead-only``, but the plain mean squared ghost error
+  (no rescale to the reconstruction loss) multiplied by the fraction of dead features. Its
+  size then depends on the residual's scale and falls as features come alive, so early in
+  training it is a small, uncalibrated term next to the reconstruction loss.
 
 Example:
     >>> import torch
@@ -35,7 +42,7 @@ from torch import Tensor
 from interplab.errors import check
 from interplab.sae.model import SAE, SAEOutput
 
-GHOST_VARIANTS = ("original", "scaled", "dead-only")
+GHOST_VARIANTS = ("original", "scaled", "dead-only", "seed-dead-only")
 
 
 def ghost_loss(sae: SAE, x: Tensor, out: SAEOutput, dead: Tensor, variant: str = "original",
@@ -50,7 +57,7 @@ def ghost_loss(sae: SAE, x: Tensor, out: SAEOutput, dead: Tensor, variant: str =
     if not bool(dead.any()):
         return x.new_zeros(())
     residual = (x - out.x_hat).detach()
-    if variant == "dead-only":
+    if variant in ("dead-only", "seed-dead-only"):
         pre = (x - sae.b_dec.detach()) @ sae.W_enc[:, dead] + sae.b_enc[dead]
     else:
         pre = out.pre[:, dead]
@@ -59,6 +66,8 @@ def ghost_loss(sae: SAE, x: Tensor, out: SAEOutput, dead: Tensor, variant: str =
     scale = residual.norm(dim=-1) / (2 * ghost_out.norm(dim=-1) + 1e-6)
     ghost_out = ghost_out * scale.detach()[:, None]
     ghost_err = (ghost_out - residual).pow(2).sum(-1)
+    if variant == "seed-dead-only":
+        return ghost_err.mean() * dead.float().mean()
     main_err = (out.x_hat - x).pow(2).sum(-1).detach()
     loss = ((main_err / (ghost_err.detach() + 1e-6)) * ghost_err).mean()
     if variant == "scaled":

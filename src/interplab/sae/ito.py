@@ -12,6 +12,9 @@ rows. Every function takes a batch ``x [N, d]`` and returns codes ``[N, n_atoms]
   gradient restricted to the chosen set); ``nonnegative=True`` clips coefficients at zero.
 
 :func:`readout` reads an SAE out by its encoder, top-k, or one of these, at a given L0.
+:func:`ito_loss_recovered` compares dictionaries on a language model: loss recovered (the
+reconstruction spliced into the next-token loss) against target L0 for each pursuit, with a
+random dictionary of the same shape (:func:`random_dictionary_like`) as the baseline.
 
 Example:
     >>> import torch
@@ -191,3 +194,71 @@ def readout(sae: torch.nn.Module, x: Tensor, method: str = "encoder", k: int | N
         else:
             codes = gradient_pursuit(centered, D, k)
     return codes, codes @ sae.W_dec.detach() + sae.b_dec.detach()
+
+
+def random_dictionary_like(sae: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """A copy of ``sae`` whose decoder rows are random unit vectors (same shape, ``b_dec`` and
+    scale kept): the baseline dictionary for inference-time optimization.
+
+    Example:
+        >>> from interplab.sae.model import SAE, SAEConfig
+        >>> r = random_dictionary_like(SAE(SAEConfig(d_in=4, d_sae=6)), seed=1)
+        >>> r.W_dec.shape, [round(n, 4) for n in r.W_dec.detach().norm(dim=1).tolist()][:2]
+        (torch.Size([6, 4]), [1.0, 1.0])
+    """
+    import copy
+
+    out = copy.deepcopy(sae)
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(tuple(out.W_dec.shape), generator=g)
+    with torch.no_grad():
+        out.W_dec.copy_(W / W.norm(dim=1, keepdim=True))
+        out.W_enc.copy_(out.W_dec.T)
+    return out
+
+
+@torch.no_grad()
+def ito_loss_recovered(model: torch.nn.Module, tokens: Tensor, sae: torch.nn.Module, ks: list[int],
+                       methods: tuple[str, ...] = ("mp", "omp", "gp"), random_baseline: bool = True, seed: int = 0,
+                       batch_size: int = 16, quiet: bool = True) -> dict[str, dict[str, list[list[float]]]]:
+    """Loss recovered on a language model against target L0, per dictionary and pursuit.
+
+    For each dictionary (``sae``, and with ``random_baseline`` a random one of the same shape)
+    and each method in ``methods`` (any :data:`READOUTS` but ``encoder``) and L0 ``k`` in
+    ``ks``: the SAE's site rows (all tokens but BOS) are read out at L0 ``k`` and the
+    reconstruction is spliced into the next-token loss on ``tokens [N, T]``. Returns
+    ``{"sae"|"random": {method: [[k, recovered_zero, recovered_mean, loss], ...]}}``.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> from interplab.sae.model import SAE, SAEConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=5, d_model=8, n_heads=2, d_mlp=16), seed=0)
+        >>> sae = SAE(SAEConfig(d_in=8, d_sae=16, hook_name="blocks.0.hook_resid_post"))
+        >>> r = ito_loss_recovered(m, torch.randint(6, (4, 5)), sae, [1, 8], methods=("omp",))
+        >>> sorted(r), [row[0] for row in r["sae"]["omp"]]
+        (['random', 'sae'], [1.0, 8.0])
+    """
+    from tqdm.auto import tqdm
+
+    from interplab.sae.metrics import lm_loss_recovered, spliced_loss
+    from interplab.tasks.lm import next_token_ce
+    from interplab.sae.store import TokenSite
+
+    check(all(m in READOUTS and m != "encoder" for m in methods), f"methods must be among {', '.join(READOUTS[1:])}.")
+    site = TokenSite(sae.cfg.hook_name)
+    base = lm_loss_recovered(model, tokens, sae, site, reconstruct=lambda a: a, batch_size=batch_size)
+    dicts = {"sae": sae, **({"random": random_dictionary_like(sae, seed)} if random_baseline else {})}
+    out: dict[str, dict[str, list[list[float]]]] = {}
+    jobs = [(name, m, k) for name in dicts for m in methods for k in ks]
+    for name, method, k in tqdm(jobs, disable=quiet, desc="ito", unit="run"):
+        d = dicts[name]
+        s = d.cfg.act_scale
+
+        def recon(a: Tensor, d: torch.nn.Module = d, method: str = method, k: int = k, s: float = s) -> Tensor:
+            return readout(d, a * s, method, k)[1] / s
+
+        loss = spliced_loss(model, tokens, tokens, site, recon, next_token_ce, batch_size)
+        frac = [(base[a] - loss) / (base[a] - base["clean"]) if abs(base[a] - base["clean"]) > 1e-12 else float("nan")
+                for a in ("zero", "mean")]
+        out.setdefault(name, {}).setdefault(method, []).append([float(k), frac[0], frac[1], loss])
+    return out

@@ -3,7 +3,9 @@
 - On activations: :func:`l0`, :func:`mse`, :func:`variance_explained`, :func:`feature_density`
   with :func:`density_counts` (dead, below 1e-4, below 1e-5) and :func:`density_histogram`.
 - In the model: :func:`loss_recovered` splices a reconstruction into the model at its site and
-  compares ``(L_ablated - L_sae) / (L_ablated - L_clean)`` for zero and mean ablation.
+  compares ``(L_ablated - L_sae) / (L_ablated - L_clean)`` for zero and mean ablation; on a
+  language model :func:`lm_loss_recovered` does it with the next-token cross-entropy
+  (:func:`next_token_ce`) at every token position of the SAE's site.
 - Against a known dictionary: :func:`mmcs` (mean max cosine similarity).
 - Per feature: :func:`neuron_sparsity` (share of the decoder row's squared norm in its top
   neuron and the next 9), :func:`kurtosis` (in the neuron basis), :func:`enc_dec_cosine`.
@@ -19,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from interplab.tasks.lm import next_token_ce
 from interplab.errors import check
 from interplab.instrument import Site, run_batches
 from interplab.sae.buffer import collect
@@ -177,6 +181,33 @@ def cross_entropy_at(position: int = -1) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 @torch.no_grad()
+def lm_loss_recovered(model: torch.nn.Module, tokens: Tensor, sae: torch.nn.Module, site: Any = None,
+                      reconstruct: Callable[[Tensor], Tensor] | None = None, batch_size: int = 16,
+                      mean_act: Tensor | None = None) -> dict[str, float]:
+    """:func:`loss_recovered` on a language model: next-token cross-entropy on ``tokens [N, T]``
+    with ``sae``'s reconstruction (``sae.reconstruct``, raw activations in and out) spliced in.
+
+    ``site`` defaults to every position but BOS of the SAE's hook
+    (:class:`interplab.sae.store.TokenSite`); ``reconstruct`` replaces the SAE's own (e.g. an
+    inference-time readout). Zero and mean ablation act on the same rows.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> from interplab.sae.model import SAE, SAEConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=5, d_model=8, n_heads=2, d_mlp=16), seed=0)
+        >>> sae = SAE(SAEConfig(d_in=8, d_sae=16, hook_name="blocks.0.hook_resid_post"))
+        >>> r = lm_loss_recovered(m, torch.randint(6, (8, 5)), sae, reconstruct=lambda a: a)
+        >>> r["recovered_zero"], r["recovered_mean"]
+        (1.0, 1.0)
+    """
+    from interplab.sae.store import TokenSite
+
+    site = site if site is not None else TokenSite(sae.cfg.hook_name)
+    recon = reconstruct if reconstruct is not None else sae.reconstruct
+    return loss_recovered(model, tokens, tokens, site, recon, next_token_ce, mean_act=mean_act, batch_size=batch_size)
+
+
+@torch.no_grad()
 def spliced_loss(
     model: torch.nn.Module,
     inputs: Tensor,
@@ -236,6 +267,24 @@ def loss_recovered(
 
     return {"clean": clean, "sae": spliced, "zero": zero, "mean": mean,
             "recovered_zero": frac(zero), "recovered_mean": frac(mean)}
+
+
+def feature_auc(acts: Tensor, labels: Tensor) -> Tensor:
+    """ROC AUC of every feature's activation ``acts [n, F]`` as a detector of ``labels [n]``
+    (bool), ``[F]``; ties (e.g. the many zeros) count one half (Mann-Whitney with average ranks).
+
+    Example:
+        >>> acts = torch.tensor([[0.0, 1.0], [2.0, 1.0], [3.0, 0.0]])
+        >>> feature_auc(acts, torch.tensor([False, True, True])).tolist()
+        [1.0, 0.25]
+    """
+    from scipy.stats import rankdata
+
+    labels = labels.bool().cpu()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    check(n_pos > 0 and n_neg > 0, "AUC needs both positive and negative examples.")
+    ranks = torch.from_numpy(rankdata(acts.detach().float().cpu().numpy(), axis=0))  # [n, F], average ties
+    return ((ranks[labels].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).float()
 
 
 @torch.no_grad()

@@ -6,7 +6,11 @@ with Adam (``betas`` default ``(0, 0.999)``), projects the decoder gradient and 
 the decoder after every step, and fixes dead features with one of :data:`DEAD_FIXES`:
 ``resample`` (every ``resample_every`` steps, see :mod:`interplab.sae.resample`) or ghost
 grads (``ghost-original``, ``ghost-scaled``, ``ghost-dead-only``, see :mod:`interplab.sae.ghost`).
-A feature is dead when it has not fired for ``dead_window`` steps.
+A feature is dead when it has not fired for ``dead_window`` steps. The seed's variants:
+``decoder_norm="at-most-1"`` (rows clipped to norm <= 1 after each step instead of held at 1)
+with ``weight_decay`` (decoupled, on ``W_enc`` and ``W_dec``); no pre-encoder bias
+(``SAEConfig(apply_b_dec_to_input=False)``); ``ghost_all_steps`` (ghost grads on every feature
+for the first K steps) and ``ghost_stop_step`` (ghost grads off from step S on).
 
 Why not :func:`interplab.train.train`: its loop has no place between ``backward`` and
 ``optimizer.step`` for the decoder-gradient projection nor after the step for the
@@ -58,7 +62,8 @@ from interplab.sae.resample import resample_dead
 from interplab.sae.saelens import save_saelens
 from interplab.train import load_checkpoint, read_metrics, state_path
 
-DEAD_FIXES = ("none", "resample", "ghost-original", "ghost-scaled", "ghost-dead-only")
+DEAD_FIXES = ("none", "resample", "ghost-original", "ghost-scaled", "ghost-dead-only", "ghost-seed-dead-only")
+DECODER_NORMS = ("unit", "at-most-1")
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,12 @@ class SAETrainConfig:
     ``l1_warmup_steps``: the L1 coefficient ramps linearly from 0. ``init_b_dec``: ``mean``
     sets ``b_dec`` to the mean of the first buffer, ``zero`` leaves it. ``resample_every``:
     resampling happens at multiples of it, except in the last ``resample_every`` steps, on
-    ``resample_rows`` fresh rows. ``ghost_capped``: use ``exp(min(pre, 0))``. ``autocast``: run
+    ``resample_rows`` fresh rows. ``ghost_capped``: use ``exp(min(pre, 0))``.
+    ``ghost_all_steps``: with a ghost ``dead_fix``, every feature counts as dead for the ghost
+    loss during the first that many steps. ``ghost_stop_step``: no ghost loss from that step on
+    (0: never stops). ``decoder_norm``: ``unit`` (rows held at norm 1) or ``at-most-1`` (rows
+    longer than 1 clipped back after each step). ``weight_decay``: decoupled decay
+    ``W <- W (1 - lr wd)`` of ``W_enc`` and ``W_dec`` after each step. ``autocast``: run
     the forward pass under bfloat16 autocast on the SAE's device (weights and optimizer stay in
     their dtype). ``tf32``: allow TF32 matmuls on CUDA for the run (no effect elsewhere).
 
@@ -76,7 +86,7 @@ class SAETrainConfig:
         >>> SAETrainConfig(dead_fix="ghosts")
         Traceback (most recent call last):
         ...
-        interplab.errors.InterplabError: dead_fix must be one of none, resample, ghost-original, ghost-scaled, ghost-dead-only, got 'ghosts'.
+        interplab.errors.InterplabError: dead_fix must be one of none, resample, ghost-original, ghost-scaled, ghost-dead-only, ghost-seed-dead-only, got 'ghosts'.
     """
 
     steps: int = 2000
@@ -93,6 +103,10 @@ class SAETrainConfig:
     resample_every: int = 500
     resample_rows: int = 4096
     ghost_capped: bool = True
+    ghost_all_steps: int = 0
+    ghost_stop_step: int = 0
+    decoder_norm: str = "unit"
+    weight_decay: float = 0.0
     autocast: bool = False
     tf32: bool = False
     seed: int = 0
@@ -111,8 +125,30 @@ class SAETrainConfig:
         check(self.buffer_size >= 2 * self.batch_size, f"buffer_size ({self.buffer_size}) must be at least twice "
               f"batch_size ({self.batch_size}).")
         check(self.dead_fix in DEAD_FIXES, f"dead_fix must be one of {', '.join(DEAD_FIXES)}, got {self.dead_fix!r}.")
+        check(self.decoder_norm in DECODER_NORMS, f"decoder_norm must be one of {', '.join(DECODER_NORMS)}, "
+              f"got {self.decoder_norm!r}.")
+        check(self.weight_decay >= 0, f"weight_decay must be non-negative, got {self.weight_decay}.")
+        check(self.ghost_all_steps >= 0 and self.ghost_stop_step >= 0, "ghost_all_steps and ghost_stop_step must be "
+              "non-negative.")
         for name in ("dead_window", "resample_every", "resample_rows", "log_every", "checkpoint_every", "model_batch"):
             check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}.")
+
+    def ghost_dead(self, step: int, since_fired: torch.Tensor) -> torch.Tensor | None:
+        """The features the ghost loss acts on at (0-based) ``step``: all of them during the first
+        ``ghost_all_steps``, none (None) from ``ghost_stop_step`` on or without ghost grads, else
+        those that have not fired for ``dead_window`` steps.
+
+        Example:
+            >>> c = SAETrainConfig(dead_fix="ghost-original", dead_window=2, ghost_all_steps=3, ghost_stop_step=10)
+            >>> since = torch.tensor([0, 5])
+            >>> c.ghost_dead(0, since).tolist(), c.ghost_dead(3, since).tolist(), c.ghost_dead(10, since)
+            ([True, True], [False, True], None)
+        """
+        if not self.dead_fix.startswith("ghost-") or (self.ghost_stop_step and step >= self.ghost_stop_step):
+            return None
+        if step < self.ghost_all_steps:
+            return torch.ones_like(since_fired, dtype=torch.bool)
+        return since_fired >= self.dead_window
 
     def l1_at(self, step: int) -> float:
         """The L1 coefficient at (0-based) ``step``.
@@ -158,6 +194,19 @@ def _autocast(sae: SAE, enabled: bool) -> Any:
     return torch.autocast(device_type=sae.W_dec.device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def sae_optimizer(sae: SAE, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """Adam over the SAE's parameters, with PyTorch's fused kernel on CPU and CUDA (one pass over
+    each tensor instead of several; the same update).
+
+    Example:
+        >>> from interplab.sae.model import SAEConfig
+        >>> sae_optimizer(SAE(SAEConfig(d_in=4, d_sae=8)), 1e-3, (0.0, 0.999)).defaults["fused"]
+        True
+    """
+    fused = next(sae.parameters()).device.type in ("cpu", "cuda")
+    return torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, fused=fused or None)
+
+
 def sae_step(
     sae: SAE,
     optimizer: torch.optim.Optimizer,
@@ -166,10 +215,14 @@ def sae_step(
     dead: torch.Tensor | None = None,
     ghost: str | None = None,
     ghost_capped: bool = True,
+    decoder_norm: str = "unit",
+    weight_decay: float = 0.0,
     autocast: bool = False,
 ) -> tuple[SAEOutput, torch.Tensor, torch.Tensor | None]:
     """One optimizer step on batch ``x``: loss (plus the ghost term for ``dead`` features when
-    ``ghost`` names a variant), backward, decoder-gradient projection, step, renormalization.
+    ``ghost`` names a variant), backward, decoder-gradient projection, step, renormalization
+    (``decoder_norm="at-most-1"``: no projection, rows clipped to norm <= 1; ``weight_decay``:
+    decoupled decay of ``W_enc`` and ``W_dec``).
 
     ``x`` is moved to the SAE's device and dtype; ``autocast`` runs the forward pass under
     bfloat16 autocast. Returns the :class:`SAEOutput`, the total loss and the ghost loss (None
@@ -194,9 +247,18 @@ def sae_step(
         raise InterplabError(f"SAE training diverged: the loss became {loss.item()}; try a lower learning rate.")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    sae.project_decoder_grad()
+    if decoder_norm == "unit":
+        sae.project_decoder_grad()
     optimizer.step()
-    sae.normalize_decoder()
+    if weight_decay:
+        with torch.no_grad():
+            decay = 1 - optimizer.param_groups[0]["lr"] * weight_decay
+            sae.W_enc.mul_(decay)
+            sae.W_dec.mul_(decay)
+    if decoder_norm == "unit":
+        sae.normalize_decoder()
+    else:
+        sae.clip_decoder()
     return out, loss, aux
 
 
@@ -220,7 +282,7 @@ def train_sae(
     out = Path(out_dir) if out_dir is not None else None
     generator = buffer.generator
     generator.manual_seed(cfg.seed)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+    optimizer = sae_optimizer(sae, cfg.lr, cfg.betas)
     device = sae.W_dec.device
     since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
     start, metrics, resampled = 0, [], []
@@ -268,8 +330,9 @@ def train_sae(
         for step in bar:
             sae.train()
             x = buffer.next(cfg.batch_size).to(sae.W_dec)
-            dead = since_fired >= cfg.dead_window if ghost else None
-            out_, loss, aux = sae_step(sae, optimizer, x, cfg.l1_at(step), dead, ghost, cfg.ghost_capped, cfg.autocast)
+            dead = cfg.ghost_dead(step, since_fired)
+            out_, loss, aux = sae_step(sae, optimizer, x, cfg.l1_at(step), dead, ghost, cfg.ghost_capped,
+                                       cfg.decoder_norm, cfg.weight_decay, cfg.autocast)
             with torch.no_grad():
                 fired = (out_.f > 0).any(0)
                 since_fired = torch.where(fired, 0, since_fired + 1)
@@ -318,4 +381,4 @@ def train_sae(
     return SAETrainResult(metrics, done, resampled)
 
 
-__all__ = ["DEAD_FIXES", "SAETrainConfig", "SAETrainResult", "make_buffer", "sae_step", "train_sae"]
+__all__ = ["DEAD_FIXES", "SAETrainConfig", "SAETrainResult", "make_buffer", "sae_optimizer", "sae_step", "train_sae"]

@@ -193,6 +193,10 @@ def make_task(description: dict[str, Any], data_dir: Any = None) -> Any:
         from interplab.tasks.superposition import from_description
 
         return from_description(description)
+    if name == "lm":
+        from interplab.tasks.lm import LMTask
+
+        return LMTask(**d)
     check(name in TASKS, f"Unknown task {name!r} (known: {', '.join(sorted(TASKS))}).")
     if TASKS[name].data_dir:
         d["data_dir"] = data_dir

@@ -120,6 +120,14 @@ def _register_builtin() -> None:
                                          {"ge": 1, "le": 10_000_000}),
                        "n_attributes": Option("(two-token-names) Attribute values.", {"ge": 2, "le": 100_000})},
                       {"epochs": 3000, "lr": 3e-3, "weight_decay": 0.1}))
+    from interplab.tasks.lm import lm_task
+
+    register(TaskSpec("lm", lm_task,
+                      {"corpus": Option("(lm) Corpus directory with tokens.bin and tokenizer.json (from `interplab "
+                                        "corpus make` or `interplab corpus tokenize`)."),
+                       "n_ctx": Option("(lm) Context length in tokens.", {"ge": 2, "le": 65536}),
+                       "rows_per_epoch": Option("(lm) Rows drawn per epoch.", {"ge": 1, "le": 10_000_000_000})},
+                      {"epochs": 30, "lr": 1e-3, "weight_decay": 0.1, "batch_size": 32}))
 
 
 _register_builtin()
