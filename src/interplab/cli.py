@@ -50,6 +50,7 @@ STUDIES = {
     "embeddings": "interplab.studies.embeddings",
     "lm": "interplab.studies.lm",
     "sae-lm": "interplab.studies.sae_lm",
+    "circuit-discovery": "interplab.studies.circuit_discovery",
 }
 # Sub-applications living beside the technique they drive, each exposing ``app``.
 SUBAPPS = {"sae": "interplab.sae.cli", "corpus": "interplab.lm.cli"}

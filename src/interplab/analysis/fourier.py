@@ -121,6 +121,26 @@ def neuron_frequencies(acts: Tensor) -> tuple[Tensor, Tensor]:
     return freq + 1, share
 
 
+def key_frequency_share(values: Tensor, freqs: Sequence[int]) -> Tensor:
+    """Share of a table's variance over ``(a, b)`` carried by the frequencies ``freqs``.
+
+    ``values[p, p, n]``: e.g. a head's output or a neuron's activation over all pairs. Counts
+    the 2D Fourier terms built from the constant, ``cos k`` and ``sin k`` of each ``k`` in
+    ``freqs`` on both axes (as :func:`neuron_frequencies`), the constant term excluded, summed
+    over the last axis: returns a scalar in ``[0, 1]``.
+
+    Example:
+        >>> p = 7; a = torch.arange(p).float()
+        >>> table = torch.cos(2 * math.pi * 3 * (a[:, None] + a[None, :]) / p)[..., None]
+        >>> round(key_frequency_share(table, [3]).item(), 4), round(key_frequency_share(table, [1]).item(), 4)
+        (1.0, 0.0)
+    """
+    coef = fourier_2d(values).pow(2)
+    coef[0, 0] = 0.0
+    idx = torch.tensor(sorted({0} | {2 * k - 1 for k in freqs} | {2 * k for k in freqs}))
+    return coef[idx][:, idx].sum() / coef.sum().clamp_min(1e-12)
+
+
 def _key_directions(p: int, freqs: Sequence[int]) -> Tensor:
     """Unit vectors ``cos/sin(w_k (a + b - c))`` over the ``[p, p, p]`` grid, one per row."""
     r = torch.arange(p, dtype=torch.float64)
@@ -183,5 +203,5 @@ def progress_measures(logits: Tensor, freqs: Sequence[int], train_idx: Tensor) -
     }
 
 
-__all__ = ["fourier_basis", "frequency_norms", "key_frequencies", "fourier_2d", "neuron_frequencies",
+__all__ = ["fourier_basis", "frequency_norms", "key_frequencies", "fourier_2d", "neuron_frequencies", "key_frequency_share",
            "restricted_and_excluded_logits", "progress_measures"]

@@ -40,6 +40,7 @@ from interplab.analysis.logit_attribution import direct_logit_attribution as uni
 from interplab.analysis.logit_attribution import pull_back
 from interplab.errors import check
 from interplab.instrument import cache
+from interplab.interventions.diagnostics import verification_cost
 from interplab.interventions.nodes import Metric, NodeKind, as_kinds, check_readout, metric_value, node_kind
 from interplab.models.base import readout_positions
 
@@ -319,16 +320,24 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
 
     ``true`` and ``estimate``: grids (or dicts of grids by kind) of the same shapes. Returns
     ``spearman`` (rank correlation of the magnitudes), ``recall`` (share of the top-``k``
-    components by true magnitude that are also in the estimate's top ``k``) and
+    components by true magnitude that are also in the estimate's top ``k``),
     ``false_negatives`` (components whose true magnitude is at least ``threshold`` times the
-    largest but whose estimate's magnitude is below that level), with ``n_components``.
+    largest but whose estimate's magnitude is below that level: this mixes ranking with
+    calibration, as an estimate uniformly half the true effects fails it with a perfect
+    ranking), ``missed`` (components above that bar which the estimate does not rank among
+    its top ``n``, ``n`` the number above the bar: ranking only), ``verification_cost``
+    (components to verify in the estimate's order until all above the bar are found; see
+    :func:`~interplab.interventions.diagnostics.verification_cost`) and ``n_components``.
     Where a side's magnitudes are all equal (e.g. all-zero effects) the rank correlation is
     undefined; ``spearman`` is then 1.0 if both sides are constant and 0.0 if one is. Raises
     :class:`InterplabError` for empty grids.
 
     Example:
         >>> t = torch.tensor([5.0, 3.0, 0.1, 0.0])
-        >>> agreement(t, torch.tensor([4.0, 0.2, 0.1, 0.0]), k=2)["false_negatives"]
+        >>> r = agreement(t, torch.tensor([4.0, 0.2, 0.1, 0.0]), k=2)
+        >>> r["false_negatives"], r["missed"], r["verification_cost"]
+        (1, 0, 2)
+        >>> agreement(t, torch.tensor([4.0, 0.0, 0.1, 0.2]), k=2)["missed"]
         1
         >>> agreement(t, t * 2, k=2)["recall"], agreement(t, t * 2, k=2)["spearman"]
         (1.0, 1.0)
@@ -357,10 +366,13 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
         rho = 1.0 if t_const and e_const else 0.0
     else:
         rho = spearmanr(t.numpy(), e.numpy()).statistic
+    cost = verification_cost(t, e, threshold)
     return {
         "spearman": float(rho),
         "recall": len(top_t & top_e) / k,
         "false_negatives": int(((t >= level) & (e < level)).sum()),
+        "missed": cost["missed_in_top"],
+        "verification_cost": cost["cost"],
         "n_components": int(t.numel()),
     }
 

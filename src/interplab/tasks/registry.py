@@ -84,7 +84,7 @@ LENGTH = Option("(induction, previous-token) Sequence length.", {"ge": 2, "le": 
 
 
 def _register_builtin() -> None:
-    from interplab.tasks import memorization, modular, names, pair_labels, sequences
+    from interplab.tasks import ioi, memorization, modular, names, pair_labels, sequences
 
     modular_train = {"epochs": 3000, "lr": 1e-3, "weight_decay": 10.0}
     for name, op in (("modular-addition", "+"), ("modular-subtraction", "-"), ("modular-division", "/")):
@@ -120,6 +120,8 @@ def _register_builtin() -> None:
                                          {"ge": 1, "le": 10_000_000}),
                        "n_attributes": Option("(two-token-names) Attribute values.", {"ge": 2, "le": 100_000})},
                       {"epochs": 3000, "lr": 3e-3, "weight_decay": 0.1}))
+    register(TaskSpec("ioi", ioi.ioi_task, {"n_examples": N_EXAMPLES, "frac_train": FRAC},
+                      {"epochs": 3, "lr": 3e-3, "weight_decay": 0.01, "batch_size": 128}))
     from interplab.tasks.lm import lm_task
 
     register(TaskSpec("lm", lm_task,
