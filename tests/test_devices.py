@@ -227,6 +227,25 @@ def test_patching_and_attribution(device, dtype):
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
+def test_edge_circuits(device, dtype):
+    from interplab.interventions.circuits import acdc, eap, eap_ig, faithfulness
+    from interplab.interventions.edges import Graph, sender_outputs
+
+    m = _tiny_transformer(device, dtype, normalization="LN")
+    clean, corrupt = _pair(4)
+    g = Graph.from_model(m)
+    corr = sender_outputs(m, g, corrupt)  # corrupted tokens on the CPU: moved to the model
+    assert corr.device.type == device and corr.dtype == dtype
+    for scores in (eap(m, g, clean, corr, _metric), eap(m, g, clean, corr, _metric, exact_attention=True),
+                   eap_ig(m, g, clean, corrupt, _metric, steps=2)):
+        assert bool(torch.isfinite(scores.float()).all())
+    result = acdc(m, g, clean, corr, threshold=0.0, metric=_metric, quiet=True)
+    assert bool(torch.isfinite(torch.tensor(result.distance)))
+    everything = torch.ones(len(g.receivers), len(g.senders), dtype=torch.bool)
+    assert abs(faithfulness(m, g, clean, corr, everything, _metric) - 1) < 1e-2
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
 def test_ablate(device, dtype):
     from interplab.interventions.ablate import ablate
 
