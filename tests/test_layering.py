@@ -27,7 +27,7 @@ ROOT = "interplab"
 LAYERS: list[list[str]] = [
     ["interplab.errors"],
     ["interplab.devices"],
-    ["interplab.io"],
+    ["interplab.io", "interplab.numerics"],
     ["interplab.models", "interplab.instrument", "interplab.data", "interplab.lm"],
     ["interplab.runs", "interplab.report", "interplab.tasks"],
     ["interplab.analysis"],

@@ -11,7 +11,7 @@ from interplab.sae.metrics import lm_loss_recovered
 from interplab.sae.model import SAE, SAEConfig
 from interplab.sae.store import ActivationStore, TokenSite, run_site, write_shards
 from interplab.sae.train import SAETrainConfig, train_sae
-from interplab.train import load_checkpoint
+from interplab.runs import load_checkpoint
 
 HOOK = "blocks.0.hook_resid_post"
 

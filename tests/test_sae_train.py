@@ -14,7 +14,7 @@ from interplab.sae.metrics import mmcs
 from interplab.sae.model import SAE, SAEConfig
 from interplab.sae.saelens import load_saelens
 from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
-from interplab.train import load_checkpoint
+from interplab.runs import load_checkpoint
 
 
 class Identity(HookedRootModule):

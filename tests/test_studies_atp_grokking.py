@@ -24,7 +24,7 @@ def test_grokking_study_tiny(tmp_path):
     _register()
     res = CliRunner().invoke(app, ["study", "grokking", "--out", str(tmp_path), "--p", "13", "--max-epochs", "60",
                                    "--quiet"])
-    assert res.exit_code != 0 and "different training run" in str(res.exception)
+    assert res.exit_code != 0 and "other settings" in str(res.exception)
 
 
 def test_atp_study_small(tmp_path):

@@ -37,6 +37,25 @@ study_app = typer.Typer(
 )
 app.add_typer(study_app, name="study")
 
+
+@app.callback()
+def _numerics_options(
+    flush_denormal: bool = typer.Option(True, "--flush-denormal/--no-flush-denormal",
+                                        help="Flush subnormal floats to zero in training and long loops "
+                                        "(fast on x86; see interplab.numerics)."),
+    fast: bool = typer.Option(False, "--fast", help="Allow non-deterministic algorithms (faster on GPU; the same "
+                              "seed may then give different weights at different thread counts)."),
+) -> None:
+    """Numerics switches for every command; they set INTERPLAB_FLUSH_DENORMAL and INTERPLAB_DETERMINISTIC."""
+    import os
+
+    from interplab.numerics import DETERMINISTIC_ENV, FLUSH_ENV
+
+    if not flush_denormal:
+        os.environ[FLUSH_ENV] = "0"
+    if fast:
+        os.environ[DETERMINISTIC_ENV] = "0"
+
 # Each study lives in its own module exposing ``cli``, a typer command function.
 STUDIES = {
     "eis-transformer": "interplab.studies.eis_transformer",
@@ -88,8 +107,11 @@ TRAIN_HELP = {
     "schedule": "constant, warmup, cosine or linear.", "warmup_epochs": "Linear warm-up epochs.",
     "seed": "Seed for the split, the initialisation and the batch order.", "log_every": "Log metrics every N epochs.",
     "checkpoint_every": "Checkpoint every N epochs.", "keep_history": "Keep a weight snapshot at every checkpoint.",
-    "patience": "Stop once train accuracy is 100% and test accuracy has not improved for N epochs.",
+    "patience": "Stop once train accuracy is 100% and test accuracy has not improved for N epochs (selects on the "
+                "test split; prefer --stop-loss).",
     "max_grad_norm": "Clip the gradient norm to this value.",
+    "stop_loss": "Stop once the training loss has stayed below this for --stop-patience epochs (training split only).",
+    "stop_patience": "Epochs the training loss must stay below --stop-loss.",
 }
 
 

@@ -69,13 +69,13 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, torch.Tensor):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     if hasattr(x, "item") and hasattr(x, "dtype"):  # numpy scalar
         return x.item()
     if hasattr(x, "tolist"):  # numpy array
@@ -94,7 +94,7 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
         >>> atomic_write_json(p, {"acc": 0.5}); json.load(open(p))
         {'acc': 0.5}
     """
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")
 
 
 def read_json(path: PathLike) -> Any:

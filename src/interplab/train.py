@@ -33,7 +33,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -46,8 +45,10 @@ from tqdm.auto import tqdm
 
 from interplab.devices import dtype_name, model_device, model_dtype, resolve_device, resolve_dtype
 from interplab.errors import InterplabError, check
-from interplab.io import PathLike, atomic_write_bytes, load_torch, read_json, save_tensors, save_torch
-from interplab.runs import save_model
+from interplab.io import PathLike, read_json
+from interplab.models import model_config_dict
+from interplab.numerics import numerics
+from interplab.runs import RunLog, check_settings, save_model, state_path
 
 SCHEDULES = ("constant", "warmup", "cosine", "linear")
 
@@ -71,8 +72,11 @@ class TrainConfig:
 
     ``schedule``: ``constant``; ``warmup`` (linear warm-up over ``warmup_epochs`` then
     constant); ``cosine`` or ``linear`` decay to zero after the warm-up. ``batch_size=None``
-    is full batch. ``patience``: stop once train accuracy is 1.0 and test accuracy has not
-    improved for this many epochs (checked at logged epochs). Metrics are logged at epoch
+    is full batch. ``stop_loss``: stop once the training loss has stayed below it for
+    ``stop_patience`` epochs (checked at logged epochs; it looks at the training split only,
+    and with :mod:`interplab.numerics` it stops at the same epoch whatever the thread count).
+    ``patience`` (older rule, selects on the test split): stop once train accuracy is 1.0 and
+    test accuracy has not improved for this many epochs. Metrics are logged at epoch
     1, every ``log_every`` epochs and at the end; checkpoints every ``checkpoint_every``.
 
     Example:
@@ -94,6 +98,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_history: bool = True
     patience: int | None = None
+    stop_loss: float | None = None
+    stop_patience: int = 100
     max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
@@ -108,6 +114,8 @@ class TrainConfig:
         check(self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}.")
         check(self.checkpoint_every >= 1, f"checkpoint_every must be at least 1, got {self.checkpoint_every}.")
         check(self.patience is None or self.patience >= 1, f"patience must be at least 1, got {self.patience}.")
+        check(self.stop_loss is None or self.stop_loss > 0, f"stop_loss must be positive, got {self.stop_loss}.")
+        check(self.stop_patience >= 1, f"stop_patience must be at least 1, got {self.stop_patience}.")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate for epoch ``epoch`` (0-based).
@@ -140,63 +148,6 @@ class TrainResult:
         return self.metrics[-1] if self.metrics else {}
 
 
-def state_path(out_dir: PathLike) -> Path:
-    """Where a run directory keeps its latest full training state.
-
-    Example:
-        >>> state_path("runs/x").as_posix()
-        'runs/x/checkpoints/state.pt'
-    """
-    return Path(out_dir) / "checkpoints" / "state.pt"
-
-
-def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Load a training state written by ``train``, with a one-sentence error if corrupt.
-
-    Example:
-        >>> load_checkpoint("/nonexistent/state.pt")
-        Traceback (most recent call last):
-        ...
-        interplab.errors.InterplabError: Checkpoint /nonexistent/state.pt does not exist.
-    """
-    path = Path(path)
-    state = load_torch(path, "Checkpoint")
-    keys = {"epoch", "model", "optimizer", "generator"}
-    check(isinstance(state, dict) and keys <= set(state), f"Checkpoint {path} is incomplete; delete it to start over.")
-    return state
-
-
-def _save_checkpoint(out_dir: Path, state: dict[str, Any], model: torch.nn.Module, keep_history: bool) -> None:
-    save_torch(state_path(out_dir), state)
-    if keep_history:
-        save_tensors(out_dir / "checkpoints" / f"epoch_{state['epoch']:06d}.safetensors", model.state_dict())
-
-
-def read_metrics(path: PathLike, upto: int, key: str = "epoch") -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` whose ``key`` is at most ``upto`` (rows past a resumed
-    checkpoint, and a last line cut by a kill, are dropped: they will be logged again).
-
-    Example:
-        >>> import tempfile, os
-        >>> p = os.path.join(tempfile.mkdtemp(), "metrics.jsonl")
-        >>> _ = open(p, "w").write('{"epoch": 1}\\n{"epoch": 5}\\n{"epo')
-        >>> read_metrics(p, 3)
-        [{'epoch': 1}]
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get(key, 0) <= upto:
-            out.append(row)
-    return out
-
-
 def train(
     model: torch.nn.Module,
     objective: Objective,
@@ -213,98 +164,128 @@ def train(
     as it is). Without ``resume``, an ``out_dir`` that already holds a checkpoint is refused
     so no run is overwritten by accident. ``on_log`` is called with every logged metrics row;
     ``stop``, if given, too: training stops early (as with ``patience``) once it returns True.
+    The loop runs under :func:`interplab.numerics.numerics` (subnormals flushed, deterministic
+    algorithms, unless switched off).
     """
     check(isinstance(objective, Objective), f"{type(objective).__name__} is not a training objective.")
-    out = Path(out_dir) if out_dir is not None else None
+    with numerics():
+        return _train(model, objective, cfg, out_dir, resume, quiet, on_log, stop)
+
+
+def _train(model: torch.nn.Module, objective: Objective, cfg: TrainConfig, out_dir: PathLike | None, resume: bool,
+           quiet: bool, on_log: Callable[[dict[str, Any]], None] | None,
+           stop: Callable[[dict[str, Any]], bool] | None) -> TrainResult:
     device = model_device(model)
     if callable(getattr(objective, "to", None)):  # a Task: its data moves to the model's device once
         objective = objective.to(device)
     placement = {"device": str(device), "dtype": dtype_name(model_dtype(model))}
+    run = RunLog(out_dir, resume)
     generator = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    start, metrics = 0, []
-    best_test, best_epoch = -1.0, 0
-
-    if resume:
-        check(out is not None, "resume needs an output directory.")
-        assert out is not None
-        state = load_checkpoint(state_path(out))
+    best_test, best_epoch, below_since = -1.0, 0, None
+    if run.state is not None:
+        state = run.state
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        start = int(state["epoch"])
         best_test, best_epoch = float(state.get("best_test", -1.0)), int(state.get("best_epoch", 0))
-        metrics = read_metrics(out / "metrics.jsonl", start)
-        if state.get("finished"):
-            return TrainResult(metrics, start, bool(state.get("stopped_early")))
-    elif out is not None:
-        check(
-            not state_path(out).exists(),
-            f"{out} already holds a training run; pass --resume to continue it or choose another --out.",
-        )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        save_model(out, model, {"task": objective.describe(), "train": dataclasses.asdict(cfg), "placement": placement})
-        # rewrite metrics.jsonl without rows past the checkpoint (they will be logged again)
-        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
-        metrics_file = open(out / "metrics.jsonl", "a")
-    t0 = time.perf_counter() - (metrics[-1]["time"] if metrics else 0.0)
+        below_since = state.get("below_since")
+        if run.finished:
+            model.eval()
+            return TrainResult(run.metrics, run.start, bool(state.get("stopped_early")))
+    if run.out is not None:
+        save_model(run.out, model, {"task": objective.describe(), "train": dataclasses.asdict(cfg), "placement": placement})
+    start = run.start
+    t0 = time.perf_counter() - run.elapsed
     stopped_early, done = False, start
     bar = tqdm(range(start, cfg.epochs), initial=start, total=cfg.epochs, disable=quiet, desc="train", unit="ep")
-    try:
-        for epoch in bar:
-            lr = cfg.lr_at(epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            for batch in objective.batches(generator, cfg.batch_size):
-                loss = objective.loss(model, batch)
-                if not torch.isfinite(loss):
-                    raise InterplabError(
-                        f"Training diverged: the loss became {loss.item()} at epoch {epoch + 1}; "
-                        "try a lower learning rate."
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-            done = epoch + 1
-            last = done == cfg.epochs
-            if done == 1 or done % cfg.log_every == 0 or last:
-                model.eval()
-                row = {"epoch": done, **objective.evaluate(model), "lr": lr,
-                       "time": round(time.perf_counter() - t0, 3)}
-                metrics.append(row)
-                if out is not None:
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-                if on_log is not None:
-                    on_log(row)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "train_acc", "test_acc")})
-                if "test_acc" in row and row["test_acc"] > best_test:
-                    best_test, best_epoch = row["test_acc"], done
-                if (cfg.patience is not None and row.get("train_acc", 0.0) >= 1.0
-                        and done - best_epoch >= cfg.patience):
-                    stopped_early = True
-                if stop is not None and stop(row):
-                    stopped_early = True
-            if out is not None and (done % cfg.checkpoint_every == 0 or last or stopped_early):
-                state = {"epoch": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "generator": generator.get_state(), "best_test": best_test, "best_epoch": best_epoch,
-                         "finished": last or stopped_early, "stopped_early": stopped_early}
-                _save_checkpoint(out, state, model, cfg.keep_history)
-            if stopped_early:
-                break
-    finally:
-        bar.close()
-        if out is not None:
-            metrics_file.close()
+    with run:
+        try:
+            for epoch in bar:
+                lr = cfg.lr_at(epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                model.train()
+                for batch in objective.batches(generator, cfg.batch_size):
+                    loss = objective.loss(model, batch)
+                    if not torch.isfinite(loss):
+                        raise InterplabError(
+                            f"Training diverged: the loss became {loss.item()} at epoch {epoch + 1}; "
+                            "try a lower learning rate."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                done = epoch + 1
+                last = done == cfg.epochs
+                if done == 1 or done % cfg.log_every == 0 or last:
+                    model.eval()
+                    row = {"epoch": done, **objective.evaluate(model), "lr": lr,
+                           "time": round(time.perf_counter() - t0, 3)}
+                    run.log(row)
+                    if on_log is not None:
+                        on_log(row)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items()
+                                     if k in ("train_loss", "train_acc", "test_acc")})
+                    if "test_acc" in row and row["test_acc"] > best_test:
+                        best_test, best_epoch = row["test_acc"], done
+                    if (cfg.patience is not None and row.get("train_acc", 0.0) >= 1.0
+                            and done - best_epoch >= cfg.patience):
+                        stopped_early = True
+                    if cfg.stop_loss is not None:
+                        below_since = (below_since if below_since is not None else done) \
+                            if row["train_loss"] < cfg.stop_loss else None
+                        if below_since is not None and done - below_since >= cfg.stop_patience:
+                            stopped_early = True
+                    if stop is not None and stop(row):
+                        stopped_early = True
+                if done % cfg.checkpoint_every == 0 or last or stopped_early:
+                    run.checkpoint({"epoch": done, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "generator": generator.get_state(), "best_test": best_test,
+                                    "best_epoch": best_epoch, "below_since": below_since,
+                                    "finished": last or stopped_early, "stopped_early": stopped_early},
+                                   model.state_dict() if cfg.keep_history else None)
+                if stopped_early:
+                    break
+        finally:
+            bar.close()
     model.eval()
-    if out is not None:
-        save_model(out, model)
-    return TrainResult(metrics, done, stopped_early)
+    if run.out is not None:
+        save_model(run.out, model)
+    return TrainResult(run.metrics, done, stopped_early)
+
+
+def train_or_resume(model: torch.nn.Module, objective: Objective, cfg: TrainConfig, out_dir: PathLike,
+                    quiet: bool = False, on_log: Callable[[dict[str, Any]], None] | None = None,
+                    stop: Callable[[dict[str, Any]], bool] | None = None) -> TrainResult:
+    """The run policy of studies: train into ``out_dir``, or continue (or just reload) the run
+    there when it was made with the same model, objective and training settings; a run made
+    with other settings is refused with one sentence (never silently reused or overwritten).
+
+    Example:
+        >>> import tempfile
+        >>> from interplab.tasks.modular import modular_task
+        >>> from interplab.models import Transformer
+        >>> task, out = modular_task(p=5, frac_train=0.6, seed=0), tempfile.mkdtemp()
+        >>> cfg = TrainConfig(epochs=4, log_every=2)
+        >>> train_or_resume(Transformer(task.default_model_config(), seed=0), task, cfg, out, quiet=True).epochs_run
+        4
+        >>> m = Transformer(task.default_model_config(), seed=0)
+        >>> train_or_resume(m, task, cfg, out, quiet=True).epochs_run  # reloaded, not retrained
+        4
+        >>> train_or_resume(m, task, TrainConfig(epochs=8), out)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: The run in ... was made with other settings (train.epochs: 4 there, 8 now; ...); choose another --out or delete it.
+    """
+    resume = state_path(out_dir).exists()
+    if resume:
+        check_settings(Path(out_dir) / "config.json", {"model": model_config_dict(model), "task": objective.describe(),
+                                                       "train": dataclasses.asdict(cfg)})
+    return train(model, objective, cfg, out_dir, resume=resume, quiet=quiet, on_log=on_log, stop=stop)
 
 
 def resume_run(out_dir: PathLike, data_dir: Any = None, quiet: bool = False,
@@ -335,5 +316,4 @@ def resume_run(out_dir: PathLike, data_dir: Any = None, quiet: bool = False,
     return model, train(model, task, cfg, out, resume=True, quiet=quiet)
 
 
-__all__ = ["Objective", "TrainConfig", "TrainResult", "train", "resume_run", "load_checkpoint", "read_metrics",
-           "state_path"]
+__all__ = ["Objective", "TrainConfig", "TrainResult", "train", "train_or_resume", "resume_run"]

@@ -18,9 +18,11 @@ renormalization, resampling must reset Adam's moments for single rows so it need
 optimizer, and its checkpoint holds only model, optimizer and generator, while exact resume
 here also needs the activation buffer and the per-feature firing counters. The conventions
 are the same: ``checkpoints/state.pt`` (``torch.save``, read back with ``weights_only=True``
-through :func:`interplab.train.load_checkpoint`; its ``epoch`` counts steps), atomic writes,
-``metrics.jsonl``, one generator for all randomness. With ``out_dir`` the finished SAE is
-written there in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``).
+through :class:`interplab.runs.RunLog`, the writer :func:`interplab.train.train` uses too; its
+``epoch`` counts steps), atomic writes, ``metrics.jsonl``, one generator for all randomness,
+the numerics of :mod:`interplab.numerics`. :func:`train_sae_or_resume` is the run policy of
+studies (reuse a run made with the same settings, refuse one made with others). With
+``out_dir`` the finished SAE is written there in the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``).
 
 Example:
     >>> import tempfile, torch
@@ -40,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,14 +54,15 @@ from tqdm.auto import tqdm
 from interplab.devices import dtype_name
 from interplab.errors import InterplabError, check
 from interplab.instrument import Site
-from interplab.io import PathLike, atomic_write_bytes, atomic_write_json, save_torch
+from interplab.io import PathLike, atomic_write_json
+from interplab.numerics import numerics
+from interplab.runs import RunLog, check_settings, state_path
 from interplab.sae.buffer import ActivationBuffer, Sampler
 from interplab.sae.ghost import ghost_loss
 from interplab.sae.metrics import variance_explained
 from interplab.sae.model import SAE, SAEOutput
 from interplab.sae.resample import resample_dead
 from interplab.sae.saelens import save_saelens
-from interplab.train import load_checkpoint, read_metrics, state_path
 
 DEAD_FIXES = ("none", "resample", "ghost-original", "ghost-scaled", "ghost-dead-only", "ghost-seed-dead-only")
 DECODER_NORMS = ("unit", "at-most-1")
@@ -76,11 +78,11 @@ class SAETrainConfig:
     ``resample_rows`` fresh rows. ``ghost_capped``: use ``exp(min(pre, 0))``.
     ``ghost_all_steps``: with a ghost ``dead_fix``, every feature counts as dead for the ghost
     loss during the first that many steps. ``ghost_stop_step``: no ghost loss from that step on
-    (0: never stops). ``decoder_norm``: ``unit`` (rows held at norm 1) or ``at-most-1`` (rows
+    (0: never stops). ``autocast``: run the forward pass under bfloat16 autocast on the SAE's
+    device (weights and optimizer stay in their dtype). ``tf32``: allow TF32 matmuls on CUDA for
+    the run (no effect elsewhere). ``decoder_norm``: ``unit`` (rows held at norm 1) or ``at-most-1`` (rows
     longer than 1 clipped back after each step). ``weight_decay``: decoupled decay
-    ``W <- W (1 - lr wd)`` of ``W_enc`` and ``W_dec`` after each step. ``autocast``: run
-    the forward pass under bfloat16 autocast on the SAE's device (weights and optimizer stay in
-    their dtype). ``tf32``: allow TF32 matmuls on CUDA for the run (no effect elsewhere).
+    ``W <- W (1 - lr wd)`` of ``W_enc`` and ``W_dec`` after each step.
 
     Example:
         >>> SAETrainConfig(dead_fix="ghosts")
@@ -103,12 +105,12 @@ class SAETrainConfig:
     resample_every: int = 500
     resample_rows: int = 4096
     ghost_capped: bool = True
+    autocast: bool = False
+    tf32: bool = False
     ghost_all_steps: int = 0
     ghost_stop_step: int = 0
     decoder_norm: str = "unit"
     weight_decay: float = 0.0
-    autocast: bool = False
-    tf32: bool = False
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 500
@@ -279,17 +281,21 @@ def train_sae(
     """
     check(buffer.size >= 2 * cfg.batch_size, f"The buffer ({buffer.size} rows) must hold at least twice "
           f"batch_size ({cfg.batch_size}).")
-    out = Path(out_dir) if out_dir is not None else None
+    with numerics():
+        return _train_sae(sae, buffer, cfg, out_dir, resume, quiet, model_name)
+
+
+def _train_sae(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir: PathLike | None, resume: bool,
+               quiet: bool, model_name: str) -> SAETrainResult:
+    run = RunLog(out_dir, resume, key="step", what="SAE training run")
     generator = buffer.generator
     generator.manual_seed(cfg.seed)
     optimizer = sae_optimizer(sae, cfg.lr, cfg.betas)
     device = sae.W_dec.device
     since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
-    start, metrics, resampled = 0, [], []
-    if resume:
-        check(out is not None, "resume needs an output directory.")
-        assert out is not None
-        state = load_checkpoint(state_path(out))
+    resampled: list[tuple[int, int]] = []
+    if run.state is not None:
+        state = run.state
         try:
             sae.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -297,88 +303,112 @@ def train_sae(
             buffer.load_state_dict(state["buffer"])
             since_fired = state["since_fired"].to(device)
         except (KeyError, RuntimeError, ValueError) as e:
-            raise InterplabError(f"Checkpoint {state_path(out)} does not fit this SAE ({str(e)[:80]}).") from None
-        start = int(state["epoch"])
+            raise InterplabError(f"Checkpoint {state_path(run.out or '')} does not fit this SAE "
+                                 f"({str(e)[:80]}).") from None
         resampled = [tuple(r) for r in state.get("resampled", torch.zeros(0, 2, dtype=torch.long)).tolist()]
-        metrics = read_metrics(out / "metrics.jsonl", start, key="step")
     else:
-        if out is not None:
-            check(not state_path(out).exists(), f"{out} already holds an SAE training run; pass --resume to "
-                  "continue it or choose another --out.")
         buffer.rows, buffer.ptr = None, 0
         if cfg.init_b_dec == "mean":
             buffer.d  # fills the buffer
             assert buffer.rows is not None
             with torch.no_grad():
                 sae.b_dec.copy_(buffer.rows.mean(0, dtype=torch.promote_types(buffer.rows.dtype, torch.float32)))
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train_config.json", {"sae": dataclasses.asdict(sae.cfg), "train": dataclasses.asdict(cfg),
-                                                       "site": {"name": buffer.site.name, "position": buffer.site.position},
-                                                       "placement": {"device": str(device),
-                                                                     "dtype": dtype_name(sae.W_dec.dtype)}})
-        atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
-        metrics_file = open(out / "metrics.jsonl", "a")
-    t0 = time.perf_counter() - (metrics[-1]["time"] if metrics else 0.0)
+    if run.out is not None:
+        run.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run.out / "train_config.json", {**_stored_settings(sae, buffer, cfg), "placement": {
+            "device": str(device), "dtype": dtype_name(sae.W_dec.dtype)}})
+    start = run.start
+    t0 = time.perf_counter() - run.elapsed
     t_log, step_log = time.perf_counter(), start
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     ghost = cfg.dead_fix.removeprefix("ghost-") if cfg.dead_fix.startswith("ghost-") else None
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=quiet, desc="sae", unit="step")
     done = start
-    try:
-        for step in bar:
-            sae.train()
-            x = buffer.next(cfg.batch_size).to(sae.W_dec)
-            dead = cfg.ghost_dead(step, since_fired)
-            out_, loss, aux = sae_step(sae, optimizer, x, cfg.l1_at(step), dead, ghost, cfg.ghost_capped,
-                                       cfg.decoder_norm, cfg.weight_decay, cfg.autocast)
-            with torch.no_grad():
-                fired = (out_.f > 0).any(0)
-                since_fired = torch.where(fired, 0, since_fired + 1)
-            done = step + 1
-            if (cfg.dead_fix == "resample" and done % cfg.resample_every == 0
-                    and done <= cfg.steps - cfg.resample_every):
-                dead = since_fired >= cfg.dead_window
-                rows = torch.cat([buffer.next(cfg.batch_size) for _ in range(max(1, cfg.resample_rows // cfg.batch_size))])
-                n = resample_dead(sae, rows, dead, generator, optimizer)
-                since_fired[dead] = 0
-                if n:
-                    resampled.append((done, n))
-            if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
-                now = time.perf_counter()
+    with run:
+        try:
+            for step in bar:
+                sae.train()
+                x = buffer.next(cfg.batch_size).to(sae.W_dec)
+                dead = cfg.ghost_dead(step, since_fired)
+                out_, loss, aux = sae_step(sae, optimizer, x, cfg.l1_at(step), dead, ghost, cfg.ghost_capped,
+                                           cfg.decoder_norm, cfg.weight_decay, cfg.autocast)
                 with torch.no_grad():
-                    row = {"step": done, "loss": loss.item(), "mse": out_.mse.item(), "l1": out_.l1.item(),
-                           "l0": (out_.f > 0).float().sum(-1).mean().item(),
-                           "dead": int((since_fired >= cfg.dead_window).sum()),
-                           "ghost_loss": aux.item() if aux is not None else 0.0,
-                           "rows_per_s": round((done - step_log) * cfg.batch_size / max(now - t_log, 1e-9), 1),
-                           "time": round(now - t0, 3)}
-                    if bool(((x - x.mean(0)).pow(2).sum()) > 0):  # undefined for a batch without variance: left out
-                        row["variance_explained"] = variance_explained(x, out_.x_hat)
-                t_log, step_log = time.perf_counter(), done
-                metrics.append(row)
-                if out is not None:
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("mse", "l0", "dead", "rows_per_s")})
-            if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                state = {"epoch": done, "model": sae.state_dict(), "optimizer": optimizer.state_dict(),
-                         "generator": generator.get_state(), "buffer": buffer.state_dict(),
-                         "since_fired": since_fired,
-                         "resampled": torch.tensor(resampled, dtype=torch.long).reshape(-1, 2),
-                         "finished": done == cfg.steps}
-                save_torch(state_path(out), state)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32_before
-        bar.close()
-        if out is not None:
-            metrics_file.close()
+                    fired = (out_.f > 0).any(0)
+                    since_fired = torch.where(fired, 0, since_fired + 1)
+                done = step + 1
+                if (cfg.dead_fix == "resample" and done % cfg.resample_every == 0
+                        and done <= cfg.steps - cfg.resample_every):
+                    dead = since_fired >= cfg.dead_window
+                    rows = torch.cat([buffer.next(cfg.batch_size)
+                                      for _ in range(max(1, cfg.resample_rows // cfg.batch_size))])
+                    n = resample_dead(sae, rows, dead, generator, optimizer)
+                    since_fired[dead] = 0
+                    if n:
+                        resampled.append((done, n))
+                if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
+                    now = time.perf_counter()
+                    with torch.no_grad():
+                        row = {"step": done, "loss": loss.item(), "mse": out_.mse.item(), "l1": out_.l1.item(),
+                               "l0": (out_.f > 0).float().sum(-1).mean().item(),
+                               "dead": int((since_fired >= cfg.dead_window).sum()),
+                               "ghost_loss": aux.item() if aux is not None else 0.0,
+                               "rows_per_s": round((done - step_log) * cfg.batch_size / max(now - t_log, 1e-9), 1),
+                               "time": round(now - t0, 3)}
+                        if bool(((x - x.mean(0)).pow(2).sum()) > 0):  # undefined without variance: left out
+                            row["variance_explained"] = variance_explained(x, out_.x_hat)
+                    run.log(row)
+                    bar.set_postfix({k: f"{row[k]:.3g}" for k in ("mse", "l0", "dead", "rows_per_s")})
+                    t_log, step_log = time.perf_counter(), done
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                    run.checkpoint({"epoch": done, "model": sae.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "generator": generator.get_state(), "buffer": buffer.state_dict(),
+                                    "since_fired": since_fired,
+                                    "resampled": torch.tensor(resampled, dtype=torch.long).reshape(-1, 2),
+                                    "finished": done == cfg.steps})
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32_before
+            bar.close()
     sae.eval()
-    if out is not None:
-        save_saelens(sae, out, model_name=model_name,
+    if run.out is not None:
+        save_saelens(sae, run.out, model_name=model_name,
                      extra={"interplab_train": {k: v for k, v in dataclasses.asdict(cfg).items()}})
-    return SAETrainResult(metrics, done, resampled)
+    return SAETrainResult(run.metrics, done, resampled)
 
 
-__all__ = ["DEAD_FIXES", "SAETrainConfig", "SAETrainResult", "make_buffer", "sae_optimizer", "sae_step", "train_sae"]
+def _stored_settings(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig) -> dict[str, Any]:
+    return {"sae": dataclasses.asdict(sae.cfg), "train": dataclasses.asdict(cfg),
+            "site": {"name": buffer.site.name, "position": buffer.site.position}}
+
+
+def train_sae_or_resume(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir: PathLike,
+                        quiet: bool = False, model_name: str = "") -> SAETrainResult:
+    """The run policy of studies for SAEs: train into ``out_dir``, or continue (or reload) the
+    SAE run there when its stored SAE config, training config and site equal these; refuse one
+    made with other settings with one sentence.
+
+    Example:
+        >>> import tempfile
+        >>> from interplab.models import MLP, MLPConfig
+        >>> from interplab.sae.buffer import sample_rows
+        >>> from interplab.sae.model import SAEConfig
+        >>> model, out = MLP(MLPConfig(d_in=4, d_hidden=(8,), d_out=2), seed=0), tempfile.mkdtemp()
+        >>> cfg = SAETrainConfig(steps=4, batch_size=8, buffer_size=32, log_every=2)
+        >>> def fit(c):
+        ...     buf = make_buffer(model, Site("layers.0.hook_post"), sample_rows(torch.randn(50, 4)), c)
+        ...     return train_sae_or_resume(SAE(SAEConfig(d_in=8, d_sae=16)), buf, c, out, quiet=True)
+        >>> fit(cfg).steps_run, fit(cfg).steps_run
+        (4, 4)
+        >>> fit(dataclasses.replace(cfg, l1_coeff=0.1))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        interplab.errors.InterplabError: The run in ... was made with other settings (train.l1_coeff: 0.001 there, 0.1 now); choose another --out or delete it.
+    """
+    resume = state_path(out_dir).exists()
+    if resume:
+        check_settings(Path(out_dir) / "train_config.json", _stored_settings(sae, buffer, cfg))
+    return train_sae(sae, buffer, cfg, out_dir, resume=resume, quiet=quiet, model_name=model_name)
+
+
+__all__ = ["DEAD_FIXES", "SAETrainConfig", "SAETrainResult", "make_buffer", "sae_optimizer", "sae_step", "train_sae",
+           "train_sae_or_resume"]

@@ -41,6 +41,7 @@ from interplab.models import Transformer
 from interplab.report import Report, announce
 from interplab.tasks import Task
 from interplab.tasks.sequences import induction_task, min_max_task
+from interplab.numerics import numerics
 from interplab.train import TrainConfig, train
 
 KINDS = ("z", "q", "k", "v", "pattern", "resid_pre")
@@ -174,6 +175,7 @@ def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     return info, compare(model, clean, corrupted, metric, quiet)
 
 
+@numerics()
 def run(out_dir: str | Path, seed: int = FULL.seed, n_prompts: int = FULL.n_prompts, quiet: bool = False) -> dict[str, Any]:
     """Train both models, compare AtP and AtP* with exhaustive patching, write results and report."""
     t0 = time.perf_counter()

@@ -52,6 +52,7 @@ from interplab.interventions.ablate import ablate
 from interplab.interventions.scrub import Group, Hypothesis, scrub_many
 from interplab.io import PathLike, write_results
 from interplab.models import ConvNet, pixels_to_input
+from interplab.numerics import numerics
 from interplab.report import Report, announce, image_grid
 from interplab.tasks import mnist
 from interplab.tasks.mnist import has_split, load_mnist
@@ -131,6 +132,7 @@ def _mechanism(groups: dict[str, torch.Tensor], acts: torch.Tensor, rh: torch.Te
     return " ".join(parts)
 
 
+@numerics()
 def run(
     out_dir: PathLike,
     data_dir: PathLike | None = None,

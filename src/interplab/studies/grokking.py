@@ -34,8 +34,10 @@ from interplab.instrument import cache
 from interplab.io import load_tensors, load_state_into, read_json, write_results
 from interplab.models import Transformer
 from interplab.report import Report, announce
+from interplab.numerics import numerics
+from interplab.runs import state_path
 from interplab.tasks.modular import modular_task
-from interplab.train import TrainConfig, train
+from interplab.train import TrainConfig, train_or_resume
 
 
 
@@ -78,6 +80,7 @@ def _logits_table(model: Transformer, task: Any) -> tuple[torch.Tensor, torch.Te
     return logits[:, 0].reshape(p, p, p), acts["blocks.0.mlp.hook_post"][:, 0].reshape(p, p, -1)
 
 
+@numerics()
 def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None, frac_train: float | None = None,
         seed: int = 0, checkpoint_every: int | None = None, quick: bool = False, quiet: bool = False,
         device: str = "auto", dtype: str = "float32") -> dict[str, Any]:
@@ -98,12 +101,8 @@ def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None
     model = placement.apply(Transformer(task.default_model_config(), seed=seed))
     cfg = TrainConfig(epochs=max_epochs, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), seed=seed, log_every=50,
                       checkpoint_every=checkpoint_every, keep_history=True)
-    resume = (out / "checkpoints" / "state.pt").exists()
-    if resume:
-        stored = read_json(out / "config.json")
-        check(stored.get("task") == task.describe() and stored.get("train", {}).get("epochs") == max_epochs,
-              f"{out} holds a different training run; choose another --out.")
-    result = train(model, task, cfg, out, resume=resume, quiet=quiet, stop=_StopAfterCleanup())
+    resume = state_path(out).exists()
+    result = train_or_resume(model, task, cfg, out, quiet=quiet, stop=_StopAfterCleanup())
     metrics = result.metrics
     train_time = metrics[-1]["time"] if metrics else 0.0
     model.to(device="cpu", dtype=torch.float32)

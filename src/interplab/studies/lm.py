@@ -49,7 +49,8 @@ from interplab.models import Transformer
 from interplab.report import Report
 from interplab.io import read_json, write_results
 from interplab.tasks.lm import LMTask, next_token_loss
-from interplab.train import TrainConfig, state_path, train
+from interplab.runs import state_path
+from interplab.train import TrainConfig, train
 
 INDUCTION_THRESHOLD = 0.3
 PREV_THRESHOLD = 0.4

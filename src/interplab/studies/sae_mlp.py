@@ -35,7 +35,8 @@ from interplab.sae.ito import READOUTS, readout
 from interplab.sae.metrics import (cross_entropy_at, density_histogram, enc_dec_cosine, feature_density, kurtosis, l0,
                                    loss_recovered, neuron_sparsity, variance_explained)
 from interplab.sae.model import SAE, SAEConfig
-from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
+from interplab.numerics import numerics
+from interplab.sae.train import SAETrainConfig, make_buffer, train_sae_or_resume
 
 RECIPES = {"plain": "none", "resampling": "resample", "ghost grads original": "ghost-original",
            "ghost grads rescaled": "ghost-scaled"}
@@ -68,7 +69,7 @@ def _model_and_task(out: Path, run_dir: Optional[PathLike], p: int, frac_train: 
     from interplab.runs import load
     from interplab.tasks import make_task
     from interplab.tasks.modular import modular_task
-    from interplab.train import TrainConfig, train
+    from interplab.train import TrainConfig, train_or_resume
 
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -80,13 +81,13 @@ def _model_and_task(out: Path, run_dir: Optional[PathLike], p: int, frac_train: 
     task = modular_task(p=p, frac_train=frac_train, seed=seed)
     model = Transformer(task.default_model_config(), seed=seed)
     model_dir = out / "model"
-    resume = (model_dir / "checkpoints" / "state.pt").exists()
     cfg = TrainConfig(epochs=epochs, lr=1e-3, weight_decay=1.0, seed=seed, log_every=100, checkpoint_every=500,
                       keep_history=False)
-    train(model, task, cfg, model_dir, resume=resume, quiet=quiet)
+    train_or_resume(model, task, cfg, model_dir, quiet=quiet)
     return model, task, model_dir
 
 
+@numerics()
 def run(
     out_dir: PathLike,
     run_dir: Optional[PathLike] = None,
@@ -147,9 +148,8 @@ def run(
                                  model_batch=1024, seed=seed, log_every=100, checkpoint_every=steps)
             sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=SITE, position=site.position), seed=seed)
             sae_dir = out / "saes" / f"{RECIPES[name]}_l1_{c:g}"
-            resume = (sae_dir / "checkpoints" / "state.pt").exists()
-            train_sae(sae, make_buffer(model, site, sample_rows(inputs), cfg), cfg, sae_dir, resume=resume,
-                      quiet=quiet, model_name=str(model_dir))
+            train_sae_or_resume(sae, make_buffer(model, site, sample_rows(inputs), cfg), cfg, sae_dir, quiet=quiet,
+                                model_name=str(model_dir))
             with torch.no_grad():
                 f = sae.encode(acts)
                 x_hat = sae.decode(f)

@@ -28,7 +28,8 @@ from interplab.io import PathLike, write_results
 from interplab.report import Report, announce
 from interplab.sae.metrics import enc_dec_cosine, feature_density, l0, mmcs, variance_explained
 from interplab.sae.model import SAE, SAEConfig
-from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
+from interplab.numerics import numerics
+from interplab.sae.train import SAETrainConfig, make_buffer, train_sae_or_resume
 
 REPRESENTED = 0.5  # a feature counts as represented when its column of W has at least this norm
 
@@ -66,20 +67,20 @@ def train_tms(out: Path, n_features: int, n_hidden: int, sparsity: float, epochs
     """
     from interplab.models import TMSConfig, ToyModelOfSuperposition
     from interplab.tasks.superposition import SparseFeatures
-    from interplab.train import TrainConfig, train
+    from interplab.train import TrainConfig, train_or_resume
 
     model = ToyModelOfSuperposition(TMSConfig(n_instances=1, n_features=n_features, n_hidden=n_hidden), seed=seed)
     if placement is not None:
         placement.apply(model)
     objective = SparseFeatures(n_instances=1, n_features=n_features, sparsity=sparsity, importance=1.0, seed=seed)
     model_dir = out / "tms"
-    resume = (model_dir / "checkpoints" / "state.pt").exists()
     cfg = TrainConfig(epochs=epochs, lr=1e-3, weight_decay=0.0, batch_size=1024, seed=seed, log_every=10,
                       checkpoint_every=max(1, epochs // 2), keep_history=False)
-    train(model, objective, cfg, model_dir, resume=resume, quiet=quiet)
+    train_or_resume(model, objective, cfg, model_dir, quiet=quiet)
     return model.eval(), objective
 
 
+@numerics()
 def run(
     out_dir: PathLike,
     n_features: int = FULL.n_features,
@@ -138,8 +139,7 @@ def run(
                                  model_batch=2048, seed=seed, log_every=max(1, steps // 4), checkpoint_every=steps)
             sae = placement.apply(SAE(SAEConfig(d_in=n_hidden, d_sae=width, hook_name=site.name, position=0), seed=seed))
             sae_dir = out / "saes" / f"w{width}_l1_{c:g}"
-            resume = (sae_dir / "checkpoints" / "state.pt").exists()
-            train_sae(sae, make_buffer(model, site, objective.sample, cfg), cfg, sae_dir, resume=resume, quiet=True)
+            train_sae_or_resume(sae, make_buffer(model, site, objective.sample, cfg), cfg, sae_dir, quiet=True)
             sae.to(device="cpu", dtype=torch.float32)
             with torch.no_grad():
                 f = sae.encode(acts)

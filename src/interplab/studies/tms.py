@@ -22,8 +22,6 @@ Example (the command line):
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,8 @@ from interplab.models.base import model_config_dict
 from interplab.report import Report, announce
 from interplab.options import parameter, setting, study_command
 from interplab.tasks.superposition import SparseFeatures
-from interplab.train import TrainConfig, TrainResult, train
+from interplab.numerics import numerics
+from interplab.train import TrainConfig, TrainResult, train_or_resume
 
 
 @dataclass(frozen=True)
@@ -93,14 +92,7 @@ def _key(sparsity: float) -> str:
 def _fit(model: ToyModelOfSuperposition, objective: SparseFeatures, cfg: TrainConfig, run_dir: Path,
          quiet: bool) -> TrainResult:
     """Train into ``run_dir``, or reuse (and finish) a run there made with the same settings."""
-    if (run_dir / "checkpoints" / "state.pt").exists():
-        stored = read_json(run_dir / "config.json")
-        wanted = json.loads(json.dumps({"model": model_config_dict(model), "task": objective.describe(),
-                                        "train": dataclasses.asdict(cfg)}))
-        check(all(stored.get(k) == v for k, v in wanted.items()),
-              f"{run_dir} holds a run with other settings; choose another --out.")
-        return train(model, objective, cfg, run_dir, resume=True, quiet=quiet)
-    return train(model, objective, cfg, run_dir, quiet=quiet)
+    return train_or_resume(model, objective, cfg, run_dir, quiet=quiet)
 
 
 def _config(steps: int, s: Settings, lr: float, seed: int, batch: int, weight_decay: float = 0.0) -> TrainConfig:
@@ -189,6 +181,7 @@ def finite_data(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, An
 
 
 # -- the study -------------------------------------------------------------------------------------------
+@numerics()
 def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = False,
         settings: Settings | None = None) -> dict[str, Any]:
     """Run the four experiments, write ``results.json`` and ``report.html``; return the results."""
