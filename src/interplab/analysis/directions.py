@@ -246,6 +246,26 @@ def lift_rule(rule: ThresholdRule, components: Tensor, mean: Tensor) -> Threshol
     return ThresholdRule(dirs, rule.thresholds + dirs @ mean.to(dirs.dtype), rule.op)
 
 
+def fit_rule_in_subspace(x: Tensor, target: Tensor, basis: Tensor, seed: int = 0, **fit_kwargs: Any) -> ThresholdRule:
+    """Fit a threshold rule on the coordinates of ``x`` in a subspace and lift it back to ``x``.
+
+    ``x`` ``[N, d]``, ``target`` ``[N]`` (bool), ``basis`` ``[d, k]`` with orthonormal columns
+    (e.g. from :func:`gradient_subspace`): the rule is fitted by :func:`fit_threshold_rule`
+    (``fit_kwargs`` passed on) on ``(x - mean) @ basis`` and rewritten by :func:`lift_rule`
+    as a rule on ``x`` whose directions lie in the subspace. Errors as :func:`fit_threshold_rule`.
+
+    Example:
+        >>> import torch
+        >>> x = torch.randn(200, 3, generator=torch.Generator().manual_seed(0)).double()
+        >>> basis = torch.eye(3, dtype=torch.float64)[:, :2]
+        >>> r = fit_rule_in_subspace(x, (x[:, 0] > 0) & (x[:, 1] > 0), basis, steps=50)
+        >>> r.directions.shape, float(r.directions[:, 2].abs().max())
+        (torch.Size([2, 3]), 0.0)
+    """
+    mean = x.mean(0)
+    return lift_rule(fit_threshold_rule((x - mean) @ basis, target, seed=seed, **fit_kwargs), basis.T, mean)
+
+
 def logit_diff(out: Tensor) -> Tensor:
     """Logit of class 1 minus class 0 at the last position (or of a ``[N, 2]`` output).
 
@@ -351,5 +371,5 @@ def readout_basis(readouts: Tensor, x: Tensor | None = None) -> Tensor:
     return torch.linalg.inv(w.T)
 
 
-__all__ = ["OPS", "best_threshold", "ThresholdRule", "rule_agreement", "fit_threshold_rule", "lift_rule", "logit_diff",
+__all__ = ["OPS", "best_threshold", "ThresholdRule", "rule_agreement", "fit_threshold_rule", "lift_rule", "fit_rule_in_subspace", "logit_diff",
            "gradient_subspace", "subspace_r2", "readout_basis"]

@@ -42,6 +42,20 @@ def repeated_tokens(n_values: int, length: int, n: int, bos: int, seed: int = 0)
     return torch.cat([torch.full((n, 1), bos), r, r], dim=1)
 
 
+def corrupted_first_copy(n_values: int, length: int, n: int, bos: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Clean prompts ``[bos, r, r]`` (:func:`repeated_tokens`, ``seed``) and corrupted ones whose first copy
+    is other random tokens (``seed + 1``), both ``[n, 1 + 2 * length]``: patching them isolates induction.
+
+    Example:
+        >>> clean, corrupted = corrupted_first_copy(n_values=5, length=3, n=2, bos=5)
+        >>> bool((clean[:, 4:] == corrupted[:, 4:]).all()), clean.shape
+        (True, torch.Size([2, 7]))
+    """
+    clean = repeated_tokens(n_values, length, n, bos=bos, seed=seed)
+    other = repeated_tokens(n_values, length, n, bos=bos, seed=seed + 1)
+    return clean, torch.cat([clean[:, :1], other[:, 1:length + 1], clean[:, length + 1:]], dim=1)
+
+
 def attention_patterns(model: torch.nn.Module, tokens: Tensor) -> Tensor:
     """Every layer's attention pattern ``[batch, layer, head, query_pos, key_pos]``.
 
@@ -168,5 +182,5 @@ def heads_above(scores: Tensor, threshold: float) -> list[str]:
     return [f"{layer}.{head}" for layer, head in torch.nonzero(scores > threshold).tolist()]
 
 
-__all__ = ["repeated_tokens", "attention_patterns", "previous_token_scores", "induction_scores", "mask_scores",
+__all__ = ["repeated_tokens", "corrupted_first_copy", "attention_patterns", "previous_token_scores", "induction_scores", "mask_scores",
            "duplicate_token_mask", "induction_mask", "duplicate_token_scores", "text_induction_scores", "heads_above"]

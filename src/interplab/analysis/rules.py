@@ -79,6 +79,24 @@ class Rule:
         """Labels (0/1 int64) of uint8 images ``(N, 28, 28)``."""
         return self.predict_scores(self.scores(images))
 
+    def regions(self, s: np.ndarray) -> tuple[np.ndarray, float]:
+        """Which side of the rule's middle each score lies: ``(s > cut, cut)``.
+
+        The middle ``cut`` is the bound of a threshold rule and the midpoint of ``lo`` and
+        ``hi`` of a band or two-sided rule; the boolean mask ``[N]`` is True on the high side.
+
+        Example:
+            >>> r = Rule("t", np.zeros((28, 28)), "none", "band", 1.0, 3.0)
+            >>> mask, cut = r.regions(np.array([0.5, 2.5, 4.0]))
+            >>> mask.tolist(), cut
+            ([False, True, True], 2.0)
+        """
+        if self.kind == "threshold":
+            cut = self.lo if self.lo is not None else self.hi
+        else:
+            cut = (self.lo + self.hi) / 2.0  # type: ignore[operator]
+        return s > cut, float(cut)
+
     def describe(self) -> str:
         """The rule in one sentence."""
         score = f"similarity to the {self.template_name} template ({self.center}-centered)"

@@ -271,6 +271,62 @@ def ablate(
     inputs = to_device(inputs, model_device(model))
     return model.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, *write_hooks(model, site, hook)], **forward_kwargs)
 
+@torch.no_grad()
+def ablate_by_region(
+    model: Any,
+    inputs: Tensor,
+    site: str,
+    groups: dict[str, tuple[Units, Tensor]],
+    methods: Sequence[str] = ("zero", "min"),
+    reference: Tensor | None = None,
+    pos: int = 1,
+    neg: int = 0,
+) -> dict[tuple[str, str], dict[str, float]]:
+    """Ablate each group of units with each method and measure the effect split by region.
+
+    ``groups`` maps a name to ``(units, own)``: the units at ``site`` and a boolean mask
+    ``[batch]`` of the inputs that are the group's own region (e.g. the inputs its units
+    detect). The model's output is ``[batch, n_classes]`` logits. For every non-empty group
+    and method, returns under ``(name, method)`` the fraction of inputs whose predicted class
+    is unchanged on the own region (``own_agree``) and elsewhere (``other_agree``), and the
+    mean change of the logit difference ``logits[:, pos] - logits[:, neg]`` on each
+    (``own_dld``, ``other_dld``); a side with no inputs gives ``nan``. Empty groups are
+    skipped. Used to test detector groups (EIS VII challenge 1, Casper et al. 2023,
+    "Red Teaming Deep Neural Networks with Feature Synthesis Tools").
+
+    Raises :class:`~interplab.errors.InterplabError` for an unknown site or method.
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import MLP, MLPConfig
+        >>> from interplab.instrument import site_values
+        >>> model = MLP(MLPConfig(d_in=4, d_hidden=[8], d_out=2), seed=0)
+        >>> x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        >>> own = x[:, 0] > 0
+        >>> rows = ablate_by_region(model, x, "layers.0.hook_post", {"g": ([0, 1, 2], own), "none": ([], own)},
+        ...                         reference=site_values(model, x, "layers.0.hook_post"))
+        >>> sorted(rows), sorted(rows["g", "min"])
+        ([('g', 'min'), ('g', 'zero')], ['other_agree', 'other_dld', 'own_agree', 'own_dld'])
+    """
+    clean = model(inputs)
+    labels = clean.argmax(-1)
+    ld = clean[..., pos] - clean[..., neg]
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for name, (units, own) in groups.items():
+        for method in methods:
+            if len(units) == 0:
+                continue
+            out = ablate(model, inputs, site, method, units=units, reference=reference)
+            same = out.argmax(-1) == labels
+            d_ld = (out[..., pos] - out[..., neg]) - ld
+            rows[(name, method)] = {
+                "own_agree": float(same[own].float().mean()) if own.any() else float("nan"),
+                "other_agree": float(same[~own].float().mean()) if (~own).any() else float("nan"),
+                "own_dld": float(d_ld[own].mean()) if own.any() else float("nan"),
+                "other_dld": float(d_ld[~own].mean()) if (~own).any() else float("nan"),
+            }
+    return rows
+
 
 __all__ = ["METHODS", "coordinates", "replace_coordinates", "resample_indices", "ablated_coordinates",
-           "ablation_hook", "ablate"]
+           "ablation_hook", "ablate", "ablate_by_region"]

@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -446,5 +447,43 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
             result = result / scale[..., None]
     return result
 
+def compare_attribution(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric: Metric,
+                        kinds: Sequence[str], k: int = 10, threshold: float = 0.1, quiet: bool = True
+                        ) -> dict[str, Any]:
+    """Exhaustive activation patching, AtP and AtP* on one model and prompt set, with their agreement.
 
-__all__ = ["atp", "atp_star", "agreement", "direct_logit_attribution"]
+    Runs each per position over ``kinds`` (prompts ``[batch, pos]``) and returns the three
+    effect grids by kind (``true``, ``atp``, ``atpstar``), their wall times in seconds
+    (``time_exhaustive``, ``time_atp``, ``time_atpstar``) and :func:`agreement` of each
+    estimate with the exhaustive effects (``atp_agreement``, ``atpstar_agreement``). After
+    Kramar et al. 2024, "AtP*: An efficient and scalable method for localizing LLM behaviour
+    to components". Errors as :func:`atp` and
+    :func:`~interplab.interventions.patching.activation_patching`.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=16, n_layers=1, n_heads=2, d_mlp=None))
+        >>> clean, corrupt = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 4, 5, 3]])
+        >>> r = compare_attribution(m, clean, corrupt, lambda logits: logits[:, -1, 3].mean(), ("z",))
+        >>> r["true"]["z"].shape, sorted(r["atpstar_agreement"])[:2]
+        (torch.Size([1, 2, 4]), ['false_negatives', 'missed'])
+    """
+    from interplab.interventions.patching import activation_patching
+
+    t = time.perf_counter()
+    true = activation_patching(model, clean, corrupted, metric, kinds, per_position=True, quiet=quiet)
+    t_exh = time.perf_counter() - t
+    t = time.perf_counter()
+    est_atp = atp(model, clean, corrupted, metric, kinds, per_position=True)
+    t_atp = time.perf_counter() - t
+    t = time.perf_counter()
+    est_star = atp_star(model, clean, corrupted, metric, kinds, per_position=True)
+    t_star = time.perf_counter() - t
+    out: dict[str, Any] = {"true": true, "atp": est_atp, "atpstar": est_star, "time_exhaustive": t_exh,
+                           "time_atp": t_atp, "time_atpstar": t_star}
+    for name, est in (("atp", est_atp), ("atpstar", est_star)):
+        out[name + "_agreement"] = agreement(true, est, k=k, threshold=threshold)
+    return out
+
+
+__all__ = ["atp", "atp_star", "agreement", "direct_logit_attribution", "compare_attribution"]

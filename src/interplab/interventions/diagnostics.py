@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -147,5 +148,43 @@ def subsampling_bound(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, 
         offset += grid.numel()
     return {"estimate": out_est, "upper": out_up, "max_upper": float(upper[flat].max()), "samples": n_samples}
 
+def missed_effects(model: torch.nn.Module, clean: Tensor, corrupted: Tensor, metric: Metric,
+                   true: dict[str, Tensor], estimate: dict[str, Tensor], kinds: Sequence[str], seed: int = 0,
+                   quiet: bool = True, verify: float = 0.2, n_samples: int = 1000, p: float = 0.05) -> dict[str, Any]:
+    """The AtP* paper's diagnostic: verify the top ``verify`` share of estimates, bound the rest by subsampling.
 
-__all__ = ["verification_cost", "subsampling_bound"]
+    ``true`` and ``estimate`` are effect grids by kind (e.g. exhaustive patching and AtP*, as
+    :func:`~interplab.interventions.attribution.compare_attribution` returns them). Returns
+    the number verified and unverified, the bar (10% of the largest verified true effect), the
+    subsampling bound (90% one-sided, :func:`subsampling_bound`) on the unverified components
+    (``max_upper``), how many of them it flags (bound at least the bar), and, from the true
+    effects, the largest unverified one and how many reach the bar.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> from interplab.interventions.attribution import compare_attribution
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=16, n_layers=1, n_heads=2, d_mlp=None))
+        >>> clean, corrupt = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 4, 5, 3]])
+        >>> metric = lambda logits: logits[:, -1, 3].mean()
+        >>> r = compare_attribution(m, clean, corrupt, metric, ("z",))
+        >>> d = missed_effects(m, clean, corrupt, metric, r["true"], r["atpstar"], ("z",), n_samples=20, p=0.5)
+        >>> d["verified"] + d["unverified"]
+        8
+    """
+    e = torch.cat([estimate[k].abs().flatten() for k in kinds])
+    n_verify = max(1, int(verify * e.numel()))
+    level = e.topk(n_verify).values[-1]
+    unverified = {k: estimate[k].abs() < level for k in kinds}
+    verified_true = torch.cat([torch.where(unverified[k], 0.0, true[k].abs()).flatten() for k in kinds])
+    bar = 0.1 * float(verified_true.max())
+    out = subsampling_bound(model, clean, corrupted, metric, unverified, n_samples=n_samples, p=p, seed=seed,
+                            quiet=quiet)
+    up = torch.cat([out["upper"][k].flatten() for k in kinds])
+    t_unv = torch.cat([true[k].abs()[unverified[k]] for k in kinds])
+    flat_unv = torch.cat([unverified[k].flatten() for k in kinds])
+    return {"verified": n_verify, "unverified": int(flat_unv.sum()), "bar": bar, "max_upper": out["max_upper"],
+            "flagged": int((up[flat_unv] >= bar).sum()), "true_max_unverified": float(t_unv.max()),
+            "true_above_bar_unverified": int((t_unv >= bar).sum()), "samples": n_samples, "p": p}
+
+
+__all__ = ["verification_cost", "subsampling_bound", "missed_effects"]

@@ -297,5 +297,36 @@ def scrub_many(
         results.append(result)
     return results
 
+def grouped_hypothesis(
+    site: str,
+    same: dict[str, Sequence[int] | Tensor],
+    key: PerInput = None,
+    score: PerInput = None,
+    tol: float = 0.0,
+    free: dict[str, Sequence[int] | Tensor] | None = None,
+    name: str = "",
+) -> Hypothesis:
+    """A hypothesis of named unit groups that each depend only on ``key`` (and ``score`` within ``tol``).
 
-__all__ = ["Group", "Hypothesis", "ScrubResult", "scrub", "scrub_many", "scrubbed_values", "mean_ci", "RULES"]
+    Every non-empty group of ``same`` becomes a ``"same"`` :class:`Group` with the given
+    ``key`` / ``score`` / ``tol``; every non-empty group of ``free`` a ``"free"`` one (e.g.
+    dead units). Units are indices into the site's last axis. Causal scrubbing: Chan et al.
+    2022, "Causal Scrubbing: a method for rigorously testing interpretability hypotheses".
+
+    Raises :class:`~interplab.errors.InterplabError` when a unit is in two groups or
+    ``same`` has a group but neither ``key`` nor ``score`` is given.
+
+    Example:
+        >>> import torch
+        >>> h = grouped_hypothesis("fc1.hook_post", {"a": [0, 1], "b": []}, key=torch.tensor([0, 1]),
+        ...                        free={"dead": [2]}, name="h")
+        >>> [(g.name, g.rule, g.coords) for g in h.groups]
+        [('a', 'same', (0, 1)), ('dead', 'free', (2,))]
+    """
+    gs = [Group([int(u) for u in units], "same", key=key, score=score, tol=tol, name=gname)
+          for gname, units in same.items() if len(units)]
+    gs += [Group([int(u) for u in units], "free", name=gname) for gname, units in (free or {}).items() if len(units)]
+    return Hypothesis(site, groups=tuple(gs), name=name)
+
+
+__all__ = ["Group", "Hypothesis", "grouped_hypothesis", "ScrubResult", "scrub", "scrub_many", "scrubbed_values", "mean_ci", "RULES"]

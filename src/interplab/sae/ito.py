@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 
@@ -194,6 +196,39 @@ def readout(sae: torch.nn.Module, x: Tensor, method: str = "encoder", k: int | N
         else:
             codes = gradient_pursuit(centered, D, k)
     return codes, codes @ sae.W_dec.detach() + sae.b_dec.detach()
+
+
+def equal_l0_readouts(sae: torch.nn.Module, x: Tensor, score: Callable[[Callable[[Tensor], Tensor]], float],
+                      k: int | None = None, methods: Sequence[str] = READOUTS) -> tuple[int, dict[str, list[float]]]:
+    """One dictionary read out by each method at equal L0, each reconstruction scored.
+
+    ``x [N, d_in]``: the SAE's input rows. ``k`` defaults to the encoder's L0 on ``x``,
+    rounded (at least 1); every method but ``encoder`` is read out at that L0 (see
+    :func:`readout`). ``score`` receives a reconstruction function ``[M, d_in] -> [M, d_in]``
+    (e.g. to splice into a model's loss) and returns one number. Returns
+    ``(k, {method: [L0 on x, score]})``. Inference-time optimization comparison after
+    Smith 2024, "Replacing SAE Encoders with Inference-Time Optimisation" (LessWrong).
+
+    Raises :class:`~interplab.errors.InterplabError` for an unknown method.
+
+    Example:
+        >>> from interplab.sae.model import SAE, SAEConfig
+        >>> sae = SAE(SAEConfig(d_in=8, d_sae=16), seed=0)
+        >>> x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+        >>> k, rows = equal_l0_readouts(sae, x, lambda fn: float((fn(x) - x).pow(2).mean()), k=2, methods=("mp", "gp"))
+        >>> k, sorted(rows), [rows[m][0] <= 2 for m in rows]
+        (2, ['gp', 'mp'], [True, True])
+    """
+    from interplab.sae.metrics import l0
+
+    if k is None:
+        k = max(1, int(round(l0(sae.encode(x).detach()))))
+    out: dict[str, list[float]] = {}
+    for method in methods:
+        kk = None if method == "encoder" else k
+        codes, _ = readout(sae, x, method, kk)
+        out[method] = [l0(codes), score(lambda a, m=method, kk=kk: readout(sae, a, m, kk)[1])]
+    return k, out
 
 
 def random_dictionary_like(sae: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -32,15 +32,14 @@ import matplotlib.pyplot as plt
 import torch
 
 from interplab.options import setting, study_command
-from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
-from interplab.interventions.attribution import agreement, atp, atp_star
-from interplab.interventions.diagnostics import subsampling_bound
-from interplab.interventions.patching import activation_patching
+from interplab.analysis.heads import corrupted_first_copy, heads_above, induction_scores, previous_token_scores, repeated_tokens
+from interplab.interventions.attribution import compare_attribution
+from interplab.interventions.diagnostics import missed_effects
 from interplab.io import write_results
 from interplab.models import Transformer
 from interplab.report import Report, announce
 from interplab.tasks import Task
-from interplab.tasks.sequences import induction_task, min_max_task
+from interplab.tasks.sequences import induction_task, min_max_prompt_pairs, min_max_task
 from interplab.numerics import numerics
 from interplab.train import TrainConfig, train
 
@@ -66,25 +65,6 @@ def _train(task: Task, model_cfg: Any, cfg: TrainConfig, seed: int, quiet: bool)
     return model
 
 
-def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    t = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t
-
-
-def compare(model: Transformer, clean: torch.Tensor, corrupted: torch.Tensor, metric: Any, quiet: bool = True
-            ) -> dict[str, Any]:
-    """Exhaustive patching, AtP and AtP* on one model and prompt set, with their agreement."""
-    true, t_exh = _timed(activation_patching, model, clean, corrupted, metric, KINDS, per_position=True, quiet=quiet)
-    est_atp, t_atp = _timed(atp, model, clean, corrupted, metric, KINDS, per_position=True)
-    est_star, t_star = _timed(atp_star, model, clean, corrupted, metric, KINDS, per_position=True)
-    out: dict[str, Any] = {"true": true, "atp": est_atp, "atpstar": est_star, "time_exhaustive": t_exh,
-                           "time_atp": t_atp, "time_atpstar": t_star}
-    for name, est in (("atp", est_atp), ("atpstar", est_star)):
-        out[name + "_agreement"] = agreement(true, est, k=10, threshold=0.1)
-    return out
-
-
 def _induction_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     n_values, length = 20, 8  # the probe and the patched prompts: [BOS, r, r] with r of 8 tokens
     # training: periods 3..10 and prefixes 0..5 vary per sequence, and the second part asks for the
@@ -97,9 +77,7 @@ def _induction_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     acc = task.evaluate(model)["test_acc"]
     probe = repeated_tokens(n_values, length, 200, bos=n_values, seed=seed + 1)
     ind, prev = induction_scores(model, probe, length), previous_token_scores(model, probe)
-    clean = repeated_tokens(n_values, length, n_prompts, bos=n_values, seed=seed + 2)
-    other = repeated_tokens(n_values, length, n_prompts, bos=n_values, seed=seed + 3)
-    corrupted = torch.cat([clean[:, :1], other[:, 1:length + 1], clean[:, length + 1:]], dim=1)
+    clean, corrupted = corrupted_first_copy(n_values, length, n_prompts, bos=n_values, seed=seed + 2)
     positions = torch.arange(length + 1, 2 * length)  # second copy: r_1..r_{L-1} predict r_2..r_L
     labels = clean[:, 2:length + 1]
 
@@ -112,35 +90,10 @@ def _induction_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     info = {"test_acc": acc, "induction_scores": ind, "prev_token_scores": prev,
             "induction_heads": heads_above(ind, HEAD_THRESHOLD), "prev_token_heads": heads_above(prev, HEAD_THRESHOLD),
             "metric_clean": clean_m, "metric_corrupted": corr_m}
-    result = compare(model, clean, corrupted, metric, quiet)
-    info["diagnostic"] = missed_effects(model, clean, corrupted, metric, result, seed, quiet)
+    result = compare_attribution(model, clean, corrupted, metric, KINDS, quiet=quiet)
+    info["diagnostic"] = missed_effects(model, clean, corrupted, metric, result["true"], result["atpstar"], KINDS,
+                                        seed, quiet)
     return info, result
-
-
-def missed_effects(model: Transformer, clean: torch.Tensor, corrupted: torch.Tensor, metric: Any,
-                   result: dict[str, Any], seed: int, quiet: bool, verify: float = 0.2, n_samples: int = 1000,
-                   p: float = 0.05) -> dict[str, Any]:
-    """The AtP* paper's diagnostic: verify the top ``verify`` share of AtP* estimates, bound the rest by subsampling.
-
-    Returns the subsampling bound (90% one-sided) on the unverified components, how many of them
-    it flags (bound at least 10% of the largest verified effect), and, from exhaustive patching,
-    how many unverified components truly reach that bar and the largest of them.
-    """
-    est, true = result["atpstar"], result["true"]
-    e = torch.cat([est[k].abs().flatten() for k in KINDS])
-    n_verify = max(1, int(verify * e.numel()))
-    level = e.topk(n_verify).values[-1]
-    unverified = {k: est[k].abs() < level for k in KINDS}
-    verified_true = torch.cat([torch.where(unverified[k], 0.0, true[k].abs()).flatten() for k in KINDS])
-    bar = 0.1 * float(verified_true.max())
-    out = subsampling_bound(model, clean, corrupted, metric, unverified, n_samples=n_samples, p=p, seed=seed,
-                            quiet=quiet)
-    up = torch.cat([out["upper"][k].flatten() for k in KINDS])
-    t_unv = torch.cat([true[k].abs()[unverified[k]] for k in KINDS])
-    flat_unv = torch.cat([unverified[k].flatten() for k in KINDS])
-    return {"verified": n_verify, "unverified": int(flat_unv.sum()), "bar": bar, "max_upper": out["max_upper"],
-            "flagged": int((up[flat_unv] >= bar).sum()), "true_max_unverified": float(t_unv.max()),
-            "true_above_bar_unverified": int((t_unv >= bar).sum()), "samples": n_samples, "p": p}
 
 
 def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -150,17 +103,8 @@ def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     model = _train(task, cfg, TrainConfig(epochs=60, lr=3e-3, weight_decay=0.01, batch_size=128, seed=seed,
                                           log_every=20), seed, quiet)
     acc = task.evaluate(model)["test_acc"]
-    g = torch.Generator().manual_seed(seed + 4)
-    a = torch.randint(n_values, (4 * n_prompts,), generator=g)
-    b = torch.randint(n_values, (4 * n_prompts,), generator=g)
-    keep = (a - b).abs() >= 2
-    a, b = a[keep][:n_prompts], b[keep][:n_prompts]
-    op = torch.arange(len(a)) % 2  # 0 = MIN, 1 = MAX
-    clean = torch.stack([a, b, n_values + op], 1)
-    corrupted = torch.stack([a, b, n_values + 1 - op], 1)
-    answer = torch.where(op == 0, torch.minimum(a, b), torch.maximum(a, b))
-    wrong = torch.where(op == 0, torch.maximum(a, b), torch.minimum(a, b))
-    rows = torch.arange(len(a))
+    clean, corrupted, answer, wrong = min_max_prompt_pairs(n_values, n_prompts, seed=seed + 4)
+    rows = torch.arange(len(clean))
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         last = logits[:, -1]
@@ -172,7 +116,7 @@ def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
         clean_m, corr_m = metric(model(clean)).item(), metric(model(corrupted)).item()
     info = {"test_acc": acc, "max_attention": pattern.max(-1).values.mean(0), "metric_clean": clean_m,
             "metric_corrupted": corr_m}
-    return info, compare(model, clean, corrupted, metric, quiet)
+    return info, compare_attribution(model, clean, corrupted, metric, KINDS, quiet=quiet)
 
 
 @numerics()

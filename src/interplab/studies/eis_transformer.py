@@ -38,7 +38,7 @@ import torch
 
 from interplab.options import parameter, setting, study_command
 from interplab.analysis.directions import (
-    ThresholdRule, fit_threshold_rule, gradient_subspace, lift_rule, readout_basis, subspace_r2,
+    ThresholdRule, fit_rule_in_subspace, fit_threshold_rule, gradient_subspace, readout_basis, subspace_r2,
 )
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
 from interplab.analysis.pca import pca
@@ -210,6 +210,28 @@ def _hypotheses(rule: ThresholdRule, basis: torch.Tensor) -> list[Hypothesis]:
 
 @numerics()
 @torch.no_grad()
+@dataclass
+class _Readout:
+    """resid_mid of one model variant (full or fixed attention) and the rules fitted on it."""
+
+    mid: torch.Tensor  # [N, d_model] float64, last position
+    pca: Any
+    rule: ThresholdRule  # the two-direction AND rule on all of resid_mid
+    basis: torch.Tensor  # [d_model, 2] the subspace the MLP reads (gradient of the logit difference)
+    share: torch.Tensor  # [2] its share of the sensitivity
+    scrub_rule: ThresholdRule  # the same rule fitted inside that subspace, for scrubbing
+
+
+def _readout_analysis(model: Any, inputs: torch.Tensor, target: torch.Tensor, hooks: Any, seed: int,
+                      fwd: dict[str, Any]) -> _Readout:
+    """PCA, the two-direction rule and its gradient-subspace version for one variant (``hooks``)."""
+    mid = site_values(model, inputs, SITE, fwd_hooks=hooks, **fwd)[:, -1].double()
+    rule = fit_threshold_rule(mid, target.bool(), steps=600, max_rows=len(mid), seed=seed)
+    basis, share = gradient_subspace(model, inputs, SITE, 2, fwd_hooks=hooks, **fwd)
+    return _Readout(mid, pca(mid), rule, basis, share, fit_rule_in_subspace(mid, target.bool(), basis, seed=seed))
+
+
+@numerics()
 def run(
     out_dir: PathLike,
     labels: str | None = FULL.labels,
@@ -272,29 +294,17 @@ def run(
     scan = perturbation_scan(model, inputs, labels=truth, means=means, **fwd)
 
     # -- resid_mid: PCA and the two-direction AND rule ---------------------------------------------
-    mid = site_values(model, inputs, SITE, **fwd)[:, -1].double()
-    mid_fixed = site_values(model, inputs, SITE, fwd_hooks=hooks, **fwd)[:, -1].double()
-    p_mid, p_fixed = pca(mid), pca(mid_fixed)
+    full, fixed = (_readout_analysis(model, inputs, target, extra, seed, fwd)
+                   for target, extra in ((pred, ()), (pred_fixed, hooks)))
+    mid, mid_fixed, rule_full, rule_fixed, p_mid = full.mid, fixed.mid, full.rule, fixed.rule, full.pca
     res["pca_var_explained_2"] = p_mid.explained(2)
-    res["pca_var_explained_2_fixed"] = p_fixed.explained(2)
-    # the two-direction AND rule, fitted on all of resid_mid against each model's own labels
-    rule_full = fit_threshold_rule(mid, pred.bool(), steps=600, max_rows=len(mid), seed=seed)
-    rule_fixed = fit_threshold_rule(mid_fixed, pred_fixed.bool(), steps=600, max_rows=len(mid), seed=seed)
-    # the same rule restricted to the 2-d subspace the MLP reads (gradient of the logit difference), for scrubbing
-    g_full, share_full = gradient_subspace(model, inputs, SITE, 2, **fwd)
-    g_fixed, share_fixed = gradient_subspace(model, inputs, SITE, 2, fwd_hooks=hooks, **fwd)
-    res["grad_subspace_share_full"], res["grad_subspace_share_fixed"] = float(share_full.sum()), float(share_fixed.sum())
-    scrub_rule_full = lift_rule(fit_threshold_rule((mid - mid.mean(0)) @ g_full, pred.bool(), seed=seed), g_full.T,
-                                mid.mean(0))
-    scrub_rule_fixed = lift_rule(fit_threshold_rule((mid_fixed - mid_fixed.mean(0)) @ g_fixed, pred_fixed.bool(),
-                                                    seed=seed), g_fixed.T, mid_fixed.mean(0))
-    res["scrub_rule_agree_full"] = scrub_rule_full.agreement(mid, pred)
-    res["scrub_rule_agree_fixed"] = scrub_rule_fixed.agreement(mid_fixed, pred_fixed)
-    # how much of each fitted readout the MLP's 2-d gradient subspace explains (R^2, mean over the two)
-    res["two_dir_grad_subspace_r2_full"] = float(subspace_r2(mid, rule_full.directions, g_full).mean())
-    res["two_dir_grad_subspace_r2_fixed"] = float(subspace_r2(mid_fixed, rule_fixed.directions, g_fixed).mean())
-    res["two_dir_agree_full"] = rule_full.agreement(mid, pred)
-    res["two_dir_agree_fixed"] = rule_fixed.agreement(mid_fixed, pred_fixed)
+    res["pca_var_explained_2_fixed"] = fixed.pca.explained(2)
+    for variant, v, target in (("full", full, pred), ("fixed", fixed, pred_fixed)):
+        res[f"grad_subspace_share_{variant}"] = float(v.share.sum())
+        res[f"scrub_rule_agree_{variant}"] = v.scrub_rule.agreement(v.mid, target)
+        # how much of each fitted readout the MLP's 2-d gradient subspace explains (R^2, mean over the two)
+        res[f"two_dir_grad_subspace_r2_{variant}"] = float(subspace_r2(v.mid, v.rule.directions, v.basis).mean())
+        res[f"two_dir_agree_{variant}"] = v.rule.agreement(v.mid, target)
     res["two_dir_acc_fixed"] = rule_fixed.agreement(mid_fixed, truth)
     res["two_dir_fixed_rule_on_full"] = rule_fixed.agreement(mid, pred)
     res["two_dir_cosine_full_fixed"] = _dir_cosine(rule_full, rule_fixed)
@@ -323,8 +333,8 @@ def run(
 
     # -- causal scrubbing -----------------------------------------------------------------------------
     scrubs: dict[str, list[ScrubResult]] = {}
-    for variant, rule, values, extra in (("full", scrub_rule_full, mid, ()),
-                                         ("fixed", scrub_rule_fixed, mid_fixed, hooks)):
+    for variant, rule, values, extra in (("full", full.scrub_rule, mid, ()),
+                                         ("fixed", fixed.scrub_rule, mid_fixed, hooks)):
         basis = readout_basis(rule.directions.T, values).float()
         scrubs[variant] = scrub_many(model, _hypotheses(rule, basis), inputs, truth, n_draws=n_draws, seed=seed,
                                      fwd_hooks=extra, quiet=quiet, **fwd)

@@ -16,7 +16,6 @@ redone without training again.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -27,11 +26,11 @@ import torch
 
 from interplab.options import setting, study_command
 from interplab.analysis.fourier import (fourier_2d, fourier_basis, frequency_norms, key_frequencies,
-                                        neuron_frequencies, progress_measures)
+                                        neuron_frequencies)
+from interplab.analysis.progress import checkpoint_series, first_epoch, grokking_phases, modular_logits_table
 from interplab.devices import Placement
 from interplab.errors import check
-from interplab.instrument import cache
-from interplab.io import load_tensors, load_state_into, read_json, write_results
+from interplab.io import read_json, write_results
 from interplab.models import Transformer
 from interplab.report import Report, announce
 from interplab.numerics import numerics
@@ -68,18 +67,6 @@ class _StopAfterCleanup:
         return self.first is not None and row["epoch"] >= self.first + max(500, int(0.15 * self.first))
 
 
-def _first_epoch(metrics: list[dict[str, Any]], key: str, threshold: float) -> int | None:
-    return next((m["epoch"] for m in metrics if m.get(key, 0.0) >= threshold), None)
-
-
-def _logits_table(model: Transformer, task: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``[p, p, p]`` and MLP activations ``[p, p, d_mlp]`` at the last position, all pairs."""
-    p = task.n_classes
-    with torch.no_grad():
-        logits, acts = cache(model, task.inputs, names=["blocks.0.mlp.hook_post"], positions=[-1])
-    return logits[:, 0].reshape(p, p, p), acts["blocks.0.mlp.hook_post"][:, 0].reshape(p, p, -1)
-
-
 @numerics()
 def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None, frac_train: float | None = None,
         seed: int = 0, checkpoint_every: int | None = None, quick: bool = False, quiet: bool = False,
@@ -110,39 +97,21 @@ def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None
     # -- the final model: Fourier structure ---------------------------------------------------
     emb_norms = frequency_norms(model.W_E[:p].detach())
     keys = key_frequencies(emb_norms)
-    logits, neurons = _logits_table(model, task)
+    logits, neurons = modular_logits_table(model, task)
     neuron_freq, neuron_share = neuron_frequencies(neurons)
     alive = neurons.flatten(0, 1).abs().amax(0) > 1e-6
     in_key = torch.tensor([int(f) in keys for f in neuron_freq]) & alive & (neuron_share > 0.5)
     frac_neurons_key = in_key.sum().item() / max(1, alive.sum().item())
 
     # -- progress measures over the weight history ------------------------------------------
-    ckpts = sorted((out / "checkpoints").glob("epoch_*.safetensors"))
-    series: dict[str, list[float]] = {k: [] for k in ("epoch", "restricted_loss", "excluded_loss", "train_loss",
-                                                      "test_loss", "weight_norm")}
-    probe = Transformer(task.default_model_config(), seed=seed)
-    for path in ckpts:
-        load_state_into(probe, load_tensors(path), path)
-        probe.eval()
-        table, _ = _logits_table(probe, task)
-        pm = progress_measures(table, keys or [1], task.train_idx)
-        ev = task.evaluate(probe)
-        series["epoch"].append(int(path.stem.split("_")[1]))
-        series["restricted_loss"].append(pm["restricted_loss"])
-        series["excluded_loss"].append(pm["excluded_loss"])
-        series["train_loss"].append(ev["train_loss"])
-        series["test_loss"].append(ev["test_loss"])
-        series["weight_norm"].append(math.sqrt(sum(t.pow(2).sum().item() for t in probe.state_dict().values())))
+    series = checkpoint_series(Transformer(task.default_model_config(), seed=seed), task, out / "checkpoints", keys)
 
     final = metrics[-1]
-    ep_train99 = _first_epoch(metrics, "train_acc", 0.99)
-    ep_test99 = _first_epoch(metrics, "test_acc", 0.99)
+    ep_train99 = first_epoch(metrics, "train_acc", 0.99)
+    ep_test99 = first_epoch(metrics, "test_acc", 0.99)
     # the test loss "drops" at the first checkpoint below half its value at memorisation
     epochs = series["epoch"]
-    i_mem = next((i for i, e in enumerate(epochs) if ep_train99 is not None and e >= ep_train99), 0)
-    drop_level = 0.5 * series["test_loss"][i_mem] if epochs else 0.0
-    i_drop = next((i for i in range(i_mem, len(epochs)) if series["test_loss"][i] < drop_level), len(epochs) - 1)
-    i_pre = max(i_mem, i_drop - 1)
+    i_mem, i_drop, i_pre = grokking_phases(epochs, series["test_loss"], ep_train99)
     results: dict[str, Any] = {
         "p": p,
         "final_test_acc": final.get("test_acc"),

@@ -31,7 +31,7 @@ from interplab.io import PathLike, read_json, write_results
 from interplab.report import Report, announce
 from interplab.sae.buffer import collect, sample_rows
 from interplab.sae.dashboard import write_dashboards
-from interplab.sae.ito import READOUTS, readout
+from interplab.sae.ito import equal_l0_readouts, readout
 from interplab.sae.metrics import (cross_entropy_at, density_histogram, enc_dec_cosine, feature_density, kurtosis, l0,
                                    loss_recovered, neuron_sparsity, variance_explained)
 from interplab.sae.model import SAE, SAEConfig
@@ -167,12 +167,7 @@ def run(
     # one dictionary, five readouts at equal L0
     mid = l1_values[len(l1_values) // 2]
     chosen = saes[(ito_recipe, mid)]
-    enc_l0 = l0(chosen.encode(acts).detach())
-    k = max(1, int(round(enc_l0)))
-    ito: dict[str, list[float]] = {}
-    for method in READOUTS:
-        codes, _ = readout(chosen, acts, method, None if method == "encoder" else k)
-        ito[method] = [l0(codes), spliced(lambda a, m=method: readout(chosen, a, m, None if m == "encoder" else k)[1])["recovered_zero"]]
+    k, ito = equal_l0_readouts(chosen, acts, lambda fn: spliced(fn)["recovered_zero"])
     # every plain dictionary read out by gradient pursuit at the same k
     gp_by_dict = {f"{c:g}": spliced(lambda a, s=saes[(ito_recipe, c)]: readout(s, a, "gp", k)[1])["recovered_zero"]
                   for c in l1_values}

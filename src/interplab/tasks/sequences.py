@@ -78,6 +78,32 @@ def min_max_task(n_values: int = 50, frac_train: float = 0.8, seed: int = 0) -> 
     )
 
 
+def min_max_prompt_pairs(n_values: int, n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Clean/corrupted prompt pairs ``[n', 3]`` for patching a min-max model: the operation flipped.
+
+    Draws ``4 n`` pairs ``(a, b)``, keeps up to ``n`` with ``|a - b| >= 2``, alternates MIN and
+    MAX (tokens ``n_values`` and ``n_values + 1``, as :func:`min_max_task`); the corrupted prompt
+    has the other operation. Returns ``(clean, corrupted, answer, wrong)``: the clean answer and
+    the corrupted one ``[n']``.
+
+    Example:
+        >>> clean, corrupted, answer, wrong = min_max_prompt_pairs(10, 4, seed=0)
+        >>> clean.shape, bool((clean[:, :2] == corrupted[:, :2]).all()), bool((clean[:, 2] != corrupted[:, 2]).all())
+        (torch.Size([4, 3]), True, True)
+    """
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randint(n_values, (4 * n,), generator=g)
+    b = torch.randint(n_values, (4 * n,), generator=g)
+    keep = (a - b).abs() >= 2
+    a, b = a[keep][:n], b[keep][:n]
+    op = torch.arange(len(a)) % 2  # 0 = MIN, 1 = MAX
+    clean = torch.stack([a, b, n_values + op], 1)
+    corrupted = torch.stack([a, b, n_values + 1 - op], 1)
+    answer = torch.where(op == 0, torch.minimum(a, b), torch.maximum(a, b))
+    wrong = torch.where(op == 0, torch.maximum(a, b), torch.minimum(a, b))
+    return clean, corrupted, answer, wrong
+
+
 def induction_task(n_values: int = 30, length: int = 10, n_examples: int = 4000, frac_train: float = 0.9,
                    seed: int = 0, min_length: int | None = None, max_prefix: int | None = None,
                    shuffle: bool = True) -> Task:
