@@ -26,6 +26,7 @@ ROOT = "interplab"
 # lowest first; a module belongs to the group whose name is its longest matching prefix
 LAYERS: list[list[str]] = [
     ["interplab.errors"],
+    ["interplab.devices"],
     ["interplab.io", "interplab.numerics"],
     ["interplab.models", "interplab.instrument", "interplab.data", "interplab.lm"],
     ["interplab.runs", "interplab.report", "interplab.tasks"],
@@ -185,4 +186,4 @@ def test_a_cycle_and_an_upward_import_are_caught():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     assert group_of("interplab.io")[0] < group_of("interplab.runs")[0] < group_of("interplab.train")[0]
-    assert group_of("interplab.sae.train") == (7, "interplab.sae.train")
+    assert group_of("interplab.sae.train") == (8, "interplab.sae.train")

@@ -117,6 +117,7 @@ TRAIN_HELP = {
 
 def _train_params() -> list[inspect.Parameter]:
     """The options of ``interplab train``: task options, TrainConfig fields, model sizes (generated)."""
+    from interplab.devices import Placement
     from interplab.options import common, options_from, parameter
     from interplab.tasks.registry import TASKS
     from interplab.train import TrainConfig
@@ -140,17 +141,22 @@ def _train_params() -> list[inspect.Parameter]:
     for name in MODEL_SIZES:
         params.append(parameter(name, int, None, f"[transformer] Override the default {name}.", {"ge": 1, "le": 65536}))
     params.append(parameter("data_dir", Path, None, "Data directory (default: $INTERPLAB_DATA or ../shared/data)."))
+    params += options_from(Placement)
     return params
 
 
-def _train(task: str, out: Path, quiet: bool, resume: bool, data_dir: Optional[Path], **given: Any) -> None:
+def _train(task: str, out: Path, quiet: bool, resume: bool, data_dir: Optional[Path], device: str, dtype: str,
+           **given: Any) -> None:
+    from interplab.devices import Placement
     from interplab.errors import check
     from interplab.models import model_for_config
     from interplab.tasks.registry import TASKS
     from interplab.train import TrainConfig, resume_run, train
 
+    placement = Placement(device, dtype)
+    placement.torch_device  # a device this machine lacks is refused before any work
     if resume:
-        _, result = resume_run(out, data_dir=data_dir, quiet=quiet)
+        _, result = resume_run(out, data_dir=data_dir, quiet=quiet, device=placement.torch_device)
         _print_final(out, result.final, result.stopped_early)
         return
     check(task in TASKS, f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
@@ -166,13 +172,14 @@ def _train(task: str, out: Path, quiet: bool, resume: bool, data_dir: Optional[P
         check(not unknown, f"--{unknown[0].replace('_', '-') if unknown else ''} does not apply to the "
               f"{type(model_cfg).__name__} of {task}.")
         model_cfg = dataclasses.replace(model_cfg, **sizes)
-    model = model_for_config(model_cfg, seed=given["seed"])
+    model = placement.apply(model_for_config(model_cfg, seed=given["seed"]))
     settings = {k: given[k] for k in train_fields if given[k] is not None}
     cfg = TrainConfig(**{**spec.train, **settings})
     if not quiet:
         source = the_task.extras.get("source")
         typer.echo(f"task {task}" + (f" (labels: {source})" if source else "") + f", {len(the_task.train_idx)} train / "
-                   f"{len(the_task.test_idx)} test examples, {sum(q.numel() for q in model.parameters())} parameters")
+                   f"{len(the_task.test_idx)} test examples, {sum(q.numel() for q in model.parameters())} parameters, "
+                   f"{placement.dtype} on {placement.torch_device}")
     result = train(model, the_task, cfg, out, quiet=quiet)
     _print_final(out, result.final, result.stopped_early)
 

@@ -46,6 +46,7 @@ from greenlet import greenlet
 from torch import Tensor
 from transformer_lens import HookedRootModule
 
+from interplab.devices import model_device, to_device
 from interplab.errors import InterplabError, check
 
 NameFilter = str | Iterable[str] | Callable[[str], bool] | None
@@ -96,10 +97,10 @@ class Site:
     def write(self, act: Tensor, rows: Tensor) -> Tensor:
         """A copy of ``act`` with the rows :meth:`read` takes replaced by ``rows``."""
         if self.position is None:
-            return rows.reshape(act.shape).to(act.dtype)
+            return rows.reshape(act.shape).to(act)
         self._check_position(act)
         out = act.clone()
-        out[:, self.position] = rows.reshape(out[:, self.position].shape).to(act.dtype)
+        out[:, self.position] = rows.reshape(out[:, self.position].shape).to(act)
         return out
 
 
@@ -174,6 +175,12 @@ def _read_once(names: NameFilter) -> NameFilter:
     if names is None or isinstance(names, str) or callable(names) or not isinstance(names, Iterable):
         return names
     return list(names)
+
+
+def _on_device(model: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Positional tensor arguments moved to the model's device (dtypes are the model's business)."""
+    device = model_device(model)
+    return tuple(to_device(a, device) for a in args)
 
 
 def _generic(name: str) -> bool:
@@ -259,7 +266,7 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hoo
 
     hooks = [*fwd_hooks, *((n, functools.partial(save, known_as=g)) for n, g in groups)]
     try:
-        out = model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
+        out = model.run_with_hooks(*_on_device(model, args), fwd_hooks=hooks, **kwargs)
     except _Stop:
         out = None
     return out, acts
@@ -329,10 +336,10 @@ def run_batches(model: HookedRootModule, inputs: Tensor, batch_size: int = 4096,
             def put(act: Tensor, hook: Any, part: Tensor = value[rows], site: str = site) -> Tensor:
                 check(act.shape == part.shape, f"A value of shape {tuple(part.shape)} does not fit site {site} "
                       f"of shape {tuple(act.shape)} in this batch.")
-                return part.to(act.dtype)
+                return part.to(act)
 
             hooks += write_hooks(model, site, put)  # (a bridge's resid_mid: on both paths)
-        yield rows, model.run_with_hooks(inputs[rows], fwd_hooks=hooks, **forward_kwargs)
+        yield rows, model.run_with_hooks(*_on_device(model, (inputs[rows],)), fwd_hooks=hooks, **forward_kwargs)
 
 
 @torch.no_grad()
@@ -361,13 +368,13 @@ def masked_patch(act: Tensor, value: Tensor, mask: Tensor | None = None) -> Tens
         >>> masked_patch(a, v, torch.tensor([True, False, True])).tolist()
         [[1.0, 0.0, 1.0], [1.0, 0.0, 1.0]]
     """
-    value = value.to(act.dtype)
+    value = value.to(act)
     if mask is None:
         check(value.shape == act.shape or value.dim() <= act.dim(),
               f"A patch of shape {tuple(value.shape)} does not fit a site of shape {tuple(act.shape)}.")
         return value.expand_as(act) if value.shape != act.shape else value
     try:
-        return torch.where(mask.to(torch.bool), value, act)
+        return torch.where(mask.to(device=act.device, dtype=torch.bool), value, act)
     except RuntimeError:
         raise InterplabError(
             f"A patch of shape {tuple(value.shape)} with a mask of shape {tuple(mask.shape)} does not fit "
@@ -444,7 +451,7 @@ def run_with_patches(model: HookedRootModule, *args: Any, patches: Mapping[str, 
     """
     site_filter(model, list(patches))
     hooks = [h for name, fn in patch_hooks(patches) for h in write_hooks(model, name, fn)]
-    return model.run_with_hooks(*args, fwd_hooks=hooks, **kwargs)
+    return model.run_with_hooks(*_on_device(model, args), fwd_hooks=hooks, **kwargs)
 
 
 # -- trace --------------------------------------------------------------------------------
@@ -568,7 +575,7 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
         >>> grad.shape
         torch.Size([1, 4, 8])
     """
-    return Trace(model, args, kwargs, names)
+    return Trace(model, _on_device(model, args), kwargs, names)
 
 
 __all__ = ["Site", "Hook", "units_index", "site_filter", "cache", "site_groups", "site_values", "default_readout",

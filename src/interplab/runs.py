@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from interplab.devices import resolve_device, resolve_dtype
 from interplab.errors import check
 from interplab.io import (PathLike, atomic_write_bytes, atomic_write_json, jsonable, load_state_into, load_tensors,
                           load_torch, read_json, save_tensors, save_torch)
@@ -50,8 +51,12 @@ def save_model(run_dir: PathLike, model: torch.nn.Module, extra_config: dict[str
     save_tensors(run_dir / "model.safetensors", model.state_dict())
 
 
-def load(run_dir: PathLike) -> torch.nn.Module:
+def load(run_dir: PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> torch.nn.Module:
     """Rebuild the model saved in ``run_dir`` (config from ``config.json``, final weights).
+
+    The weights are read on the CPU whatever device they were trained on, then the model is
+    moved to ``device`` (``auto``, ``cpu``, ``cuda``, ``mps``) and ``dtype`` when given
+    (default: CPU, and the dtype the run was trained in, as recorded in ``config.json``).
 
     Example: see the module docstring.
     """
@@ -61,7 +66,11 @@ def load(run_dir: PathLike) -> torch.nn.Module:
     check("model" in config, f"{run_dir / 'config.json'} has no model entry.")
     model = model_from_config_dict(config["model"])
     path = run_dir / "model.safetensors"
+    stored = config.get("placement", {}).get("dtype", "float32")
+    model.to(resolve_dtype(dtype if dtype is not None else stored))
     load_state_into(model, load_tensors(path), path)
+    if device is not None:
+        model.to(resolve_device(device))
     model.eval()
     return model
 

@@ -4,7 +4,8 @@
 says what an epoch's batches are, what the loss is and how to evaluate (see
 :class:`Objective`; every :class:`interplab.tasks.Task` is one). With ``out_dir`` it writes
 
-- ``config.json``: model class/config/seed, ``objective.describe()``, the TrainConfig;
+- ``config.json``: model class/config/seed, ``objective.describe()``, the TrainConfig, the
+  ``placement`` (device and dtype of the model);
 - ``metrics.jsonl``: one JSON object per logged epoch (``epoch``, evaluate() keys, ``lr``, ``time``);
 - ``checkpoints/state.pt``: the latest full state (weights, optimizer, data generator, early
   stopping), replaced atomically; ``checkpoints/epoch_XXXXXX.safetensors``: weight history;
@@ -12,6 +13,10 @@ says what an epoch's batches are, what the loss is and how to evaluate (see
 
 ``resume=True`` continues from ``state.pt`` and ends bitwise-equal to an uninterrupted run:
 all randomness after initialisation comes from one ``torch.Generator`` saved in the state.
+
+Training runs where the model lives: move the model first (``model.to("cuda")``,
+``model.double()``); an objective with a ``to(device)`` method (every ``Task``) is moved there
+once. The data generator stays on the CPU, so a seed gives the same batches on every device.
 
 Example:
     >>> import tempfile
@@ -38,6 +43,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
+from interplab.devices import dtype_name, model_device, model_dtype, resolve_device, resolve_dtype
 from interplab.errors import InterplabError, check
 from interplab.io import PathLike, read_json
 from interplab.models import model_config_dict
@@ -169,6 +175,10 @@ def train(
 def _train(model: torch.nn.Module, objective: Objective, cfg: TrainConfig, out_dir: PathLike | None, resume: bool,
            quiet: bool, on_log: Callable[[dict[str, Any]], None] | None,
            stop: Callable[[dict[str, Any]], bool] | None) -> TrainResult:
+    device = model_device(model)
+    if callable(getattr(objective, "to", None)):  # a Task: its data moves to the model's device once
+        objective = objective.to(device)
+    placement = {"device": str(device), "dtype": dtype_name(model_dtype(model))}
     run = RunLog(out_dir, resume)
     generator = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -185,7 +195,7 @@ def _train(model: torch.nn.Module, objective: Objective, cfg: TrainConfig, out_d
             model.eval()
             return TrainResult(run.metrics, run.start, bool(state.get("stopped_early")))
     if run.out is not None:
-        save_model(run.out, model, {"task": objective.describe(), "train": dataclasses.asdict(cfg)})
+        save_model(run.out, model, {"task": objective.describe(), "train": dataclasses.asdict(cfg), "placement": placement})
     start = run.start
     t0 = time.perf_counter() - run.elapsed
     stopped_early, done = False, start
@@ -278,8 +288,10 @@ def train_or_resume(model: torch.nn.Module, objective: Objective, cfg: TrainConf
     return train(model, objective, cfg, out_dir, resume=resume, quiet=quiet, on_log=on_log, stop=stop)
 
 
-def resume_run(out_dir: PathLike, data_dir: Any = None, quiet: bool = False) -> tuple[torch.nn.Module, TrainResult]:
-    """Continue the run in ``out_dir`` with its stored model, task and training config.
+def resume_run(out_dir: PathLike, data_dir: Any = None, quiet: bool = False,
+               device: str | torch.device | None = None) -> tuple[torch.nn.Module, TrainResult]:
+    """Continue the run in ``out_dir`` with its stored model, task and training config, in the
+    stored dtype, on ``device`` (default: the device the run was trained on).
 
     Example:
         >>> resume_run("/nonexistent/run")
@@ -295,6 +307,9 @@ def resume_run(out_dir: PathLike, data_dir: Any = None, quiet: bool = False) -> 
     config = read_json(out / "config.json")
     check({"model", "task", "train"} <= set(config), f"{out / 'config.json'} is not a training run's config.")
     model = model_from_config_dict(config["model"])
+    stored = config.get("placement", {})
+    model.to(device=resolve_device(device if device is not None else stored.get("device", "cpu")),
+             dtype=resolve_dtype(stored.get("dtype", "float32")))
     task = make_task(config["task"], data_dir=data_dir)
     train_cfg = dict(config["train"])
     cfg = TrainConfig(**train_cfg)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interplab.devices import model_device, model_dtype
 from interplab.errors import check
 from interplab.instrument import cache, units_index
 
@@ -52,7 +53,7 @@ def total_variation(x: Tensor) -> Tensor:
         [0.5]
     """
     if x.dim() < 3:
-        return torch.zeros(len(x), dtype=x.dtype)
+        return x.new_zeros(len(x))
     dh = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1)
     dw = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
     return (dh + dw) / 2
@@ -98,7 +99,8 @@ def visualize(
 
     Example: see the module docstring.
     """
-    directions = torch.as_tensor(directions, dtype=torch.float32)
+    device, dtype = model_device(model), model_dtype(model)  # inputs are optimized where the model lives
+    directions = torch.as_tensor(directions).to(device=device, dtype=dtype)
     if directions.dim() == 1:
         directions = directions[None]
     check(directions.dim() == 2 and len(directions) > 0, "directions must be a [k, d] matrix with k >= 1.")
@@ -107,7 +109,7 @@ def visualize(
     check(lo < hi, f"clamp must be (low, high) with low < high, got {clamp}.")
     k = len(directions)
     g = torch.Generator().manual_seed(seed)
-    x = (lo + (hi - lo) * torch.rand(n_starts * k, *shape, generator=g)).requires_grad_(True)
+    x = (lo + (hi - lo) * torch.rand(n_starts * k, *shape, generator=g)).to(device, dtype).requires_grad_(True)
     dirs = directions.repeat(n_starts, 1)
     opt = torch.optim.Adam([x], lr=lr * (hi - lo))
     requires = [p.requires_grad for p in model.parameters()]
@@ -136,7 +138,7 @@ def visualize(
             p.requires_grad_(r)
         model.train(was_training)
     best = final.argmax(0)
-    return x.detach().reshape(n_starts, k, *shape)[best, torch.arange(k)]
+    return x.detach().reshape(n_starts, k, *shape)[best, torch.arange(k, device=best.device)]
 
 
 __all__ = ["unit_directions", "total_variation", "site_objective", "visualize"]

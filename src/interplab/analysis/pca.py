@@ -58,14 +58,14 @@ def pca(x: Tensor, k: int | None = None, center: bool = True) -> PCA:
     """
     x = x.reshape(-1, x.shape[-1]).double()
     check(len(x) >= 2, "PCA needs at least two samples.")
-    mean = x.mean(0) if center else torch.zeros(x.shape[-1], dtype=x.dtype)
+    mean = x.mean(0) if center else x.new_zeros(x.shape[-1])
     xc = x - mean
     _, s, vt = torch.linalg.svd(xc, full_matrices=False)
     var = s**2 / (len(x) - 1)
     total = float(xc.pow(2).sum() / (len(x) - 1))
     check(total > 0, "x has no variance (every sample is the same), so its principal components are undefined.")
     idx = vt.abs().argmax(1)
-    signs = torch.sign(vt[torch.arange(len(vt)), idx])
+    signs = torch.sign(vt[torch.arange(len(vt), device=vt.device), idx])
     vt = vt * signs[:, None]
     if k is not None:
         check(1 <= k <= len(var), f"k must be between 1 and {len(var)}, got {k}.")

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interplab.devices import model_device, to_device
 from interplab.errors import check
 from interplab.instrument import Hook, units_index, write_hooks
 
@@ -126,13 +127,13 @@ def resample_indices(
         m = m if ref_scores is None else len(ref_scores)
         return torch.randint(m, (n,), generator=generator)
     if keys is not None:
-        keys = torch.as_tensor(keys).reshape(-1)
+        keys = torch.as_tensor(keys).reshape(-1).cpu()  # indices are drawn on the CPU generator
         check(len(keys) == n, f"keys must have one entry per input ({n}), got {len(keys)}.")
-        ref_keys = keys if ref_keys is None else torch.as_tensor(ref_keys).reshape(-1)
+        ref_keys = keys if ref_keys is None else torch.as_tensor(ref_keys).reshape(-1).cpu()
     if scores is not None:
-        scores = torch.as_tensor(scores, dtype=torch.float64).reshape(-1)
+        scores = torch.as_tensor(scores, dtype=torch.float64).reshape(-1).cpu()
         check(len(scores) == n, f"scores must have one entry per input ({n}), got {len(scores)}.")
-        ref_scores = scores if ref_scores is None else torch.as_tensor(ref_scores, dtype=torch.float64).reshape(-1)
+        ref_scores = scores if ref_scores is None else torch.as_tensor(ref_scores, dtype=torch.float64).reshape(-1).cpu()
     m = len(ref_keys) if ref_keys is not None else len(ref_scores)  # type: ignore[arg-type]
     dest_k = keys if keys is not None else torch.zeros(n, dtype=torch.long)
     src_k = ref_keys if ref_keys is not None else torch.zeros(m, dtype=torch.long)
@@ -189,7 +190,7 @@ def ablated_coordinates(
     check(tuple(reference.shape[1:]) == tuple(x.shape[1:]),
           f"reference activations have shape {tuple(reference.shape[1:])} per input, the site has {tuple(x.shape[1:])}.")
     check(len(reference) > 0, f"{method} ablation needs at least one reference activation, got none.")
-    ref_c = coordinates(reference.to(x.dtype), units, basis)
+    ref_c = coordinates(reference.to(x), units, basis)
     if method == "mean":
         return ref_c.mean(0, keepdim=True).expand_as(c)
     if method == "min":
@@ -267,6 +268,7 @@ def ablate(
     check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
     generator = torch.Generator().manual_seed(seed)
     hook = ablation_hook(method, units, basis, reference, sources, generator)
+    inputs = to_device(inputs, model_device(model))
     return model.run_with_hooks(inputs, fwd_hooks=[*fwd_hooks, *write_hooks(model, site, hook)], **forward_kwargs)
 
 @torch.no_grad()

@@ -146,10 +146,10 @@ def _per_input(spec: PerInput, coords: Tensor, index: Tensor | None) -> Tensor |
     if spec is None:
         return None
     if callable(spec) and not isinstance(spec, Tensor):
-        out = torch.as_tensor(spec(coords))
+        out = torch.as_tensor(spec(coords)).cpu()  # per-input labels: sources are drawn on the CPU generator
         check(out.shape[:1] == coords.shape[:1], "A key, score or free_where function must return one value per input.")
         return out.reshape(len(coords), -1)[:, 0] if out.dim() > 1 else out
-    t = torch.as_tensor(spec)
+    t = torch.as_tensor(spec).cpu()
     check(len(t) == len(coords), f"A key, score or free_where tensor must have one entry per input ({len(coords)}).")
     return t if index is None else t[index]
 
@@ -198,7 +198,7 @@ def scrubbed_values(hypothesis: Hypothesis, clean: Tensor, generator: torch.Gene
         total += n
         idx = list(g.coords)
         new = coords[src.clamp(min=0)][..., idx]
-        cur[..., idx] = torch.where(miss.reshape(-1, *([1] * (cur.dim() - 1))), cur[..., idx], new)
+        cur[..., idx] = torch.where(miss.to(cur.device).reshape(-1, *([1] * (cur.dim() - 1))), cur[..., idx], new)
     named = {c for g in hypothesis.groups for c in g.coords}
     rest = [c for c in range(k) if c not in named]
     src_rest = torch.randint(n, (n,), generator=generator) if hypothesis.rest == "free" else torch.arange(n)
@@ -206,7 +206,7 @@ def scrubbed_values(hypothesis: Hypothesis, clean: Tensor, generator: torch.Gene
         cur[..., rest] = coords[src_rest][..., rest]
     if basis is None:
         return cur, unmatched / max(total, 1)
-    b = basis.to(clean.dtype)
+    b = basis.to(clean)
     outside = clean - coords @ b.T
     return cur @ b.T + outside[src_rest], unmatched / max(total, 1)
 

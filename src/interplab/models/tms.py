@@ -66,6 +66,7 @@ class ToyModelOfSuperposition(HookedModel):
             f"TMS input must have shape [batch, {c.n_instances}, {c.n_features}], got {tuple(x.shape)}.",
         )
         check_nonempty(x, "TMS inputs")
+        x = x.to(self.W.dtype)  # features in the model's dtype
         h = self.hook_hidden(torch.einsum("bif,ihf->bih", x, self.W))
         pre = self.hook_out_pre(torch.einsum("bih,ihf->bif", h, self.W) + self.b)
         return self.hook_out(F.relu(pre) if c.relu_output else pre)

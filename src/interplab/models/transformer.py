@@ -283,7 +283,8 @@ class Transformer(HookedModel):
 
     def positions_index(self, positions: Positions, n: int) -> Tensor | None:
         """Readout positions as an index tensor (see :func:`~interplab.models.base.readout_positions`)."""
-        return readout_positions(positions, n)
+        idx = readout_positions(positions, n)
+        return None if idx is None else idx.to(self.W_E.device)
 
     def forward(
         self,

@@ -8,8 +8,10 @@ for splicing.
 An :class:`ActivationBuffer` runs a hooked model on inputs drawn by a sampler
 ``(generator, n) -> inputs``, keeps ``size`` rows, hands out random batches, and when half of
 them are used refills those with fresh activations and reshuffles, so each batch mixes many
-inputs. All randomness comes from one ``torch.Generator``; :meth:`ActivationBuffer.state_dict`
-saves what exact resume needs.
+inputs. All randomness comes from one CPU ``torch.Generator`` (the same rows on every device);
+:meth:`ActivationBuffer.state_dict` saves what exact resume needs. The rows live on the
+model's device; when they do not fit in GPU memory, in pinned CPU memory, and each batch is
+copied to the device as it is handed out.
 
 Example:
     >>> import torch
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interplab.devices import model_device, resolve_device
 from interplab.errors import check
 from interplab.instrument import Site, site_values
 
@@ -74,28 +77,46 @@ class ActivationBuffer:
         generator: torch.Generator,
         size: int = 16384,
         model_batch: int = 1024,
+        device: str | torch.device | None = None,
     ) -> None:
         check(size >= 2, f"The buffer needs room for at least 2 rows, got {size}.")
         check(model_batch >= 1, f"model_batch must be at least 1, got {model_batch}.")
         self.model, self.site, self.sampler, self.generator = model, site, sampler, generator
         self.size, self.model_batch = size, model_batch
-        self.rows: Tensor | None = None
+        self.device = model_device(model) if device is None else resolve_device(device)
+        self.rows: Tensor | None = None  # on self.device, or pinned CPU memory when it did not fit there
         self.ptr = 0
 
-    def _draw(self, n: int) -> Tensor:
-        out, have = [], 0
+    def _allocate(self, d: int, dtype: torch.dtype) -> Tensor:
+        try:
+            return torch.empty(self.size, d, dtype=dtype, device=self.device)
+        except torch.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            return torch.empty(self.size, d, dtype=dtype).pin_memory()
+
+    def _fill(self, n: int) -> None:
+        """Write ``n`` fresh rows into ``rows[:n]`` (allocating the buffer on the first call)."""
+        have = 0
         while have < n:
             rows = collect(self.model, self.site, self.sampler(self.generator, self.model_batch))
-            out.append(rows)
-            have += len(rows)
-        return torch.cat(out)[:n]
+            if self.rows is None:
+                self.rows = self._allocate(rows.shape[1], rows.dtype)
+            take = min(len(rows), n - have)
+            self.rows[have : have + take] = rows[:take]
+            have += take
 
     def _refill(self) -> None:
         if self.rows is None:
-            self.rows = self._draw(self.size)
+            self._fill(self.size)
         elif self.ptr > 0:
-            self.rows[: self.ptr] = self._draw(self.ptr)
-        self.rows = self.rows[torch.randperm(self.size, generator=self.generator)]
+            self._fill(self.ptr)
+        assert self.rows is not None
+        perm = torch.randperm(self.size, generator=self.generator).to(self.rows.device)
+        if self.rows.is_pinned():
+            self.rows.copy_(self.rows[perm])  # keep the pinned storage
+        else:
+            self.rows = self.rows[perm]
         self.ptr = 0
 
     @property
@@ -115,7 +136,7 @@ class ActivationBuffer:
         assert self.rows is not None
         batch = self.rows[self.ptr : self.ptr + batch_size]
         self.ptr += batch_size
-        return batch
+        return batch.to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict[str, Any]:
         """Buffer contents and read position (the generator is saved by its owner)."""
@@ -123,4 +144,9 @@ class ActivationBuffer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
-        self.rows, self.ptr = state["rows"], int(state["ptr"])
+        rows = state["rows"]
+        if rows is not None and (self.rows is None or not self.rows.is_pinned()):
+            rows = rows.to(self.device)
+        elif rows is not None:
+            rows = rows.pin_memory()
+        self.rows, self.ptr = rows, int(state["ptr"])

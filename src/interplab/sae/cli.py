@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import typer
 
 from interplab.errors import check
-from interplab.options import number
+from interplab.options import number, with_placement
 from interplab.sae.train import SAETrainConfig
 
 _D = SAETrainConfig()  # the defaults of the options below (one home: the dataclass)
@@ -29,12 +29,13 @@ app = typer.Typer(help="Sparse autoencoders: train on a run's activations, evalu
                   no_args_is_help=True)
 
 
-def _load_run(run: Path, data_dir: Optional[Path]) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
-    """The run's model, its task or objective (None if the run has none) and its config."""
+def _load_run(run: Path, data_dir: Optional[Path], placement: Any) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The run's model (on the placement's device and dtype), its task or objective (None if the run has none)
+    and its config."""
     from interplab.io import read_json
     from interplab.runs import load
 
-    model = load(run)
+    model = load(run, device=placement.torch_device, dtype=placement.torch_dtype)
     config = read_json(run / "config.json")
     desc = config.get("task")
     if not desc:
@@ -77,11 +78,11 @@ def _loss_fn(task: Any) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch
 
         def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             logits = out[:, positions] if positions is not None else out
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1).to(logits.device))
 
         return ce
     if hasattr(task, "importance"):  # toy model of superposition: importance-weighted MSE
-        return lambda out, x: (task.importance * (out - x) ** 2).mean(dim=(0, 2)).sum()
+        return lambda out, x: (task.importance.to(out.device) * (out - x.to(out)) ** 2).mean(dim=(0, 2)).sum()
     return None
 
 
@@ -99,6 +100,7 @@ def _checked_position(model: torch.nn.Module, site: Any, inputs: torch.Tensor) -
 
 
 @app.command("train")
+@with_placement
 def train_command(
     run: Path = typer.Option(..., "--run", help="A run directory written by `interplab train` (model and task)."),
     site: str = typer.Option(..., "--site", help="Activation site (TransformerLens name), e.g. blocks.0.mlp.hook_post."),
@@ -125,9 +127,12 @@ def train_command(
                               le=1 << 24),
     checkpoint_every: int = number(_D.checkpoint_every, "--checkpoint-every", "Steps between checkpoints.", ge=1),
     seed: int = number(_D.seed, "--seed", "Seed for the initialisation, the buffer and resampling.", ge=0),
+    autocast: bool = typer.Option(_D.autocast, help="Run the SAE's forward pass under bfloat16 autocast."),
+    tf32: bool = typer.Option(_D.tf32, help="Allow TF32 matmuls (CUDA only)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the SAE run in --out (same options)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    placement: Any = None,
 ) -> None:
     """Train an SAE on a site of a trained run; leaves an SAELens-layout directory in --out."""
     from interplab.instrument import Site
@@ -135,7 +140,7 @@ def train_command(
     from interplab.sae.model import SAE, SAEConfig
     from interplab.sae.train import SAETrainConfig, make_buffer, train_sae
 
-    model, task, _ = _load_run(run, data_dir)
+    model, task, _ = _load_run(run, data_dir, placement)
     check(site in model.mod_dict, f"The model of {run} has no activation site named {site!r}.")
     the_site = Site(site, _default_position(task, position))
     sampler = _sampler(task, run)
@@ -144,8 +149,10 @@ def train_command(
     cfg = SAETrainConfig(steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, beta2), l1_coeff=l1,
                          l1_warmup_steps=l1_warmup_steps, buffer_size=buffer_size, dead_fix=dead_fix,
                          dead_window=dead_window, resample_every=resample_every, seed=seed,
-                         checkpoint_every=checkpoint_every, log_every=min(100, checkpoint_every))
+                         checkpoint_every=checkpoint_every, log_every=min(100, checkpoint_every), autocast=autocast,
+                         tf32=tf32)
     sae = SAE(SAEConfig(d_in=width, d_sae=d_sae if d_sae is not None else expansion * width, hook_name=site, position=the_site.position), seed=seed)
+    placement.apply(sae)
     result = train_sae(sae, make_buffer(model, the_site, sampler, cfg), cfg, out, resume=resume, quiet=quiet,
                        model_name=str(run))
     final = result.final
@@ -156,6 +163,7 @@ def train_command(
 
 
 @app.command("eval")
+@with_placement
 def eval_command(
     sae_dir: Path = typer.Option(..., "--sae", help="An SAELens-layout SAE directory."),
     run: Path = typer.Option(..., "--run", help="The run whose model the SAE reads."),
@@ -169,6 +177,7 @@ def eval_command(
     seed: int = number(0, "--seed", "Seed for sampled evaluation inputs.", ge=0),
     out: Optional[Path] = typer.Option(None, help="Where to write the JSON (default: <sae>/eval_<method>.json)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+    placement: Any = None,
 ) -> None:
     """Evaluate an SAE: L0, MSE, variance explained, dead counts, loss recovered when spliced in."""
     from interplab.instrument import Site
@@ -179,8 +188,8 @@ def eval_command(
                                        variance_explained)
     from interplab.sae.saelens import load_saelens
 
-    sae = load_saelens(sae_dir)
-    model, task, _ = _load_run(run, data_dir)
+    sae = placement.apply(load_saelens(sae_dir))
+    model, task, _ = _load_run(run, data_dir, placement)
     name = site or sae.cfg.hook_name
     check(bool(name), f"{sae_dir} does not say which site it reads; pass --site.")
     check(name in model.mod_dict, f"The model of {run} has no activation site named {name!r}.")
@@ -206,6 +215,7 @@ def eval_command(
 
 
 @app.command("dashboard")
+@with_placement
 def dashboard_command(
     sae_dir: Path = typer.Option(..., "--sae", help="An SAELens-layout SAE directory."),
     run: Path = typer.Option(..., "--run", help="The run whose model the SAE reads (its task lists the inputs)."),
@@ -213,6 +223,7 @@ def dashboard_command(
     features: Optional[str] = typer.Option(None, help="Comma-separated feature indices (default: the --top-n densest)."),
     top_n: int = number(10, "--top-n", "How many features when --features is not given.", ge=1, le=10_000),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
+    placement: Any = None,
 ) -> None:
     """Write an HTML dashboard per feature: top inputs, activation histogram, effect on the logits."""
     from interplab.instrument import Site
@@ -220,8 +231,8 @@ def dashboard_command(
     from interplab.sae.dashboard import write_dashboards
     from interplab.sae.saelens import load_saelens
 
-    sae = load_saelens(sae_dir)
-    model, task, _ = _load_run(run, data_dir)
+    sae = placement.apply(load_saelens(sae_dir))
+    model, task, _ = _load_run(run, data_dir, placement)
     check(task is not None and hasattr(task, "inputs"), f"Run {run} has no fixed input set to rank inputs from.")
     site = Site(sae.cfg.hook_name, sae.cfg.position)
     check(site.name in model.mod_dict, f"The model of {run} has no activation site named {site.name!r}.")

@@ -99,7 +99,7 @@ def feature_dashboard(
     r.numbers({"density": density, "max activation": a.max().item(), "mean when active": a[a > 0].mean().item() if density else 0.0})
     order = a.argsort(descending=True)[:top]
     order = order[a[order] > 0]
-    preds = _last(model(inputs[order])).argmax(-1) if len(order) else torch.zeros(0, dtype=torch.long)
+    preds = _last(model(inputs[order])).argmax(-1) if len(order) else torch.zeros(0, dtype=torch.long, device=a.device)
     r.section("Top-activating inputs")
     name = (lambda i: logit_names[i]) if logit_names is not None else str
     r.table(["rank", "input", "activation", "model output"],

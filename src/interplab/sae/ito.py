@@ -43,6 +43,9 @@ def _check(x: Tensor, D: Tensor, k: int) -> None:
     check(x.dim() == 2 and D.dim() == 2, f"x must be [N, d] and D [n_atoms, d], got {tuple(x.shape)} and {tuple(D.shape)}.")
     check(x.shape[1] == D.shape[1], f"x has width {x.shape[1]} but the dictionary atoms have width {D.shape[1]}.")
     check(1 <= k <= D.shape[0], f"k must be between 1 and the number of atoms ({D.shape[0]}), got {k}.")
+    check(x.device == D.device, f"x is on {x.device} but the dictionary on {D.device}; move them to one device.")
+    check(x.is_floating_point() and x.dtype == D.dtype, f"x ({x.dtype}) and the dictionary ({D.dtype}) must have "
+          "the same floating-point dtype.")
 
 
 def _select(corr: Tensor, nonnegative: bool) -> Tensor:
@@ -61,9 +64,9 @@ def matching_pursuit(x: Tensor, D: Tensor, k: int, nonnegative: bool = True) -> 
         [[3.0, 0.0, 2.0]]
     """
     _check(x, D, k)
-    codes = torch.zeros(x.shape[0], D.shape[0], dtype=x.dtype)
+    codes = torch.zeros(x.shape[0], D.shape[0], dtype=x.dtype, device=x.device)
     r = x.clone()
-    rows = torch.arange(x.shape[0])
+    rows = torch.arange(x.shape[0], device=x.device)
     for _ in range(k):
         corr = r @ D.T
         i = _select(corr, nonnegative)
@@ -87,18 +90,19 @@ def orthogonal_matching_pursuit(x: Tensor, D: Tensor, k: int, nonnegative_select
     _check(x, D, k)
     N = x.shape[0]
     r = x.clone()
-    idx = torch.empty(N, 0, dtype=torch.long)
-    coef = torch.empty(N, 0, dtype=x.dtype)
+    idx = torch.empty(N, 0, dtype=torch.long, device=x.device)
+    coef = torch.empty(N, 0, dtype=x.dtype, device=x.device)
+    solve = torch.promote_types(x.dtype, torch.float32)  # linalg.solve has no bfloat16: solve in float32
     for _ in range(k):
         corr = r @ D.T
         corr.scatter_(1, idx, 0.0)  # never choose an atom twice
         idx = torch.cat([idx, _select(corr, nonnegative_selection)[:, None]], dim=1)
         Ds = D[idx]  # [N, t, d]
         gram = Ds @ Ds.transpose(1, 2)
-        gram = gram + 1e-10 * torch.eye(gram.shape[-1], dtype=x.dtype)  # atoms may coincide
-        coef = torch.linalg.solve(gram, (Ds @ x[:, :, None]))[..., 0]
+        gram = gram.to(solve) + 1e-10 * torch.eye(gram.shape[-1], dtype=solve, device=x.device)  # atoms may coincide
+        coef = torch.linalg.solve(gram, (Ds @ x[:, :, None]).to(solve))[..., 0].to(x.dtype)
         r = x - (coef[:, None, :] @ Ds)[:, 0]
-    return torch.zeros(N, D.shape[0], dtype=x.dtype).scatter(1, idx, coef)
+    return torch.zeros(N, D.shape[0], dtype=x.dtype, device=x.device).scatter(1, idx, coef)
 
 
 def gradient_pursuit(x: Tensor, D: Tensor, k: int, nonnegative: bool = True, conjugate: bool = False) -> Tensor:
@@ -125,11 +129,11 @@ def gradient_pursuit(x: Tensor, D: Tensor, k: int, nonnegative: bool = True, con
     _check(x, D, k)
     N = x.shape[0]
     # the chosen atoms as a growing list per row, so every step but the selection costs O(N k d)
-    idx = torch.empty(N, 0, dtype=torch.long)
-    valid = torch.empty(N, 0, dtype=torch.bool)  # False: a repeated choice, or an atom clipped to zero
-    coef = torch.empty(N, 0, dtype=x.dtype)
-    Ds = torch.empty(N, 0, D.shape[1], dtype=x.dtype)
-    prev_dir, prev_img = torch.empty(N, 0, dtype=x.dtype), torch.zeros_like(x)
+    idx = torch.empty(N, 0, dtype=torch.long, device=x.device)
+    valid = torch.empty(N, 0, dtype=torch.bool, device=x.device)  # False: a repeated choice, or an atom clipped to zero
+    coef = x.new_empty(N, 0)
+    Ds = x.new_empty(N, 0, D.shape[1])
+    prev_dir, prev_img = x.new_empty(N, 0), torch.zeros_like(x)
     r = x.clone()
     for _ in range(k):
         corr = r @ D.T
@@ -159,7 +163,7 @@ def gradient_pursuit(x: Tensor, D: Tensor, k: int, nonnegative: bool = True, con
                 prev_dir = torch.where(clipped[:, None], 0.0, prev_dir)
                 prev_img = torch.where(clipped[:, None], 0.0, prev_img)
         r = x - (coef[:, None, :] @ Ds)[:, 0]
-    return torch.zeros(N, D.shape[0], dtype=x.dtype).scatter_add(1, idx, torch.where(valid, coef, 0.0))
+    return x.new_zeros(N, D.shape[0]).scatter_add(1, idx, torch.where(valid, coef, 0.0))
 
 
 @torch.no_grad()
@@ -179,6 +183,7 @@ def readout(sae: torch.nn.Module, x: Tensor, method: str = "encoder", k: int | N
     """
     check(method in READOUTS, f"readout method must be one of {', '.join(READOUTS)}, got {method!r}.")
     check(method == "encoder" or k is not None, f"readout {method} needs k, the number of active features.")
+    x = x.to(sae.W_dec)  # the SAE's device and dtype
     if method in ("encoder", "topk"):
         codes = sae.encode(x, k if method == "topk" else None)
     else:

@@ -96,17 +96,22 @@ class _Encode(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
         centered = x - b_dec
         ctx.save_for_backward(centered, W_enc)
+        ctx.dtypes = (x.dtype, W_enc.dtype, b_enc.dtype, b_dec.dtype)
         return torch.addmm(b_enc, centered.reshape(-1, centered.shape[-1]), W_enc).reshape(*x.shape[:-1], -1)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         centered, W_enc = ctx.saved_tensors
+        # under autocast the output (so g) is bfloat16: compute in g's dtype, as autocast's matmul
+        # backward would, and hand each gradient back in its input's dtype (no-ops otherwise)
+        centered, W_enc = centered.to(g.dtype), W_enc.to(g.dtype)
+        dx, dW, db_enc, db_dec = ctx.dtypes
         g2 = g.reshape(-1, g.shape[-1])
         gsum = g2.sum(0)
-        gx = (g @ W_enc.T) if ctx.needs_input_grad[0] else None
-        gW = centered.reshape(-1, centered.shape[-1]).T @ g2 if ctx.needs_input_grad[1] else None
-        gb_dec = -(gsum @ W_enc.T) if ctx.needs_input_grad[3] else None
-        return gx, gW, gsum if ctx.needs_input_grad[2] else None, gb_dec
+        gx = (g @ W_enc.T).to(dx) if ctx.needs_input_grad[0] else None
+        gW = (centered.reshape(-1, centered.shape[-1]).T @ g2).to(dW) if ctx.needs_input_grad[1] else None
+        gb_dec = (-(gsum @ W_enc.T)).to(db_dec) if ctx.needs_input_grad[3] else None
+        return gx, gW, gsum.to(db_enc) if ctx.needs_input_grad[2] else None, gb_dec
 
 
 class SAE(HookedRootModule):
@@ -132,7 +137,7 @@ class SAE(HookedRootModule):
         """Encoder pre-activations ``(x - b_dec) @ W_enc + b_enc`` (``x @ W_enc + b_enc`` without
         the pre-encoder bias), ``[..., d_sae]``."""
         check(x.shape[-1] == self.cfg.d_in, f"SAE input must end in d_in={self.cfg.d_in}, got shape {tuple(x.shape)}.")
-        x = self.hook_sae_input(x)
+        x = self.hook_sae_input(x.to(self.W_enc))  # the SAE's device and dtype
         if self.cfg.apply_b_dec_to_input:
             return self.hook_sae_acts_pre(_Encode.apply(x, self.W_enc, self.b_enc, self.b_dec))
         return self.hook_sae_acts_pre(x @ self.W_enc + self.b_enc)
@@ -167,7 +172,7 @@ class SAE(HookedRootModule):
 
     def decode(self, f: Tensor) -> Tensor:
         """Reconstruction ``f @ W_dec + b_dec``."""
-        return self.hook_sae_recons(f @ self.W_dec + self.b_dec)
+        return self.hook_sae_recons(f.to(self.W_dec) @ self.W_dec + self.b_dec)
 
     def forward(self, x: Tensor, k: int | None = None) -> Tensor:
         """The reconstruction of ``x`` (top-``k`` readout if ``k`` is given)."""
@@ -201,6 +206,7 @@ class SAE(HookedRootModule):
 
         Example: see the module docstring.
         """
+        x = x.to(self.W_enc)  # the SAE's device and dtype
         pre = self.pre_acts(x)
         f = self.hook_sae_acts_post(self.activate(pre))
         x_hat = self.decode(f)

@@ -44,15 +44,17 @@ def resample_dead(
     n = int(dead.sum())
     if n == 0:
         return 0
+    x, dead = x.to(sae.W_dec), dead.to(sae.W_dec.device)
     err = (sae(x) - x).pow(2).sum(-1)
     weights = err.pow(2)
     if not bool(weights.sum() > 0) or not bool(torch.isfinite(weights).all()):
         weights = torch.ones_like(err)
-    pick = torch.multinomial(weights, n, replacement=True, generator=generator)
+    # the generator is a CPU one (same picks on every device): sample on the CPU, index on the device
+    pick = torch.multinomial(weights.float().cpu(), n, replacement=True, generator=generator).to(x.device)
     v = x[pick] - sae.b_dec
     v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
     alive = ~dead
-    enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else torch.tensor(1.0)
+    enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if bool(alive.any()) else sae.W_enc.new_tensor(1.0)
     sae.W_dec[dead] = v
     sae.W_enc[:, dead] = v.T * enc_norm * enc_scale
     sae.b_enc[dead] = 0.0

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from interplab.devices import dtype_name
 from interplab.errors import check
 from interplab.io import PathLike, atomic_write_json, load_tensors, read_json, save_tensors
 from interplab.sae.model import SAE, SAEConfig
@@ -70,8 +71,8 @@ def saelens_config(sae: SAE, model_name: str = "", extra: dict[str, Any] | None 
     cfg = {
         "d_in": sae.cfg.d_in,
         "d_sae": sae.cfg.d_sae,
-        "dtype": "float32",
-        "device": "cpu",
+        "dtype": dtype_name(sae.W_dec.dtype),
+        "device": str(sae.W_dec.device),
         "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input,
         "normalize_activations": "none",
         "reshape_activations": "none",

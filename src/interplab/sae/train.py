@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from interplab.devices import dtype_name
 from interplab.errors import InterplabError, check
 from interplab.instrument import Site
 from interplab.io import PathLike, atomic_write_json
@@ -77,7 +78,9 @@ class SAETrainConfig:
     ``resample_rows`` fresh rows. ``ghost_capped``: use ``exp(min(pre, 0))``.
     ``ghost_all_steps``: with a ghost ``dead_fix``, every feature counts as dead for the ghost
     loss during the first that many steps. ``ghost_stop_step``: no ghost loss from that step on
-    (0: never stops). ``decoder_norm``: ``unit`` (rows held at norm 1) or ``at-most-1`` (rows
+    (0: never stops). ``autocast``: run the forward pass under bfloat16 autocast on the SAE's
+    device (weights and optimizer stay in their dtype). ``tf32``: allow TF32 matmuls on CUDA for
+    the run (no effect elsewhere). ``decoder_norm``: ``unit`` (rows held at norm 1) or ``at-most-1`` (rows
     longer than 1 clipped back after each step). ``weight_decay``: decoupled decay
     ``W <- W (1 - lr wd)`` of ``W_enc`` and ``W_dec`` after each step.
 
@@ -102,6 +105,8 @@ class SAETrainConfig:
     resample_every: int = 500
     resample_rows: int = 4096
     ghost_capped: bool = True
+    autocast: bool = False
+    tf32: bool = False
     ghost_all_steps: int = 0
     ghost_stop_step: int = 0
     decoder_norm: str = "unit"
@@ -187,6 +192,10 @@ def make_buffer(model: torch.nn.Module, site: Site, sampler: Sampler, cfg: SAETr
     return ActivationBuffer(model, site, sampler, torch.Generator(), size=cfg.buffer_size, model_batch=cfg.model_batch)
 
 
+def _autocast(sae: SAE, enabled: bool) -> Any:
+    return torch.autocast(device_type=sae.W_dec.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def sae_optimizer(sae: SAE, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
     """Adam over the SAE's parameters, with PyTorch's fused kernel on CPU and CUDA (one pass over
     each tensor instead of several; the same update).
@@ -210,13 +219,16 @@ def sae_step(
     ghost_capped: bool = True,
     decoder_norm: str = "unit",
     weight_decay: float = 0.0,
+    autocast: bool = False,
 ) -> tuple[SAEOutput, torch.Tensor, torch.Tensor | None]:
     """One optimizer step on batch ``x``: loss (plus the ghost term for ``dead`` features when
     ``ghost`` names a variant), backward, decoder-gradient projection, step, renormalization
     (``decoder_norm="at-most-1"``: no projection, rows clipped to norm <= 1; ``weight_decay``:
     decoupled decay of ``W_enc`` and ``W_dec``).
 
-    Returns the :class:`SAEOutput`, the total loss and the ghost loss (None without ghost grads).
+    ``x`` is moved to the SAE's device and dtype; ``autocast`` runs the forward pass under
+    bfloat16 autocast. Returns the :class:`SAEOutput`, the total loss and the ghost loss (None
+    without ghost grads).
 
     Example:
         >>> from interplab.sae.model import SAEConfig
@@ -226,11 +238,13 @@ def sae_step(
         >>> aux is None, round(float(sae.W_dec.detach().norm(dim=1).max()), 5)
         (True, 1.0)
     """
-    out = sae.loss(x, l1_coeff)
-    loss = out.loss
-    aux = ghost_loss(sae, x, out, dead, ghost, ghost_capped) if ghost and dead is not None else None
-    if aux is not None:
-        loss = loss + aux
+    x = x.to(sae.W_dec)
+    with _autocast(sae, autocast):
+        out = sae.loss(x, l1_coeff)
+        loss = out.loss
+        aux = ghost_loss(sae, x, out, dead, ghost, ghost_capped) if ghost and dead is not None else None
+        if aux is not None:
+            loss = loss + aux
     if not torch.isfinite(loss):
         raise InterplabError(f"SAE training diverged: the loss became {loss.item()}; try a lower learning rate.")
     optimizer.zero_grad(set_to_none=True)
@@ -277,7 +291,8 @@ def _train_sae(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir:
     generator = buffer.generator
     generator.manual_seed(cfg.seed)
     optimizer = sae_optimizer(sae, cfg.lr, cfg.betas)
-    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    device = sae.W_dec.device
+    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
     resampled: list[tuple[int, int]] = []
     if run.state is not None:
         state = run.state
@@ -286,7 +301,7 @@ def _train_sae(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir:
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             buffer.load_state_dict(state["buffer"])
-            since_fired = state["since_fired"].clone()
+            since_fired = state["since_fired"].to(device)
         except (KeyError, RuntimeError, ValueError) as e:
             raise InterplabError(f"Checkpoint {state_path(run.out or '')} does not fit this SAE "
                                  f"({str(e)[:80]}).") from None
@@ -297,12 +312,16 @@ def _train_sae(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir:
             buffer.d  # fills the buffer
             assert buffer.rows is not None
             with torch.no_grad():
-                sae.b_dec.copy_(buffer.rows.mean(0))
+                sae.b_dec.copy_(buffer.rows.mean(0, dtype=torch.promote_types(buffer.rows.dtype, torch.float32)))
     if run.out is not None:
         run.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run.out / "train_config.json", _stored_settings(sae, buffer, cfg))
+        atomic_write_json(run.out / "train_config.json", {**_stored_settings(sae, buffer, cfg), "placement": {
+            "device": str(device), "dtype": dtype_name(sae.W_dec.dtype)}})
     start = run.start
     t0 = time.perf_counter() - run.elapsed
+    t_log, step_log = time.perf_counter(), start
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
     ghost = cfg.dead_fix.removeprefix("ghost-") if cfg.dead_fix.startswith("ghost-") else None
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=quiet, desc="sae", unit="step")
     done = start
@@ -310,10 +329,10 @@ def _train_sae(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir:
         try:
             for step in bar:
                 sae.train()
-                x = buffer.next(cfg.batch_size)
+                x = buffer.next(cfg.batch_size).to(sae.W_dec)
                 dead = cfg.ghost_dead(step, since_fired)
                 out_, loss, aux = sae_step(sae, optimizer, x, cfg.l1_at(step), dead, ghost, cfg.ghost_capped,
-                                           cfg.decoder_norm, cfg.weight_decay)
+                                           cfg.decoder_norm, cfg.weight_decay, cfg.autocast)
                 with torch.no_grad():
                     fired = (out_.f > 0).any(0)
                     since_fired = torch.where(fired, 0, since_fired + 1)
@@ -328,16 +347,19 @@ def _train_sae(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir:
                     if n:
                         resampled.append((done, n))
                 if done == 1 or done % cfg.log_every == 0 or done == cfg.steps:
+                    now = time.perf_counter()
                     with torch.no_grad():
                         row = {"step": done, "loss": loss.item(), "mse": out_.mse.item(), "l1": out_.l1.item(),
                                "l0": (out_.f > 0).float().sum(-1).mean().item(),
                                "dead": int((since_fired >= cfg.dead_window).sum()),
                                "ghost_loss": aux.item() if aux is not None else 0.0,
-                               "time": round(time.perf_counter() - t0, 3)}
+                               "rows_per_s": round((done - step_log) * cfg.batch_size / max(now - t_log, 1e-9), 1),
+                               "time": round(now - t0, 3)}
                         if bool(((x - x.mean(0)).pow(2).sum()) > 0):  # undefined without variance: left out
                             row["variance_explained"] = variance_explained(x, out_.x_hat)
                     run.log(row)
-                    bar.set_postfix({k: f"{row[k]:.3g}" for k in ("mse", "l0", "dead")})
+                    bar.set_postfix({k: f"{row[k]:.3g}" for k in ("mse", "l0", "dead", "rows_per_s")})
+                    t_log, step_log = time.perf_counter(), done
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                     run.checkpoint({"epoch": done, "model": sae.state_dict(), "optimizer": optimizer.state_dict(),
                                     "generator": generator.get_state(), "buffer": buffer.state_dict(),
@@ -345,6 +367,7 @@ def _train_sae(sae: SAE, buffer: ActivationBuffer, cfg: SAETrainConfig, out_dir:
                                     "resampled": torch.tensor(resampled, dtype=torch.long).reshape(-1, 2),
                                     "finished": done == cfg.steps})
         finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32_before
             bar.close()
     sae.eval()
     if run.out is not None:

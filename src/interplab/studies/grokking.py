@@ -28,6 +28,7 @@ from interplab.options import setting, study_command
 from interplab.analysis.fourier import (fourier_2d, fourier_basis, frequency_norms, key_frequencies,
                                         neuron_frequencies)
 from interplab.analysis.progress import checkpoint_series, first_epoch, grokking_phases, modular_logits_table
+from interplab.devices import Placement
 from interplab.errors import check
 from interplab.io import read_json, write_results
 from interplab.models import Transformer
@@ -68,10 +69,14 @@ class _StopAfterCleanup:
 
 @numerics()
 def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None, frac_train: float | None = None,
-        seed: int = 0, checkpoint_every: int | None = None, quick: bool = False, quiet: bool = False
-        ) -> dict[str, Any]:
-    """Train (or reuse) the grokking run in ``out_dir``, analyse it, write results.json and report.html."""
+        seed: int = 0, checkpoint_every: int | None = None, quick: bool = False, quiet: bool = False,
+        device: str = "auto", dtype: str = "float32") -> dict[str, Any]:
+    """Train (or reuse) the grokking run in ``out_dir``, analyse it, write results.json and report.html.
+
+    Training runs on ``device`` in ``dtype``; the analysis of the trained weights on the CPU in float32.
+    """
     t0 = time.perf_counter()
+    placement = Placement(device, dtype)
     preset = QUICK if quick else FULL
     p = p if p is not None else preset.p
     frac_train = frac_train if frac_train is not None else preset.frac_train
@@ -80,13 +85,14 @@ def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None
     check(p >= 3 and p % 2 == 1, f"The Fourier analysis needs an odd modulus p >= 3, got {p}.")
     out = Path(out_dir)
     task = modular_task(p=p, frac_train=frac_train, seed=seed)
-    model = Transformer(task.default_model_config(), seed=seed)
+    model = placement.apply(Transformer(task.default_model_config(), seed=seed))
     cfg = TrainConfig(epochs=max_epochs, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), seed=seed, log_every=50,
                       checkpoint_every=checkpoint_every, keep_history=True)
     resume = state_path(out).exists()
     result = train_or_resume(model, task, cfg, out, quiet=quiet, stop=_StopAfterCleanup())
     metrics = result.metrics
     train_time = metrics[-1]["time"] if metrics else 0.0
+    model.to(device="cpu", dtype=torch.float32)
 
     # -- the final model: Fourier structure ---------------------------------------------------
     emb_norms = frequency_norms(model.W_E[:p].detach())

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 import torch
 
+from interplab.devices import Placement
 from interplab.options import setting, study_command
 from interplab.errors import check
 from interplab.instrument import Site
@@ -55,7 +56,7 @@ QUICK = Settings(tms_epochs=20, steps=600)
 
 
 def train_tms(out: Path, n_features: int, n_hidden: int, sparsity: float, epochs: int, seed: int,
-              quiet: bool) -> tuple[torch.nn.Module, Any]:
+              quiet: bool, placement: Placement | None = None) -> tuple[torch.nn.Module, Any]:
     """Train (or resume) the toy model with the sparse-features objective; returns (model, objective).
 
     Example:
@@ -69,6 +70,8 @@ def train_tms(out: Path, n_features: int, n_hidden: int, sparsity: float, epochs
     from interplab.train import TrainConfig, train_or_resume
 
     model = ToyModelOfSuperposition(TMSConfig(n_instances=1, n_features=n_features, n_hidden=n_hidden), seed=seed)
+    if placement is not None:
+        placement.apply(model)
     objective = SparseFeatures(n_instances=1, n_features=n_features, sparsity=sparsity, importance=1.0, seed=seed)
     model_dir = out / "tms"
     cfg = TrainConfig(epochs=epochs, lr=1e-3, weight_decay=0.0, batch_size=1024, seed=seed, log_every=10,
@@ -90,8 +93,12 @@ def run(
     batch_size: int = FULL.batch_size,
     seed: int = FULL.seed,
     quiet: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Run the study into ``out_dir``; returns the results dict (see the module docstring).
+
+    The toy model and the SAEs train on ``device`` in ``dtype``; the comparisons run on the CPU in float32.
 
     ``widths`` defaults to 1/4, 1/2, 3/4, 1, 3/2 and 2 times ``n_features``.
 
@@ -109,8 +116,9 @@ def run(
     check(len(l1_values) >= 1 and all(v > 0 for v in l1_values), "l1_values must be positive numbers.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, objective = train_tms(out, n_features, n_hidden, sparsity, tms_epochs, seed, quiet)
-    W = model.W.detach()[0]  # [n_hidden, n_features]: column j is feature j's direction
+    placement = Placement(device, dtype)
+    model, objective = train_tms(out, n_features, n_hidden, sparsity, tms_epochs, seed, quiet, placement)
+    W = model.W.detach()[0].float().cpu()  # [n_hidden, n_features]: column j is feature j's direction
     norms = W.norm(dim=0)
     represented = norms >= REPRESENTED
     true = W.T[represented]  # the known dictionary, one row per represented feature
@@ -119,8 +127,8 @@ def run(
     site = Site("hook_hidden", position=0)
     eval_x = objective.sample(torch.Generator().manual_seed(seed + 1), 8192)
     with torch.no_grad():
-        _, cache = model.run_with_cache(eval_x, names_filter="hook_hidden")
-    acts = site.read(cache["hook_hidden"])
+        _, cache = model.run_with_cache(eval_x.to(model.W), names_filter="hook_hidden")
+    acts = site.read(cache["hook_hidden"]).float().cpu()
 
     grid: dict[str, dict[str, float]] = {}
     runs: list[dict[str, Any]] = []
@@ -129,9 +137,10 @@ def run(
         for width in widths:
             cfg = SAETrainConfig(steps=steps, batch_size=batch_size, lr=3e-3, l1_coeff=c, buffer_size=8192,
                                  model_batch=2048, seed=seed, log_every=max(1, steps // 4), checkpoint_every=steps)
-            sae = SAE(SAEConfig(d_in=n_hidden, d_sae=width, hook_name=site.name, position=0), seed=seed)
+            sae = placement.apply(SAE(SAEConfig(d_in=n_hidden, d_sae=width, hook_name=site.name, position=0), seed=seed))
             sae_dir = out / "saes" / f"w{width}_l1_{c:g}"
             train_sae_or_resume(sae, make_buffer(model, site, objective.sample, cfg), cfg, sae_dir, quiet=True)
+            sae.to(device="cpu", dtype=torch.float32)
             with torch.no_grad():
                 f = sae.encode(acts)
                 x_hat = sae.decode(f)

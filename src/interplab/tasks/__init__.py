@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from interplab.devices import model_device, resolve_device
 from interplab.errors import check
 from interplab.instrument import predict
 
@@ -44,6 +46,11 @@ def split_indices(n: int, frac_train: float, seed: int) -> tuple[Tensor, Tensor]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     k = max(1, int(round(frac_train * n)))
     return perm[:k].sort().values, perm[k:].sort().values
+
+
+def _loss_precision(logits: Tensor) -> Tensor:
+    """Logits in at least float32 for the loss (bfloat16 is promoted; float64 stays float64)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 @dataclass
@@ -88,8 +95,26 @@ class Task:
         return out[:, 0] if self.positions is not None and self.labels.dim() == 1 else out
 
     def logits(self, model: torch.nn.Module, inputs: Tensor) -> Tensor:
-        """Model logits at the readout positions: [N, C] or [N, P, C] matching ``labels``."""
-        return self._at_labels(model(inputs, **self._forward_kwargs()))
+        """Model logits at the readout positions: [N, C] or [N, P, C] matching ``labels`` (inputs are
+        moved to the model's device)."""
+        return self._at_labels(model(inputs.to(model_device(model)), **self._forward_kwargs()))
+
+    def to(self, device: str | torch.device) -> Task:
+        """A copy of the task with its tensors (inputs, labels, split, tensor extras) on ``device``.
+
+        ``train`` moves its task to the model's device once, so no epoch copies data.
+
+        Example:
+            >>> from interplab.tasks.modular import modular_task
+            >>> modular_task(p=5, frac_train=0.5, seed=0).to("cpu").inputs.device
+            device(type='cpu')
+        """
+        dev = resolve_device(device)
+        if self.inputs.device == dev:
+            return self
+        extras = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in self.extras.items()}
+        return dataclasses.replace(self, inputs=self.inputs.to(dev), labels=self.labels.to(dev),
+                                   train_idx=self.train_idx.to(dev), test_idx=self.test_idx.to(dev), extras=extras)
 
     # -- Objective protocol -------------------------------------------------------------
     def batches(self, generator: torch.Generator, batch_size: int | None) -> Iterator[Tensor]:
@@ -98,13 +123,15 @@ class Task:
         if batch_size is None or batch_size >= len(self.train_idx):
             yield self.train_idx
             return
-        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
+        # the generator stays on the CPU (same order on every device); the permutation moves
+        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=generator).to(self.train_idx.device)]
         yield from perm.split(batch_size)
 
     def loss(self, model: torch.nn.Module, batch: Tensor) -> Tensor:
         """Mean cross-entropy of the model on the examples ``batch`` (indices)."""
         logits = self.logits(model, self.inputs[batch])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), self.labels[batch].reshape(-1))
+        return F.cross_entropy(_loss_precision(logits.reshape(-1, logits.shape[-1])),
+                               self.labels[batch].reshape(-1).to(logits.device))
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
@@ -114,10 +141,10 @@ class Task:
             if len(idx) == 0:
                 continue
             logits = self.logits(model, self.inputs[idx])
-            y = self.labels[idx]
+            y = self.labels[idx].to(logits.device)
             check(bool((y != IGNORE).any()), f"The {which} split has no labelled readout position (every label is "
                                              f"{IGNORE}), so its loss and accuracy are undefined.")
-            out[f"{which}_loss"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)).item()
+            out[f"{which}_loss"] = F.cross_entropy(_loss_precision(logits.reshape(-1, logits.shape[-1])), y.reshape(-1)).item()
             keep = y != IGNORE
             out[f"{which}_acc"] = (logits.argmax(-1) == y)[keep].float().mean().item()
         return out

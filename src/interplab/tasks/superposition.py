@@ -177,7 +177,7 @@ class SparseFeatures:
 
     def instance_losses(self, model: torch.nn.Module, x: Tensor) -> Tensor:
         """Importance-weighted MSE per instance: mean over batch and features, ``[instances]``."""
-        x = x.to(model.W.device)
+        x = x.to(device=model.W.device, dtype=model.W.dtype)
         sq = (x - model(x)).pow_(2).mean(0)  # [instances, features]
         return (self.importance.to(x.device) * sq).mean(-1)
 
@@ -220,7 +220,7 @@ class SparseFeatures:
     def dataset_losses(self, model: torch.nn.Module) -> Tensor:
         """Per-instance loss over each instance's whole finite dataset, ``[instances]``."""
         check(self.data is not None, "dataset_losses needs n_samples.")
-        x = self.data.to(model.W.device)
+        x = self.data.to(device=model.W.device, dtype=model.W.dtype)
         err = (self.importance.to(x.device) * (x - model(x)) ** 2).mean(-1)
         mask = self.data_mask.to(x.device)
         return (err * mask).sum(0) / mask.sum(0)
