@@ -53,7 +53,7 @@ from interplab.interventions.circuits import (acdc, acdc_sweep, component_edges,
                                               faithfulness, precision_recall, top_edges)
 from interplab.interventions.edges import Graph, run_edges, sender_outputs
 from interplab.models import Transformer
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.io import write_results
 from interplab.options import number
 from interplab.tasks.ioi import ioi_corrupt, ioi_task
@@ -293,14 +293,14 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
     path = _report(results, cases, evals, s).save(out / "report.html")
-    if not quiet:
-        for c in evals:
-            typer.echo(f"{c}: edge recall " + ", ".join(f"{m} {results['edge_recall'][c][m]:.2f}" for m in METHODS)
-                       + "; precision " + ", ".join(f"{m} {results['edge_precision'][c][m]:.2f}" for m in METHODS))
-        typer.echo(f"induction: ACDC finds prev-token -> induction (key) "
-                   f"{results['induction_acdc_prev_to_induction_key']}, EAP "
-                   f"{results['induction_eap_prev_to_induction_key']}")
-        typer.echo(f"report: {path}")
+    lines: list[str] = []
+    for c in evals:
+        lines.append(f"{c}: edge recall " + ", ".join(f"{m} {results['edge_recall'][c][m]:.2f}" for m in METHODS)
+                   + "; precision " + ", ".join(f"{m} {results['edge_precision'][c][m]:.2f}" for m in METHODS))
+    lines.append(f"induction: ACDC finds prev-token -> induction (key) "
+               f"{results['induction_acdc_prev_to_induction_key']}, EAP "
+               f"{results['induction_eap_prev_to_induction_key']}")
+    announce(lines, path)
     return results
 
 

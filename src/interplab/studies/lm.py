@@ -46,7 +46,7 @@ from interplab.lm.load import load_option, model_option
 from interplab.lm.tokenizer import bos_id, encode, token_strings, vocab_size
 from interplab.lm.tokens import TokenDataset, tokenize_corpus, write_token_file
 from interplab.models import Transformer
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.io import read_json, write_results
 from interplab.tasks.lm import LMTask, next_token_loss
 from interplab.runs import state_path
@@ -223,13 +223,14 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
     path = _report(results, a, metrics, lm, tok, corpus, s, model is None).save(out / "report.html")
-    if not quiet:
-        accs = ", ".join(f"{k} {v:.2f}" for k, v in results["fact_accuracy"].items())
-        typer.echo(f"{name}: loss {results['loss_per_token']:.3f} nats/token; fact recall: {accs}")
-        typer.echo(f"induction heads {results['induction_heads']}, previous-token heads {results['prev_token_heads']}")
-        typer.echo("logit lens, mean answer rank by layer: "
-                   + ", ".join(f"{k} {v:.1f}" for k, v in results["logit_lens_answer_rank"].items()))
-        typer.echo(f"{results['wall_seconds']:.0f} s; report: {path}")
+    lines: list[str] = []
+    accs = ", ".join(f"{k} {v:.2f}" for k, v in results["fact_accuracy"].items())
+    lines.append(f"{name}: loss {results['loss_per_token']:.3f} nats/token; fact recall: {accs}")
+    lines.append(f"induction heads {results['induction_heads']}, previous-token heads {results['prev_token_heads']}")
+    lines.append("logit lens, mean answer rank by layer: "
+               + ", ".join(f"{k} {v:.1f}" for k, v in results["logit_lens_answer_rank"].items()))
+    lines.append(f"{results['wall_seconds']:.0f} s")
+    announce(lines, path)
     return results
 
 

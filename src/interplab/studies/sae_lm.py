@@ -42,7 +42,7 @@ from interplab.lm.corpus import SPORTS, annotated_documents, load_corpus
 from interplab.lm.load import model_option
 from interplab.lm.tokenizer import bos_id, decode, encode, token_strings
 from interplab.lm.tokens import TokenDataset, write_token_file
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.io import read_json, write_results
 from interplab.sae.autointerp import RuleBackend, autointerp
 from interplab.sae.dashboard import feature_activations, write_lm_dashboards
@@ -255,14 +255,15 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
     path = _report(results, index).save(out / "report.html")
-    if not quiet:
-        typer.echo(f"{name}, SAE on {hook} ({d} -> {main.cfg.d_sae}): L0 {l0:.1f}, loss recovered "
-                   f"{results['loss_recovered']:.3f} (zero ablation), {results['loss_recovered_mean']:.3f} (mean)")
-        typer.echo("best feature ROC AUC per attribute: " + ", ".join(f"{k} {v:.3f}" for k, v in attribute_auc.items()))
-        best = {m: max(r[1] for r in rows) for m, rows in steering.items()}
-        typer.echo(f"steering towards {target!r}, best P(success): " + ", ".join(f"{m} {v:.2f}" for m, v in best.items()))
-        typer.echo(f"auto-interp (rules) mean score {results['autointerp_score_mean']:.3f} over {len(scores)} features")
-        typer.echo(f"{results['wall_seconds']:.0f} s; report: {path}")
+    lines: list[str] = []
+    lines.append(f"{name}, SAE on {hook} ({d} -> {main.cfg.d_sae}): L0 {l0:.1f}, loss recovered "
+               f"{results['loss_recovered']:.3f} (zero ablation), {results['loss_recovered_mean']:.3f} (mean)")
+    lines.append("best feature ROC AUC per attribute: " + ", ".join(f"{k} {v:.3f}" for k, v in attribute_auc.items()))
+    best = {m: max(r[1] for r in rows) for m, rows in steering.items()}
+    lines.append(f"steering towards {target!r}, best P(success): " + ", ".join(f"{m} {v:.2f}" for m, v in best.items()))
+    lines.append(f"auto-interp (rules) mean score {results['autointerp_score_mean']:.3f} over {len(scores)} features")
+    lines.append(f"{results['wall_seconds']:.0f} s")
+    announce(lines, path)
     return results
 
 
