@@ -40,7 +40,8 @@ import typer
 
 from interplab.analysis.embeddings import (centred_norm_ratio, index_in_word, pairwise_cosines, property_probes,
                                            relation_consistency, token_properties, truncation_similarity)
-from interplab.analysis.probes import probe, site_activations
+from interplab.analysis.probes import probe
+from interplab.instrument import site_values
 from interplab.errors import InterplabError, check
 from interplab.models import Transformer, TransformerConfig
 from interplab.report import Report
@@ -338,7 +339,7 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
         # index within word, on alphabetic tokens, all positions, per layer
         idx = torch.tensor([index_in_word([strings[t] for t in row]) for row in seqs.tolist()])
         alpha = torch.tensor(np.isin(cats, ["word start", "word continuation"]))
-        per_pos = site_activations(model, seqs, sites, position=None)  # {site: [N, P, d]}
+        per_pos = site_values(model, seqs, sites)  # {site: [N, P, d]}
         acts = {site: a.transpose(0, 1).flatten(0, 1) for site, a in per_pos.items()}  # position-major rows
         flat_idx = idx.T.reshape(-1)[alpha.T.reshape(-1)].clamp(max=2)
         wi = {site: probe(a[alpha.T.reshape(-1)], flat_idx, n_splits=s.n_splits, seed=s.seed) for site, a in acts.items()}

@@ -40,7 +40,7 @@ import typer
 
 from interplab.analysis.linearity import (ablation_effect_correlation, interaction_fraction, linearity_break,
                                           nonlinear_excess_table)
-from interplab.analysis.probes import probe, site_activations
+from interplab.analysis.probes import probe
 from interplab.errors import check
 from interplab.instrument import site_values
 from interplab.interventions.ablate import ablate
@@ -115,8 +115,8 @@ def memorization_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
     model.eval()
     save_model(out / "memorization-mlp", model, {"task": task.describe()})
     sites = ["hook_input"] + [f"layers.{i}.hook_post" for i in range(len(s.mlp_hidden))] + ["hook_logits"]
-    acts = site_activations(model, task.inputs, sites, position=None)
-    acts0 = site_activations(init, task.inputs, sites, position=None)
+    acts = site_values(model, task.inputs, sites)
+    acts0 = site_values(init, task.inputs, sites)
     g = torch.Generator().manual_seed(s.seed)
     breaks = {site: [linearity_break(acts[site].reshape(s.n, s.n, -1), s.n_quads, g)["ratio"],
                      linearity_break(acts0[site].reshape(s.n, s.n, -1), s.n_quads, g)["ratio"]] for site in sites}
@@ -153,8 +153,8 @@ def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
     combine_layer = next((l for l, a in enumerate(attn_first) if a > 0.1), None)
 
     sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_{k}" for l in range(L) for k in ("resid_mid", "resid_post")]
-    probes = _probe_summary(site_activations(model, x, sites, position=-1), y, s)
-    probes0 = _probe_summary(site_activations(init, x, sites, position=-1), y, s)
+    probes = _probe_summary(site_values(model, x, sites, position=-1), y, s)
+    probes0 = _probe_summary(site_values(init, x, sites, position=-1), y, s)
     rise = next((site for site in sites if probes[site]["mean"] > probes[site]["chance"] + 0.1
                  and probes[site]["mean"] > probes[site]["chance"] + 3 * probes[site]["std"]), None)
 
