@@ -16,10 +16,14 @@ def test_fact_finding_small(tmp_path):
     br = r["linearity_break_ratio"]
     assert br["hook_input"] == [0.0, 0.0]  # one-hot (a, b) is additive
     assert br["layers.1.hook_post"][0] > br["layers.1.hook_post"][1] + 0.1  # trained breaks more than random init
+    pre = r["linearity_break_ratio_pre"]
+    assert max(pre["layers.0.hook_pre"]) < 1e-6  # a linear map of one-hot (a, b): additive whatever the weights
+    assert pre["layers.1.hook_pre"][0] > pre["layers.1.hook_pre"][1] + 0.1  # the next layer reads the non-additive part
+    assert set(r["linearity_break_ratio_shuffled_weights"]) == set(br) | set(pre)
     mlp = r["probe_acc_by_layer"]["mlp"]
     assert mlp["hook_input"] < 0.7 and mlp["layers.1.hook_post"] > 0.9
     tf, chance = r["probe_acc_by_layer"]["transformer"], r["probe_chance"]["transformer"]
-    assert r["combine_layer"] == 0
+    assert r["combine_layer"] == 0 and r["probe_rises_after_combine"] is True
     assert tf["blocks.0.hook_resid_pre"] < chance + 0.15 and tf["blocks.1.hook_resid_post"] > chance + 0.3
     assert r["mlp_ablation_cost"]["0"] > 0.1
     assert set(r["path_patching"]) >= {"head 0.0", "mlp0"}
