@@ -254,7 +254,7 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
                 results["relation"].setdefault(rel, {})[k] = relation_consistency(P, pairs, g)
 
     # context: truncation similarity per layer and category; word-index probe
-    rows, row_cats = _eval_rows(docs, bos, s.eval_len, s.n_eval_docs)
+    rows, row_cats = _eval_rows(docs, bos, min(s.eval_len, int(model.cfg.n_ctx) - 1), s.n_eval_docs)  # BOS + tokens
     cat_arr = np.array(row_cats)
     widx = torch.tensor([index_in_word(token_strings(tok, row[1:])) for row in rows.tolist()])
     widx = torch.cat([torch.zeros(len(rows), 1, dtype=torch.long), widx], 1)  # BOS: left out below
