@@ -373,8 +373,8 @@ def _report(results: dict[str, Any], cos: dict[str, dict[bool, torch.Tensor]], p
     layers = list(trc)
     cats = sorted({c for v in trc.values() for c in v})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-    for c in cats:
-        axes[0].plot(range(len(layers)), [trc[x].get(c, np.nan) for x in layers], "o-", label=c)
+    for i, c in enumerate(cats):
+        axes[0].plot(range(len(layers)), [trc[x].get(c, np.nan) for x in layers], "o-", label=c, color=plt.cm.tab20(i % 20))
     for c in ("word start", "continuation"):
         axes[1].plot(range(len(layers)), [wbi[x][c] for x in layers], "o-", label=c)
     for ax, title in zip(axes, ("by corpus category", "by index within the word")):

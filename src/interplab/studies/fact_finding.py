@@ -334,14 +334,22 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
     axes[0].set_ylabel("probe test accuracy")
     axes[0].legend(fontsize=8)
     br = a["linearity_break_ratio"]
-    axes[1].bar(xs - 0.2, [br[k][0] for k in sites], 0.4, label="trained")
-    axes[1].bar(xs + 0.2, [br[k][1] for k in sites], 0.4, label="random init")
-    axes[1].set_xticks(xs, [_short(k) for k in sites], rotation=20)
+    allbr = {**br, **a["linearity_break_pre"]}
+    order = ["hook_input"] + [x for i in range(len(s["mlp_hidden"])) for x in (f"layers.{i}.hook_pre", f"layers.{i}.hook_post")] \
+        + ["hook_logits"]
+    xo = np.arange(len(order))
+    axes[1].bar(xo - 0.27, [allbr[k][0] for k in order], 0.27, label="trained")
+    axes[1].bar(xo, [allbr[k][1] for k in order], 0.27, label="random init")
+    axes[1].bar(xo + 0.27, [a["linearity_break_shuffled"][k] for k in order], 0.27, label="trained weights shuffled",
+                color="gray")
+    axes[1].set_xticks(xo, [_short(k) for k in order], rotation=20)
     axes[1].set_ylabel("linearity break ratio")
     axes[1].legend(fontsize=8)
     r.figure(fig, caption="Left: label probe accuracy per layer (mean and spread over splits). Right: distance between "
                           "the midpoints of f(A1B1), f(A2B2) and of f(A1B2), f(A2B1), over the same for random pairs "
-                          "(0: the layer keeps the additive structure of the input; 1: none left).")
+                          "(0: the layer keeps the additive structure of the input; 1: none left), at each layer's "
+                          "pre-activation and after its ReLU, for the trained network, the same network at "
+                          "initialisation, and a network with the trained weights' values shuffled within each matrix.")
     r.table(["site", "probe acc (trained)", "std", "probe acc (random init)", "break ratio (trained)",
              "break ratio (random init)"],
             [[k, a["probe"][k]["mean"], a["probe"][k]["std"], a["probe_random"][k]["mean"], br[k][0], br[k][1]]
