@@ -385,8 +385,8 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
     r.text(f"Why the first hidden layer does not: its pre-activation is u(a) + v(b) whatever the weights (one-hot "
            f"inputs; break ratio {pre[pre0][0]:.2f}), so it can break the additive structure only where the ReLU cuts. "
            f"At initialisation the biases are zero and the ReLU cuts half of the units' values on any input "
-           f"(active fraction {act[pre0][1]:.2f}); after training it is {act[pre0][0]:.2f}, the biases have stayed "
-           f"small next to the weights, and the break ratio is {br[first][0]:.2f} against {br[first][1]:.2f} at "
+           f"(active fraction {act[pre0][1]:.2f}); after training it is {act[pre0][0]:.2f}: the ReLU still cuts about as "
+           f"much as at initialisation, and the break ratio is {br[first][0]:.2f} against {br[first][1]:.2f} at "
            f"initialisation and {shuf[first]:.2f} for a network with the trained weights' own values shuffled "
            f"(a random network at the trained scale). The ratio is a property of the whole layer's geometry, which "
            f"training barely changes here, although the label has become linearly readable there (probe "
@@ -416,7 +416,12 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
            + ", ".join(f"layer {l} {w:.2f}" for l, w in enumerate(b["attn_to_first_name"])) + "). "
            f"The attribute probe is at chance before that ({_short(first_site)}: {b['probe'][first_site]['mean']:.2f}, "
            f"chance {results['probe_chance']['transformer']:.2f}) and first rises above chance at "
-           f"{_short(str(rise))}" + (f" ({b['probe'][rise]['mean']:.2f})" if rise else "") + ".")
+           f"{_short(str(rise))}" + (f" ({b['probe'][rise]['mean']:.2f})" if rise else "") + ". "
+           + {True: "That is after the combining layer's attention: the attribute becomes readable only once the "
+                    "name tokens have been brought together.",
+              False: "That is before the combining layer's attention: the probe reads something other than the "
+                     "combined name.",
+              None: "One of the two is missing, so the order cannot be stated."}[results["probe_rises_after_combine"]])
     sites = b["sites"]
     xs = np.arange(len(sites))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
