@@ -36,7 +36,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-import typer
 
 from interplab.analysis.linearity import (ablation_effect_correlation, interaction_fraction, linearity_break,
                                           nonlinear_excess_table)
