@@ -151,6 +151,24 @@ def to_device(x: Any, device: torch.device) -> Any:
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
+def to_host(x: Any) -> Any:
+    """``x`` with every tensor in it (also inside dicts, lists and tuples) on the CPU, half-precision ones in
+    float32 (numpy has no bfloat16): what numpy, plots and reports need from results computed on any device.
+
+    Example:
+        >>> r = to_host({"effect": [torch.ones(2, dtype=torch.bfloat16)], "n": 3})
+        >>> r["effect"][0].dtype, r["n"]
+        (torch.float32, 3)
+    """
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device="cpu", dtype=torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype)
+    if isinstance(x, dict):
+        return {k: to_host(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(to_host(v) for v in x)
+    return x
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a command runs its model: the ``--device`` and ``--dtype`` options of every command
@@ -194,4 +212,4 @@ class Placement:
 
 
 __all__ = ["DEVICES", "DTYPES", "Placement", "cuda_available", "mps_available", "resolve_device", "resolve_dtype",
-           "dtype_name", "model_device", "model_dtype", "to_model", "to_device"]
+           "dtype_name", "model_device", "model_dtype", "to_model", "to_device", "to_host"]
