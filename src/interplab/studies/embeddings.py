@@ -41,6 +41,7 @@ import typer
 from interplab.analysis.embeddings import (centred_norm_ratio, index_in_word, pairwise_cosines, property_probes,
                                            relation_consistency, token_properties, truncation_similarity)
 from interplab.analysis.probes import probe, site_activations
+from interplab.devices import Placement, to_host
 from interplab.errors import InterplabError, check
 from interplab.models import Transformer, TransformerConfig
 from interplab.report import Report
@@ -152,9 +153,10 @@ def _windows(ids: list[list[int]], n_ctx: int, bos: int) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
-def train_standin_lm(s: Settings, out: Path, quiet: bool) -> tuple[Transformer, Any, torch.Tensor, torch.Tensor]:
+def train_standin_lm(s: Settings, out: Path, quiet: bool,
+                     placement: Placement | None = None) -> tuple[Transformer, Any, torch.Tensor, torch.Tensor]:
     """Train the stand-in LM into ``out / "lm"`` (model, ``tokenizer.json``, ``text.safetensors``: held-out rows
-    and token counts); returns (model, tokenizer, held-out rows, token counts)."""
+    and token counts) on ``placement``'s device and dtype; returns (model, tokenizer, held-out rows, token counts)."""
     text = generate_text(s.n_sentences, s.seed)
     tok = train_tokenizer(text, s.vocab_size)
     bos = tok.token_to_id(BOS)
@@ -169,6 +171,8 @@ def train_standin_lm(s: Settings, out: Path, quiet: bool) -> tuple[Transformer, 
     cfg = TransformerConfig(d_vocab=tok.get_vocab_size(), n_ctx=n_ctx, d_model=s.d_model, n_layers=s.n_layers,
                             n_heads=4, d_mlp=s.d_mlp, normalization="LN")
     model = Transformer(cfg, seed=s.seed)
+    if placement is not None:
+        placement.apply(model)
     res = train(model, task, TrainConfig(epochs=s.epochs, lr=3e-3, weight_decay=0.01, batch_size=64, seed=s.seed,
                                          log_every=max(1, s.epochs // 4), schedule="cosine", warmup_epochs=1),
                 None, quiet=quiet)
@@ -182,10 +186,10 @@ def train_standin_lm(s: Settings, out: Path, quiet: bool) -> tuple[Transformer, 
 
 # -- loading a given model ------------------------------------------------------------------------------
 
-def _load_run(run: Path) -> tuple[Any, Any, torch.Tensor | None, torch.Tensor | None]:
+def _load_run(run: Path, placement: Placement) -> tuple[Any, Any, torch.Tensor | None, torch.Tensor | None]:
     from interplab.runs import load
 
-    model = load(run)
+    model = load(run, device=placement.torch_device, dtype=placement.torch_dtype)
     check(hasattr(model, "W_E") and hasattr(model, "blocks"), f"{run} does not hold a transformer with an embedding.")
     tok = None
     if (run / "tokenizer.json").is_file():
@@ -209,13 +213,13 @@ def _load_run(run: Path) -> tuple[Any, Any, torch.Tensor | None, torch.Tensor | 
     return model, tok, rows, counts
 
 
-def _load_hf(name: str) -> Any:
+def _load_hf(name: str, placement: Placement) -> Any:
     try:
         from interplab.lm import load as lm_load  # type: ignore[import-not-found]
     except ImportError:
         raise InterplabError(f"--model {name} needs interplab.lm.load, which this build does not have; "
                              "use --run RUN or no model option (a small LM trained here).") from None
-    return lm_load(name)
+    return lm_load(name, device=placement.torch_device, dtype=placement.torch_dtype)
 
 
 # -- the study ---------------------------------------------------------------------------------------
@@ -239,8 +243,12 @@ def _categories(strings: list[str]) -> list[str]:
 
 
 def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str | None = None, quick: bool = False,
-        settings: Settings | None = None, quiet: bool = False) -> dict[str, Any]:
+        settings: Settings | None = None, quiet: bool = False, device: str = "auto",
+        dtype: str = "float32") -> dict[str, Any]:
     """Run the embedding analyses on one model; writes results.json and report.html into ``out_dir``.
+
+    The model trains (or is loaded) and runs on ``device`` in ``dtype`` (recorded in results.json); the
+    embedding matrix is analysed on the CPU in float32.
 
     ``run(out, quick=True)`` trains the stand-in LM and takes about a minute on 2 cores;
     ``run(out, run_dir="OUT/lm")`` reuses it (``tests/test_studies_fact_finding_embeddings.py``
@@ -253,18 +261,20 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
     t0 = time.perf_counter()
     s = settings if settings is not None else (QUICK if quick else FULL)
     check(run_dir is None or model_name is None, "Give --run or --model, not both.")
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if model_name is not None:
-        model = _load_hf(model_name)
+        model = _load_hf(model_name, placement)
         tok, rows, counts = getattr(model, "tokenizer", None), None, None
         source = f"Hugging Face model {model_name}"
         check(tok is not None, f"Model {model_name} has no tokenizer.")
     elif run_dir is not None:
-        model, tok, rows, counts = _load_run(Path(run_dir))
+        model, tok, rows, counts = _load_run(Path(run_dir), placement)
         source = f"run {run_dir}"
     else:
-        model, tok, rows, counts = train_standin_lm(s, out, quiet)
+        model, tok, rows, counts = train_standin_lm(s, out, quiet, placement)
         source = f"a small LM trained here on generated text (saved in {out / 'lm'})"
     g = torch.Generator().manual_seed(s.seed)
     W_E = model.W_E.detach().float().cpu()
@@ -331,14 +341,14 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
         cats = np.array([_categories([strings[t] for t in row]) for row in seqs.tolist()])
         trunc: dict[str, dict[str, float]] = {}
         for site in sites[1:]:
-            sim = truncation_similarity(model, seqs, site, prefix=bos).numpy()
+            sim = to_host(truncation_similarity(model, seqs, site, prefix=bos)).numpy()
             trunc[site] = {c: float(np.nanmean(sim[cats == c])) for c in sorted(set(cats.flatten()) - {"bos"})
                            if np.isfinite(sim[cats == c]).any()}
         results["truncation_similarity"] = trunc
         # index within word, on alphabetic tokens, all positions, per layer
         idx = torch.tensor([index_in_word([strings[t] for t in row]) for row in seqs.tolist()])
         alpha = torch.tensor(np.isin(cats, ["word start", "word continuation"]))
-        per_pos = site_activations(model, seqs, sites, position=None)  # {site: [N, P, d]}
+        per_pos = to_host(site_activations(model, seqs, sites, position=None))  # {site: [N, P, d]}
         acts = {site: a.transpose(0, 1).flatten(0, 1) for site, a in per_pos.items()}  # position-major rows
         flat_idx = idx.T.reshape(-1)[alpha.T.reshape(-1)].clamp(max=2)
         wi = {site: probe(a[alpha.T.reshape(-1)], flat_idx, n_splits=s.n_splits, seed=s.seed) for site, a in acts.items()}
@@ -349,11 +359,12 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
         seqs = rows[: s.n_eval_sequences]
         trunc = {}
         for l in range(model.cfg.n_layers):
-            sim = truncation_similarity(model, seqs, f"blocks.{l}.hook_resid_post").numpy()
+            sim = to_host(truncation_similarity(model, seqs, f"blocks.{l}.hook_resid_post")).numpy()
             trunc[f"blocks.{l}.hook_resid_post"] = {f"position {p}": float(np.nanmean(sim[:, p]))
                                                     for p in range(1, sim.shape[1])}
         results["truncation_similarity"] = trunc
     results["seconds"] = round(time.perf_counter() - t0, 1)
+    results.update(placement.record())
     write_results(out, results)
     path = _report(results, cos, pp, pp0).save(out / "report.html")
     line = (f"embeddings ({source}): mean cosine raw {results['cosine_mean_raw']['trained']:.3f}, centred "
