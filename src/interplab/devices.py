@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +153,7 @@ def to_device(x: Any, device: torch.device) -> Any:
 
 
 def to_host(x: Any) -> Any:
-    """``x`` with every tensor in it (also inside dicts, lists and tuples) on the CPU, half-precision ones in
+    """``x`` with every tensor in it (also inside dicts, lists, tuples and dataclasses) on the CPU, half-precision ones in
     float32 (numpy has no bfloat16): what numpy, plots and reports need from results computed on any device.
 
     Example:
@@ -164,6 +165,8 @@ def to_host(x: Any) -> Any:
         return x.detach().to(device="cpu", dtype=torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype)
     if isinstance(x, dict):
         return {k: to_host(v) for k, v in x.items()}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):  # results such as a fitted PCA or rule
+        return dataclasses.replace(x, **{f.name: to_host(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init})
     if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
         return type(x)(to_host(v) for v in x)
     return x

@@ -42,7 +42,7 @@ from interplab.analysis.directions import (
 )
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
 from interplab.analysis.pca import pca
-from interplab.devices import Placement
+from interplab.devices import Placement, to_host
 from interplab.errors import check
 from interplab.instrument import predict, site_values
 from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan
@@ -273,7 +273,8 @@ def run(
     with torch.enable_grad():
         model, train_info = _model_and_training(task, out, run_dir, model_config, tcfg, seed, quiet, placement)
     model.eval()
-    inputs, truth = task.inputs, task.labels
+    task_here = task.to(placement.torch_device)  # the data where the model is (task stays on the host for the report)
+    inputs, truth = task_here.inputs, task_here.labels
     fwd = {"positions": [-1]}
     res: dict[str, Any] = {"labels_source": "builtin" if source == "builtin" else
                            ("published" if source.startswith("published") else "file"),
@@ -288,10 +289,10 @@ def run(
     # -- the model and its fixed-attention version -------------------------------------------------
     pred = predict(model, inputs, **fwd)
     res["acc_full"] = _frac(pred == truth)
-    res["acc_train"] = _frac(pred[task.train_idx] == truth[task.train_idx])
-    res["acc_test"] = _frac(pred[task.test_idx] == truth[task.test_idx])
-    if "model_labels" in task.extras:
-        res["agree_original"] = _frac(pred == task.extras["model_labels"])
+    res["acc_train"] = _frac(pred[task_here.train_idx] == truth[task_here.train_idx])
+    res["acc_test"] = _frac(pred[task_here.test_idx] == truth[task_here.test_idx])
+    if "model_labels" in task_here.extras:
+        res["agree_original"] = _frac(pred == task_here.extras["model_labels"])
     means = mean_patterns(model, inputs, **fwd)
     hooks = fixed_attention_hooks(means)
     pred_fixed = predict(model, inputs, hooks, **fwd)
@@ -357,8 +358,8 @@ def run(
     res["seconds"] = time.perf_counter() - t_start
 
     write_results(out, res)
-    report = _report(res, source, train_info, task, pred, pred_fixed, p_mid, mid, rule_full, images, thresholds,
-                     binaries, scrubs, scan, p_post, post)
+    report = _report(res, source, train_info, task, *to_host((pred, pred_fixed, p_mid, mid, rule_full, images)),
+                     thresholds, *to_host((binaries, scrubs, scan, p_post, post)))
     path = report.save(out / "report.html")
     res["seconds"] = time.perf_counter() - t_start
     write_results(out, res)
