@@ -16,7 +16,8 @@ It prints, on CUDA when present (else MPS, else the CPU, saying so first):
 3. (c) inference-time optimisation: gradient pursuit against OMP, signals per second at the same
    dictionary, k = 32;
 4. (d) every study's quick path on the device (``interplab study NAME --quick --device DEV``, one
-   subprocess each, with a time limit): exit code, wall time and the last headline line. With
+   subprocess each, 180 s at most each and none started after 300 s: ``--study-timeout``,
+   ``--study-budget``): exit code, wall time and the last headline line. With
    ``--small`` the studies whose options allow it run at tiny sizes instead, the others are listed as
    covered by the device tests (which run each study's smallest setting on every device).
 
@@ -178,13 +179,18 @@ def pursuit(device: torch.device, d_in: int, d_sae: int, n: int, k: int, repeat:
     print(f"   gradient pursuit / OMP: {rates['gradient pursuit'] / rates['OMP']:.2f}x")
 
 
-def study_quick_paths(device: torch.device, names: list[str], small: bool, timeout: float) -> None:
-    """Each study's quick path (``--small``: tiny options) on ``device``, one subprocess each."""
+def study_quick_paths(device: torch.device, names: list[str], small: bool, timeout: float, budget: float) -> None:
+    """Each study's quick path (``--small``: tiny options) on ``device``, one subprocess each, at most ``timeout``
+    seconds each; no study is started once ``budget`` seconds have gone (the rest are listed as not run)."""
     import tempfile
 
     print(f"== (d) study quick paths on {device}" + (" (tiny options with --small)" if small else ""), flush=True)
     out_root = Path(tempfile.mkdtemp(prefix="gpu_check_studies_"))
+    start = time.perf_counter()
     for name in names:
+        if time.perf_counter() - start > budget:
+            print(f"   {name:18s} not run: the {budget:.0f} s budget of (d) is spent (--studies {name} runs it)")
+            continue
         if small and name not in SMALL_ARGS:
             print(f"   {name:18s} skipped at --small (no tiny CLI options; covered by tests/test_devices.py)")
             continue
@@ -208,7 +214,8 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="tiny sizes, to check the script on a CPU")
     ap.add_argument("--skip-tests", action="store_true", help="skip the device tests")
     ap.add_argument("--studies", default="all", help="comma-separated study names for (d), 'all' or 'none'")
-    ap.add_argument("--study-timeout", type=float, default=240.0, help="seconds allowed to each study in (d)")
+    ap.add_argument("--study-timeout", type=float, default=180.0, help="seconds allowed to each study in (d)")
+    ap.add_argument("--study-budget", type=float, default=300.0, help="no study of (d) starts after this many seconds")
     a = ap.parse_args()
     studies = list(STUDIES) if a.studies == "all" else [] if a.studies == "none" else a.studies.split(",")
     unknown = sorted(set(studies) - set(STUDIES))
@@ -227,12 +234,12 @@ def main() -> None:
         challenge2(device, epochs=5)
         sae_throughput(device, d_in=64, d_sae=512, batch=256, repeat=3)
         pursuit(device, d_in=32, d_sae=256, n=256, k=8, repeat=3)
-        study_quick_paths(device, studies, small=True, timeout=a.study_timeout)
+        study_quick_paths(device, studies, small=True, timeout=a.study_timeout, budget=a.study_budget)
     else:
         challenge2(device, epochs=5000)
         sae_throughput(device, d_in=768, d_sae=24576, batch=4096, repeat=20)
         pursuit(device, d_in=768, d_sae=24576, n=4096, k=32, repeat=5)
-        study_quick_paths(device, studies, small=False, timeout=a.study_timeout)
+        study_quick_paths(device, studies, small=False, timeout=a.study_timeout, budget=a.study_budget)
 
 
 if __name__ == "__main__":
