@@ -153,8 +153,9 @@ def to_device(x: Any, device: torch.device) -> Any:
 
 
 def to_host(x: Any) -> Any:
-    """``x`` with every tensor in it (also inside dicts, lists, tuples and dataclasses) on the CPU, half-precision ones in
-    float32 (numpy has no bfloat16): what numpy, plots and reports need from results computed on any device.
+    """``x`` with every tensor in it (also inside dicts, lists, tuples and dataclasses) on the CPU,
+    half-precision ones in float32 (numpy has no bfloat16): what numpy, plots and reports need from
+    results computed on any device.
 
     Example:
         >>> r = to_host({"effect": [torch.ones(2, dtype=torch.bfloat16)], "n": 3})
@@ -162,7 +163,8 @@ def to_host(x: Any) -> Any:
         (torch.float32, 3)
     """
     if isinstance(x, torch.Tensor):
-        return x.detach().to(device="cpu", dtype=torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype)
+        half = x.dtype in (torch.bfloat16, torch.float16)
+        return x.detach().to(device="cpu", dtype=torch.float32 if half else x.dtype)
     if isinstance(x, dict):
         return {k: to_host(v) for k, v in x.items()}
     if dataclasses.is_dataclass(x) and not isinstance(x, type):  # results such as a fitted PCA or rule

@@ -155,7 +155,8 @@ def run(
             cfg = SAETrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, l1_coeff=c * rms, dead_fix=RECIPES[name],
                                  dead_window=100, resample_every=max(1, steps // 4), buffer_size=max(2 * batch_size, 8192),
                                  model_batch=1024, seed=seed, log_every=100, checkpoint_every=steps)
-            sae = placement.apply(SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=SITE, position=site.position), seed=seed))
+            sae = placement.apply(SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=SITE, position=site.position),
+                                      seed=seed))
             sae_dir = out / "saes" / f"{RECIPES[name]}_l1_{c:g}"
             train_sae_or_resume(sae, make_buffer(model, site, sample_rows(inputs), cfg), cfg, sae_dir, quiet=quiet,
                                 model_name=str(model_dir))
