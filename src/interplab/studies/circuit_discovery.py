@@ -47,6 +47,7 @@ import typer
 from interplab.analysis.fourier import (frequency_norms, key_frequencies, key_frequency_share,
                                         neuron_frequencies)
 from interplab.analysis.heads import heads_above, induction_scores, previous_token_scores, repeated_tokens
+from interplab.devices import Placement, to_host
 from interplab.instrument import cache
 from interplab.interventions.attribution import atp_star
 from interplab.interventions.circuits import (acdc, acdc_sweep, component_edges, draw_circuit, eap, eap_ig,
@@ -99,23 +100,28 @@ class Case:
     info: dict[str, Any]
 
 
-def _train(task: Any, cfg: TrainConfig, seed: int, quiet: bool, model_cfg: Any = None) -> Transformer:
+def _train(task: Any, cfg: TrainConfig, seed: int, quiet: bool, model_cfg: Any = None,
+           placement: Placement | None = None) -> Transformer:
     model = Transformer(model_cfg or task.default_model_config(), seed=seed)
+    if placement is not None:
+        placement.apply(model)
     train(model, task, cfg, None, quiet=quiet)
     return model
 
 
-def induction_case(s: Settings, quiet: bool) -> Case:
-    """The atp study's induction model, its heads, prompts and known circuit."""
+def induction_case(s: Settings, quiet: bool, placement: Placement | None = None) -> Case:
+    """The atp study's induction model, its heads, prompts and known circuit (on ``placement``'s device and dtype)."""
+    placement = placement if placement is not None else Placement("cpu")
+    dev = placement.torch_device
     n_values, length = 20, 8
     task = induction_task(n_values=n_values, length=10, n_examples=10000, seed=s.seed, min_length=3, max_prefix=5)
     model = _train(task, TrainConfig(epochs=3, lr=3e-3, weight_decay=0.01, batch_size=128, seed=s.seed, log_every=1),
-                   s.seed, quiet)
+                   s.seed, quiet, placement=placement)
     probe = repeated_tokens(n_values, length, 200, bos=n_values, seed=s.seed + 1)
-    ind, prev = induction_scores(model, probe, length), previous_token_scores(model, probe)
-    clean = repeated_tokens(n_values, length, s.n_prompts, bos=n_values, seed=s.seed + 2)
-    corrupted = repeated_tokens(n_values, length, s.n_prompts, bos=n_values, seed=s.seed + 3)
-    positions = torch.arange(length + 1, 2 * length)
+    ind, prev = to_host(induction_scores(model, probe, length)), to_host(previous_token_scores(model, probe))
+    clean = repeated_tokens(n_values, length, s.n_prompts, bos=n_values, seed=s.seed + 2).to(dev)
+    corrupted = repeated_tokens(n_values, length, s.n_prompts, bos=n_values, seed=s.seed + 3).to(dev)
+    positions = torch.arange(length + 1, 2 * length, device=dev)
     labels, wrong = clean[:, 2:length + 1], corrupted[:, 2:length + 1]
 
     def metric(logits: torch.Tensor) -> torch.Tensor:  # logit difference: linear in the logits, as EAP assumes
@@ -132,16 +138,19 @@ def induction_case(s: Settings, quiet: bool) -> Case:
     return Case("induction", model, clean, corrupted, metric, positions, graph.edge_set(edges), info)
 
 
-def ioi_case(s: Settings, quiet: bool) -> Case:
-    """A 2-layer attention-only model on the toy IOI task, with ABC corruptions."""
+def ioi_case(s: Settings, quiet: bool, placement: Placement | None = None) -> Case:
+    """A 2-layer attention-only model on the toy IOI task, with ABC corruptions (on ``placement``'s device and dtype)."""
+    placement = placement if placement is not None else Placement("cpu")
+    dev = placement.torch_device
     task = ioi_task(seed=s.seed)
     model = _train(task, TrainConfig(epochs=3, lr=3e-3, weight_decay=0.01, batch_size=128, seed=s.seed, log_every=1),
-                   s.seed, quiet)
+                   s.seed, quiet, placement=placement)
     idx = task.test_idx[: s.n_prompts * 2]
     clean = task.inputs[idx]
-    corrupted = ioi_corrupt(task, clean, seed=s.seed + 1)
-    io, subj = task.extras["io"][idx], task.extras["s"][idx]
-    rows = torch.arange(len(idx))
+    corrupted = ioi_corrupt(task, clean, seed=s.seed + 1).to(dev)
+    clean = clean.to(dev)
+    io, subj = task.extras["io"][idx].to(dev), task.extras["s"][idx].to(dev)
+    rows = torch.arange(len(idx), device=dev)
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return (logits[rows, -1, io] - logits[rows, -1, subj]).mean()
@@ -149,20 +158,22 @@ def ioi_case(s: Settings, quiet: bool) -> Case:
     return Case("ioi", model, clean, corrupted, metric, [-1], None, {"test_acc": task.evaluate(model)["test_acc"]})
 
 
-def grokking_case(s: Settings, quiet: bool) -> Case:
+def grokking_case(s: Settings, quiet: bool, placement: Placement | None = None) -> Case:
     """The grokking transformer on modular addition (trained on 90% of the pairs, so it generalises early),
-    with the key frequencies its heads and neurons carry."""
+    with the key frequencies its heads and neurons carry (on ``placement``'s device and dtype)."""
+    placement = placement if placement is not None else Placement("cpu")
+    dev = placement.torch_device
     task = modular_task(p=s.grokking_p, frac_train=0.9, seed=s.seed)
     # with 90% of the pairs it generalises after ~300 epochs; weight decay then cleans the
     # embedding up to a few key frequencies (three stand out by epoch 600 with p = 37, seed 0)
-    model = Transformer(task.default_model_config(), seed=s.seed)
+    model = placement.apply(Transformer(task.default_model_config(), seed=s.seed))
     train(model, task, TrainConfig(epochs=s.grokking_epochs, lr=3e-3, weight_decay=1.0, seed=s.seed, log_every=50),
           None, quiet=quiet)
     g = torch.Generator().manual_seed(s.seed + 1)
     idx = torch.randperm(len(task.inputs), generator=g)[: s.n_prompts * 4]
-    clean, corrupted = task.inputs[idx], task.inputs[idx.roll(1)]
-    answer, wrong = task.labels[idx], task.labels[idx.roll(1)]
-    rows = torch.arange(len(idx))
+    clean, corrupted = task.inputs[idx].to(dev), task.inputs[idx.roll(1)].to(dev)
+    answer, wrong = task.labels[idx].to(dev), task.labels[idx.roll(1)].to(dev)
+    rows = torch.arange(len(idx), device=dev)
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return (logits[rows, -1, answer] - logits[rows, -1, wrong]).mean()
@@ -173,13 +184,14 @@ def grokking_case(s: Settings, quiet: bool) -> Case:
     # which heads and neurons carry the key frequencies (Nanda et al.): the embedding's key
     # frequencies, each head's output and the neurons over all pairs at the "=" position
     p = s.grokking_p
-    keys = key_frequencies(frequency_norms(model.W_E[:p].detach()))
+    keys = key_frequencies(frequency_norms(to_host(model.W_E[:p].detach())))
     with torch.no_grad():
         _, acts = cache(model, task.inputs, names=["blocks.0.attn.hook_z", "blocks.0.mlp.hook_post"])
         z = acts["blocks.0.attn.hook_z"][:, -1]  # [p*p, head, d_head]
         head_out = torch.einsum("nhe,hed->nhd", z, model.blocks[0].attn.W_O).reshape(p, p, model.cfg.n_heads, -1)
+    head_out = to_host(head_out)
     head_share = [float(key_frequency_share(head_out[:, :, h], keys)) for h in range(model.cfg.n_heads)]
-    neurons = acts["blocks.0.mlp.hook_post"][:, -1].reshape(p, p, -1)
+    neurons = to_host(acts["blocks.0.mlp.hook_post"][:, -1].reshape(p, p, -1))
     freq, share = neuron_frequencies(neurons)
     alive = neurons.flatten(0, 1).abs().amax(0) > 1e-6
     per_key = {k: int(((freq == k) & alive & (share > 0.5)).sum()) for k in keys}
@@ -231,6 +243,7 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
                                                  exact_attention=True)
     scores["eap_ig"], seconds["eap_ig"] = _timed(eap_ig, model, graph, case.clean, case.corrupted, case.metric,
                                                  s.ig_steps)
+    scores = to_host(scores)  # on the host, like the known circuit and the single-edge effects
     for name in ("eap", "eap_qk", "eap_ig"):
         found[name] = top_edges(scores[name], graph, s.score_threshold * total)
     needed = {}  # ranking quality: the fewest top edges by score that reach 90% recall
@@ -239,8 +252,10 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
         needed[name] = int(torch.nonzero(hits >= 0.9 * int(known.sum())).flatten()[0]) + 1
     kinds = ["z", "q", "k", "v"] + ([] if model.cfg.attn_only else ["mlp_out"])
     est, seconds["atpstar"] = _timed(atp_star, model, case.clean, case.corrupted, case.metric, kinds)
+    est = to_host(est)
     level = s.score_threshold * total / max(float(v.abs().max()) for v in est.values())
     found["atpstar"] = component_edges(graph, est, level)
+    found = to_host(found)
     out: dict[str, Any] = {"graph": graph, "known": known, "found": found, "scores": scores, "effects": effects,
                            "seconds": seconds, "metric_full": m_full, "metric_corrupted": m_corr,
                            "recall": {}, "precision": {}, "faithfulness": {}, "n_edges": {}}
@@ -256,13 +271,19 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
     return out
 
 
-def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = False) -> dict[str, Any]:
-    """Train the three models, run every method, write results.json and report.html."""
+def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = False, device: str = "auto",
+        dtype: str = "float32") -> dict[str, Any]:
+    """Train the three models, run every method, write results.json and report.html.
+
+    The models train and every method runs on ``device`` in ``dtype`` (recorded in results.json).
+    """
     t0 = time.perf_counter()
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     s = dataclasses.replace(QUICK if quick else FULL, seed=seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cases = [induction_case(s, quiet), ioi_case(s, quiet), grokking_case(s, quiet)]
+    cases = [induction_case(s, quiet, placement), ioi_case(s, quiet, placement), grokking_case(s, quiet, placement)]
     evals = {c.name: evaluate_case(c, s, quiet) for c in cases}
     results: dict[str, Any] = {key: {c: {m: evals[c][key][m] for m in METHODS} for c in evals}
                                for key in ("recall", "precision", "faithfulness", "seconds")}
@@ -291,6 +312,7 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     results["prev_token_heads"] = ind.info["prev_heads"]
     results["quick"] = quick
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results.update(placement.record())
     write_results(out, results)
     path = _report(results, cases, evals, s).save(out / "report.html")
     lines: list[str] = []
@@ -374,6 +396,8 @@ def cli(
     quick: bool = typer.Option(False, "--quick", help="Fewer prompts, fewer integration steps (a few minutes)."),
     seed: int = number(0, "--seed", kind=int, ge=0, help="Seed for data, initialisation and training."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    device: str = typer.Option("auto", help="Device: auto (CUDA when present, else CPU), cpu, cuda or mps."),
+    dtype: str = typer.Option("float32", help="Floating-point dtype of the models: float32, float64 or bfloat16."),
 ) -> None:
     """Circuit discovery (ACDC, EAP, EAP-IG, AtP*) scored against known circuits."""
-    run(out, quick=quick, seed=seed, quiet=quiet)
+    run(out, quick=quick, seed=seed, quiet=quiet, device=device, dtype=dtype)

@@ -42,6 +42,7 @@ from interplab.analysis.directions import (
 )
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
 from interplab.analysis.pca import pca
+from interplab.devices import Placement, to_host
 from interplab.errors import check
 from interplab.instrument import predict, site_values
 from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan
@@ -145,12 +146,13 @@ def check_labels(labels: str | None, data_dir: PathLike | None) -> tuple[str, st
 
 
 def _model_and_training(task: Task, out: Path, run_dir: PathLike | None, model_config: TransformerConfig | None,
-                        train_config: TrainConfig, seed: int, quiet: bool) -> tuple[Transformer, dict[str, Any]]:
+                        train_config: TrainConfig, seed: int, quiet: bool,
+                        placement: Placement) -> tuple[Transformer, dict[str, Any]]:
     import interplab
 
     info: dict[str, Any] = {}
     if run_dir is not None:
-        model = interplab.load(run_dir)
+        model = interplab.load(run_dir, device=placement.torch_device, dtype=placement.torch_dtype)
         check(isinstance(model, Transformer), f"The run in {run_dir} is not a transformer.")
         cfg = model.cfg
         check(cfg.n_layers == 1 and cfg.normalization == "none" and cfg.n_ctx == 3 and cfg.d_vocab == P + 1
@@ -165,7 +167,7 @@ def _model_and_training(task: Task, out: Path, run_dir: PathLike | None, model_c
         config = read_json(Path(run_dir) / "config.json")
         info["trained_labels"] = str(config.get("task", {}).get("labels", "unknown"))
         return model, info
-    model = Transformer(model_config or challenge2_config(), seed=seed)
+    model = placement.apply(Transformer(model_config or challenge2_config(), seed=seed))
     run = out / "run"
     resume = state_path(run).is_file()
     t0 = time.perf_counter()
@@ -242,6 +244,8 @@ def run(
     model_config: TransformerConfig | None = None,
     train_config: TrainConfig | None = None,
     quiet: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Run the whole study; writes ``results.json`` and ``report.html`` in ``out_dir``; returns the results.
 
@@ -250,11 +254,14 @@ def run(
     ``labels`` table. ``run_dir``: reuse a trained run instead of training.
     ``full``: train the published 5000 epochs instead of stopping on the training loss (see
     :func:`published_train_config`). ``model_config``/``train_config`` override the published
-    setting (e.g. :func:`small_setup`). Runs under :func:`interplab.numerics.numerics`.
+    setting (e.g. :func:`small_setup`). The model trains (or is loaded) and is analysed on ``device``
+    in ``dtype`` (both recorded in results.json). Runs under :func:`interplab.numerics.numerics`.
 
     Example: see the module docstring.
     """
     t_start = time.perf_counter()
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     spec, source = check_labels(labels, data_dir)
     check(n_draws >= 1, f"n_draws must be at least 1, got {n_draws}.")
     out = Path(out_dir)
@@ -264,13 +271,14 @@ def run(
     task = pair_label_task(labels=spec, seed=seed, data_dir=data_dir)
     tcfg = train_config if train_config is not None else published_train_config(seed, full)
     with torch.enable_grad():
-        model, train_info = _model_and_training(task, out, run_dir, model_config, tcfg, seed, quiet)
+        model, train_info = _model_and_training(task, out, run_dir, model_config, tcfg, seed, quiet, placement)
     model.eval()
-    inputs, truth = task.inputs, task.labels
+    task_here = task.to(placement.torch_device)  # the data where the model is (task stays on the host for the report)
+    inputs, truth = task_here.inputs, task_here.labels
     fwd = {"positions": [-1]}
     res: dict[str, Any] = {"labels_source": "builtin" if source == "builtin" else
                            ("published" if source.startswith("published") else "file"),
-                           "seed": seed, "epochs": train_info.get("epochs", 0)}
+                           "seed": seed, "epochs": train_info.get("epochs", 0), **placement.record()}
     if "epochs_per_second" in train_info:
         res["epochs_per_second"] = train_info["epochs_per_second"]
         res["train_seconds"] = train_info["train_seconds"]
@@ -281,10 +289,10 @@ def run(
     # -- the model and its fixed-attention version -------------------------------------------------
     pred = predict(model, inputs, **fwd)
     res["acc_full"] = _frac(pred == truth)
-    res["acc_train"] = _frac(pred[task.train_idx] == truth[task.train_idx])
-    res["acc_test"] = _frac(pred[task.test_idx] == truth[task.test_idx])
-    if "model_labels" in task.extras:
-        res["agree_original"] = _frac(pred == task.extras["model_labels"])
+    res["acc_train"] = _frac(pred[task_here.train_idx] == truth[task_here.train_idx])
+    res["acc_test"] = _frac(pred[task_here.test_idx] == truth[task_here.test_idx])
+    if "model_labels" in task_here.extras:
+        res["agree_original"] = _frac(pred == task_here.extras["model_labels"])
     means = mean_patterns(model, inputs, **fwd)
     hooks = fixed_attention_hooks(means)
     pred_fixed = predict(model, inputs, hooks, **fwd)
@@ -350,8 +358,8 @@ def run(
     res["seconds"] = time.perf_counter() - t_start
 
     write_results(out, res)
-    report = _report(res, source, train_info, task, pred, pred_fixed, p_mid, mid, rule_full, images, thresholds,
-                     binaries, scrubs, scan, p_post, post)
+    report = _report(res, source, train_info, task, *to_host((pred, pred_fixed, p_mid, mid, rule_full, images)),
+                     thresholds, *to_host((binaries, scrubs, scan, p_post, post)))
     path = report.save(out / "report.html")
     res["seconds"] = time.perf_counter() - t_start
     write_results(out, res)

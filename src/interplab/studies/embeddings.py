@@ -48,6 +48,7 @@ from interplab.analysis.embeddings import (centred_norm_ratio, index_in_word, ma
                                            property_probes, relation_consistency, token_properties,
                                            truncation_similarity)
 from interplab.analysis.probes import probe
+from interplab.devices import Placement, to_host
 from interplab.errors import check
 from interplab.instrument import site_values
 from interplab.io import read_json, write_results
@@ -104,9 +105,9 @@ QUICK = Settings(corpus_bytes=400_000, people=16, cities=6, countries=3, objects
 
 # -- the model and the text ---------------------------------------------------------------------------
 
-def corpus_lm(s: Settings, out: Path, quiet: bool) -> Path:
-    """Make (or reuse) the corpus in ``out / "corpus"`` and train (or reuse) the corpus LM in ``out / "run"``;
-    returns the run directory (what ``--run`` takes)."""
+def corpus_lm(s: Settings, out: Path, quiet: bool, placement: Placement | None = None) -> Path:
+    """Make (or reuse) the corpus in ``out / "corpus"`` and train (or reuse) the corpus LM in ``out / "run"``
+    on ``placement``'s device and dtype; returns the run directory (what ``--run`` takes)."""
     d = out / "corpus"
     want = {"n_bytes": s.corpus_bytes, "n_people": s.people, "n_cities": s.cities, "n_countries": s.countries,
             "n_objects": s.objects, "seed": s.seed}
@@ -121,6 +122,8 @@ def corpus_lm(s: Settings, out: Path, quiet: bool) -> Path:
     task = LMTask(d, n_ctx=s.n_ctx, seed=s.seed, rows_per_epoch=s.rows_per_epoch)
     model = Transformer(task.default_model_config(d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads,
                                                   d_mlp=s.d_mlp), seed=s.seed)
+    if placement is not None:
+        placement.apply(model)
     cfg = TrainConfig(epochs=s.epochs, lr=s.lr, weight_decay=0.1, betas=(0.9, 0.95), batch_size=s.batch_size,
                       schedule="cosine", warmup_epochs=max(1, s.epochs // 20), seed=s.seed,
                       log_every=max(1, s.epochs // 5), checkpoint_every=max(1, s.epochs // 5), keep_history=False)
@@ -128,7 +131,7 @@ def corpus_lm(s: Settings, out: Path, quiet: bool) -> Path:
     return out / "run"
 
 
-def _load_run(run: Path) -> tuple[Any, Any, Path]:
+def _load_run(run: Path, placement: Placement) -> tuple[Any, Any, Path]:
     """A run of the ``lm`` task: (model, tokenizer, corpus directory)."""
     from interplab.runs import load
 
@@ -139,7 +142,7 @@ def _load_run(run: Path) -> tuple[Any, Any, Path]:
     corpus = Path(task["corpus"])
     check((corpus / "entities.json").is_file(),
           f"The corpus {corpus} of {run} is not a generated corpus (no entities.json): its token categories are unknown.")
-    return load(run), load_tokenizer(corpus), corpus
+    return load(run, device=placement.torch_device, dtype=placement.torch_dtype), load_tokenizer(corpus), corpus
 
 
 def _eval_rows(docs: Sequence[AnnotatedDoc], bos: int, length: int, n: int) -> tuple[torch.Tensor, list[list[str]]]:
@@ -168,8 +171,12 @@ def _phrase_pairs(E: torch.Tensor, tok: Any, pairs: Sequence[tuple[str, str]], e
 
 
 def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str | None = None, quick: bool = False,
-        settings: Settings | None = None, quiet: bool = False) -> dict[str, Any]:
+        settings: Settings | None = None, quiet: bool = False, device: str = "auto",
+        dtype: str = "float32") -> dict[str, Any]:
     """Run the embedding analyses on one model; writes results.json and report.html into ``out_dir``.
+
+    The model trains (or is loaded) and runs on ``device`` in ``dtype`` (recorded in results.json); the
+    embedding matrix and the activations are analysed on the CPU in float32.
 
     ``run(out, quick=True)`` makes a corpus, trains the corpus LM and analyses it (about two
     minutes on 2 cores); ``run(out, run_dir=...)`` analyses a run of ``interplab train lm``,
@@ -183,17 +190,19 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
     t0 = time.perf_counter()
     s = settings if settings is not None else (QUICK if quick else FULL)
     check(run_dir is None or model_name is None, "Give --run or --model, not both.")
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if model_name is not None:  # load first: a model that cannot be loaded should not cost a corpus
-        model, tok = load_option(model_name, device="cpu")
+        model, tok = load_option(model_name, device=device, dtype=dtype)
         check(s.countries <= s.cities, f"countries ({s.countries}) cannot exceed cities ({s.cities}).")
         corpus = make_corpus(out / "corpus", n_bytes=s.corpus_bytes, n_people=s.people, n_cities=s.cities,
                              n_countries=s.countries, n_objects=s.objects, seed=s.seed, quiet=quiet).path
         source = f"Hugging Face model {model_name}"
     else:
-        run_path = Path(run_dir) if run_dir is not None else corpus_lm(s, out, quiet)
-        model, tok, corpus = _load_run(run_path)
+        run_path = Path(run_dir) if run_dir is not None else corpus_lm(s, out, quiet, placement)
+        model, tok, corpus = _load_run(run_path, placement)
         source = f"run {run_path}" + (" (the corpus LM, trained here)" if run_dir is None else "")
     model.eval()
     c = load_corpus(corpus)
@@ -261,20 +270,21 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
     sites = ["hook_embed"] + [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
     trunc, by_index = {}, {}
     for site in sites[1:]:
-        sim = truncation_similarity(model, rows, site, prefix=[bos]).float().numpy()
+        sim = to_host(truncation_similarity(model, rows, site, prefix=[bos])).float().numpy()
         trunc[site] = {cat: float(np.nanmean(sim[cat_arr == cat])) for cat in sorted(set(cat_arr.flatten()) - {"bos"})
                        if np.isfinite(sim[cat_arr == cat]).any()}
         by_index[site] = {name: float(np.nanmean(sim[(mask & (cat_arr != "bos"))]))
                           for name, mask in (("word start", widx.numpy() == 0), ("continuation", widx.numpy() > 0))}
     results["truncation_similarity"], results["truncation_by_word_index"] = trunc, by_index
     alpha = np.array([[x.strip().isalpha() for x in ["", *token_strings(tok, row[1:])]] for row in rows.tolist()])
-    per_pos = site_values(model, rows, sites)  # {site: [N, P, d]}
+    per_pos = to_host(site_values(model, rows, sites))  # {site: [N, P, d]}
     target = widx[torch.from_numpy(alpha)].clamp(max=2)  # 0, 1, 2 or more
     wi = {site: probe(a.float()[torch.from_numpy(alpha)], target, n_splits=s.n_splits, seed=s.seed)
           for site, a in per_pos.items()}
     results["word_index_probe"] = {k: v.mean for k, v in wi.items()}
     results["word_index_chance"] = next(iter(wi.values())).chance
     results["word_index_counts"] = {str(k): int((target == k).sum()) for k in range(3)}
+    results.update(placement.record())
     results["seconds"] = round(time.perf_counter() - t0, 1)
     write_results(out, results)
     path = _report(results, cos, pp).save(out / "report.html")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from interplab.analysis.linearity import (ablation_effect_correlation, interaction_fraction, linearity_break,
                                           nonlinear_excess_table)
 from interplab.analysis.probes import probe
+from interplab.devices import Placement, to_host
 from interplab.errors import check
 from interplab.instrument import site_values
 from interplab.interventions.ablate import ablate
@@ -83,7 +84,7 @@ QUICK = Settings(n=20, mlp_epochs=400, n_first=30, n_last=30, n_names=300, n_lay
 def _probe_summary(acts: dict[str, torch.Tensor], y: torch.Tensor, s: Settings) -> dict[str, dict[str, float]]:
     out = {}
     for site, a in acts.items():
-        r = probe(a, y, n_splits=s.n_splits, seed=s.seed)
+        r = probe(to_host(a), to_host(y), n_splits=s.n_splits, seed=s.seed)
         out[site] = {"mean": r.mean, "std": r.std, "chance": r.chance}
     return out
 
@@ -115,11 +116,13 @@ def _shuffled_weights(model: MLP, seed: int) -> MLP:
     return out.eval()
 
 
-def memorization_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
-    """(a): train the MLP lookup table, probe, non-linear excess and linearity breaking per layer."""
+def memorization_part(s: Settings, out: Path, quiet: bool, placement: Placement | None = None) -> dict[str, Any]:
+    """(a): train the MLP lookup table, probe, non-linear excess and linearity breaking per layer
+    (the networks on ``placement``'s device and dtype; the measures on the CPU)."""
+    placement = placement if placement is not None else Placement("cpu")
     task = memorization_task(n=s.n, n_classes=2, seed=s.seed, d_hidden=s.mlp_hidden)
-    model = MLP(task.default_model_config(), seed=s.seed)
-    init = MLP(task.default_model_config(), seed=s.seed)  # the same network before training
+    model = placement.apply(MLP(task.default_model_config(), seed=s.seed))
+    init = placement.apply(MLP(task.default_model_config(), seed=s.seed))  # the same network before training
     res = train(model, task, TrainConfig(epochs=s.mlp_epochs, lr=1e-3, weight_decay=0.0, seed=s.seed,
                                          log_every=50), None, quiet=quiet)
     model.eval()
@@ -127,8 +130,8 @@ def memorization_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
     n_hidden = len(s.mlp_hidden)
     sites = ["hook_input"] + [f"layers.{i}.hook_post" for i in range(n_hidden)] + ["hook_logits"]
     pre = [f"layers.{i}.hook_pre" for i in range(n_hidden)]
-    nets = {"trained": model, "random": init, "shuffled": _shuffled_weights(model, s.seed + 1)}
-    acts = {k: site_values(m, task.inputs, sites + pre) for k, m in nets.items()}
+    nets = {"trained": model, "random": init, "shuffled": placement.apply(_shuffled_weights(model, s.seed + 1))}
+    acts = {k: to_host(site_values(m, task.inputs, sites + pre)) for k, m in nets.items()}
     g = torch.Generator().manual_seed(s.seed)
     ratio = {site: {k: linearity_break(a[site].reshape(s.n, s.n, -1), s.n_quads, g)["ratio"] for k, a in acts.items()}
              for site in sites + pre}
@@ -147,21 +150,23 @@ def memorization_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
 
 def _log_prob_metric(y: torch.Tensor):
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(logits[:, -1].float(), -1)[torch.arange(len(y)), y].mean()
+        return F.log_softmax(logits[:, -1].float(), -1)[torch.arange(len(y), device=y.device), y].mean()
     return metric
 
 
-def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
-    """(b): train the two-token-names transformer; combine layer, probes, MLP ablations, path patching."""
+def names_part(s: Settings, out: Path, quiet: bool, placement: Placement | None = None) -> dict[str, Any]:
+    """(b): train the two-token-names transformer; combine layer, probes, MLP ablations, path patching
+    (on ``placement``'s device and dtype)."""
+    placement = placement if placement is not None else Placement("cpu")
     task = two_token_names_task(n_first=s.n_first, n_last=s.n_last, n_names=s.n_names, n_attributes=s.n_attributes,
                                 seed=s.seed, d_model=s.d_model, n_layers=s.n_layers, d_mlp=s.d_mlp)
-    model = Transformer(task.default_model_config(), seed=s.seed)
-    init = Transformer(task.default_model_config(), seed=s.seed)
+    model = placement.apply(Transformer(task.default_model_config(), seed=s.seed))
+    init = placement.apply(Transformer(task.default_model_config(), seed=s.seed))
     res = train(model, task, TrainConfig(epochs=s.max_epochs, lr=3e-3, weight_decay=0.1, seed=s.seed, log_every=25),
                 None, quiet=quiet, stop=lambda row: row["train_acc"] == 1.0 and row["train_loss"] < 1e-3)
     model.eval()
     save_model(out / "names-transformer", model, {"task": task.describe()})
-    x, y = task.inputs, task.labels
+    x, y = task.inputs.to(placement.torch_device), task.labels.to(placement.torch_device)
     L = s.n_layers
 
     # where the name tokens are combined: attention from the last position to the first name
@@ -188,7 +193,7 @@ def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
     # path patching: corrupt the first name, restore layer-0 heads' outputs along single paths
     g = torch.Generator().manual_seed(s.seed + 1)
     corrupt = x.clone()
-    corrupt[:, 0] = (x[:, 0] + torch.randint(1, s.n_first, (len(x),), generator=g)) % s.n_first
+    corrupt[:, 0] = (x[:, 0] + torch.randint(1, s.n_first, (len(x),), generator=g).to(x.device)) % s.n_first
     metric = _log_prob_metric(y)
     with torch.no_grad():
         total = (metric(model(x)) - metric(model(corrupt))).item()
@@ -213,10 +218,11 @@ def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
     site = "blocks.0.mlp.hook_post"
     with torch.no_grad():
         ref = site_values(model, x, site, positions=[-1])
-        base_lp = F.log_softmax(model(x, positions=[-1])[:, 0], -1)[torch.arange(len(y)), y]
+        rows = torch.arange(len(y), device=y.device)
+        base_lp = F.log_softmax(model(x, positions=[-1])[:, 0], -1)[rows, y]
         effects = torch.stack([
             F.log_softmax(ablate(model, x, site, "mean", units=[i], reference=ref, positions=[-1])[:, 0], -1)
-            [torch.arange(len(y)), y] - base_lp for i in range(s.d_mlp)])
+            [rows, y] - base_lp for i in range(s.d_mlp)])
     alive = effects.abs().amax(1) > 1e-6
     corr = ablation_effect_correlation(effects[alive]) if int(alive.sum()) >= 2 else None
     return {"train_acc": res.final.get("train_acc"), "epochs": res.epochs_run, "sites": sites,
@@ -228,12 +234,13 @@ def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
                 "independent_abs": math.sqrt(2 / (math.pi * int(alive.sum()))), "n_neurons": int(alive.sum())}}
 
 
-def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = None, quiet: bool = False
-        ) -> dict[str, Any]:
+def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = None, quiet: bool = False,
+        device: str = "auto", dtype: str = "float32") -> dict[str, Any]:
     """Run both parts into ``out_dir``; writes results.json and report.html, returns the results.
 
     ``run(out, quick=True)`` takes under a minute on 2 cores; ``settings`` overrides the presets
-    (``tests/test_studies_fact_finding_embeddings.py`` runs a smaller one).
+    (``tests/test_studies_fact_finding_embeddings.py`` runs a smaller one). The networks train and are
+    probed, ablated and patched on ``device`` in ``dtype`` (recorded in results.json).
 
     Example:
         >>> QUICK.n_layers, FULL.n_layers, dataclasses.replace(QUICK, seed=3).seed
@@ -242,10 +249,12 @@ def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = No
     t0 = time.perf_counter()
     s = settings if settings is not None else (QUICK if quick else FULL)
     check(s.n >= 3 and s.n_names >= 10, "The study needs n >= 3 and n_names >= 10.")
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    a = memorization_part(s, out, quiet)
-    b = names_part(s, out, quiet)
+    a = memorization_part(s, out, quiet, placement)
+    b = names_part(s, out, quiet, placement)
     results: dict[str, Any] = {
         "settings": dataclasses.asdict(s),
         "probe_acc_by_layer": {"mlp": {k: v["mean"] for k, v in a["probe"].items()},
@@ -276,6 +285,7 @@ def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = No
         "mlp_train_acc": a["train_acc"], "transformer_train_acc": b["train_acc"],
         "transformer_clean_loss": b["clean_loss"],
         "seconds": round(time.perf_counter() - t0, 1),
+        **placement.record(),
     }
     write_results(out, results)
     path = _report(results, a, b).save(out / "report.html")

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt
 import torch
 import typer
 
+from interplab.devices import Placement, to_host
 from interplab.options import number
 from interplab.errors import check
 from interplab.interventions.steering import coefficient_sweep, pareto_front, pareto_plot, sae_views
@@ -150,21 +151,27 @@ def _steering(lm: torch.nn.Module, tok: Any, sae: SAE, text: torch.Tensor, s: Se
 
 
 def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = False, model: str | None = None,
-        device: str = "auto", quiet: bool = False) -> dict[str, Any]:
-    """Train or load the LM, run every measurement; write results.json and report.html."""
+        device: str = "auto", quiet: bool = False, dtype: str = "float32") -> dict[str, Any]:
+    """Train or load the LM, run every measurement; write results.json and report.html.
+
+    The LM (trained or loaded), its activation shards' SAEs and every measurement run on ``device`` in
+    ``dtype`` (recorded in results.json).
+    """
     t0 = time.perf_counter()
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     s = settings if settings is not None else (Settings.quick() if quick else Settings())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus = lm_study._corpus(out / "lm", s.lm, quiet)
     if model is None:
-        lm, task, _ = lm_study._train(out / "lm", corpus, s.lm, quiet)
+        lm, task, _ = lm_study._train(out / "lm", corpus, s.lm, quiet, placement)
         tok, tokens = task.tokenizer, TokenDataset(corpus / "tokens.bin", s.lm.n_ctx)
         name = "interplab Transformer trained here"
     else:
         from interplab.lm.load import load
 
-        loaded = load(model, device=device)
+        loaded = load(model, device=placement.torch_device, dtype=placement.torch_dtype)
         lm, tok = loaded.model, loaded.tokenizer
         path = write_token_file(load_corpus(corpus).documents(), tok, out / "model_tokens.bin", quiet=quiet)
         tokens = TokenDataset(path, min(int(lm.cfg.n_ctx), s.lm.n_ctx + 1))
@@ -193,7 +200,8 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
                                  resample_every=max(100, s.steps // 4), seed=s.seed, log_every=max(1, s.steps // 5),
                                  ghost_all_steps=s.steps // 10 if variant == "ghost" else 0,
                                  checkpoint_every=s.steps)
-            sae = SAE(SAEConfig(d_in=d, d_sae=s.expansion * d, hook_name=hook, act_scale=store.scale), seed=s.seed)
+            sae = placement.apply(SAE(SAEConfig(d_in=d, d_sae=s.expansion * d, hook_name=hook, act_scale=store.scale),
+                                      seed=s.seed))
             run_dir = out / "saes" / f"{variant}_l1_{l1:g}"
             resume = (run_dir / "checkpoints" / "state.pt").exists()
             if resume:  # reuse only a run of these very settings (same LM and activations: same act_scale)
@@ -209,7 +217,7 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
             saes[(variant, l1)] = sae
     main = saes[("ghost", s.main_l1)]
     main_lr = lm_loss_recovered(lm, text, main)
-    acts = feature_activations(main, lm, eval_tokens, exclude_bos=True)  # [N, T, d_sae]
+    acts = to_host(feature_activations(main, lm, eval_tokens, exclude_bos=True))  # [N, T, d_sae], on the host
     flat = acts[:, 1:].reshape(-1, main.cfg.d_sae)
     l0 = (flat > 0).float().sum(-1).mean().item()
 
@@ -253,6 +261,7 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         "lm_seconds": round(t_lm, 1),
     }
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results.update(placement.record())
     write_results(out, results)
     path = _report(results, index).save(out / "report.html")
     lines: list[str] = []
@@ -319,11 +328,13 @@ def cli(
     out: Path = typer.Option(..., "--out", help="Study directory (lm/, acts/, saes/, dashboards/, results.json, report.html)."),
     quick: bool = typer.Option(False, "--quick", help="Smaller LM, fewer and shorter SAE runs: a few CPU-minutes."),
     model: Optional[str] = model_option(),
-    device: str = typer.Option("auto", help="Device for --model: auto, cpu, cuda or mps."),
+    device: str = typer.Option("auto", help="Device of the LM and the SAEs: auto (CUDA when present, else CPU), cpu, "
+                               "cuda or mps."),
+    dtype: str = typer.Option("float32", help="Dtype of the LM and the SAEs: float32, float64 or bfloat16."),
     seed: int = number(0, "--seed", kind=int, ge=0, help="Seed of the corpus, LM and SAEs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """SAEs on a language model: variants, loss recovered, attribute detectors, steering, auto-interp."""
     s = Settings.quick() if quick else Settings()
     run(out, settings=dataclasses.replace(s, seed=seed, lm=dataclasses.replace(s.lm, seed=seed)), model=model,
-        device=device, quiet=quiet)
+        device=device, dtype=dtype, quiet=quiet)
