@@ -103,7 +103,7 @@ def matmul_rate(device: torch.device, n: int, dtype: torch.dtype, tf32: bool, re
 
 def run_device_tests() -> None:
     print("== device tests: pytest tests/test_devices.py", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-rs", "tests/test_devices.py"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-rfEs", "tests/test_devices.py"],
                           cwd=ROOT, capture_output=True, text=True)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     shown = [ln for ln in lines if ln.startswith(("FAILED", "ERROR", "SKIPPED"))] + lines[-1:]
@@ -213,6 +213,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny sizes, to check the script on a CPU")
     ap.add_argument("--skip-tests", action="store_true", help="skip the device tests")
+    ap.add_argument("--skip-measurements", action="store_true", help="skip (a), (b) and (c)")
     ap.add_argument("--studies", default="all", help="comma-separated study names for (d), 'all' or 'none'")
     ap.add_argument("--study-timeout", type=float, default=180.0, help="seconds allowed to each study in (d)")
     ap.add_argument("--study-budget", type=float, default=300.0, help="no study of (d) starts after this many seconds")
@@ -230,7 +231,9 @@ def main() -> None:
         print(f"GPU: {name} ({device}); torch {torch.__version__}")
     if not a.skip_tests:
         run_device_tests()
-    if a.small:
+    if a.skip_measurements:
+        study_quick_paths(device, studies, small=a.small, timeout=a.study_timeout, budget=a.study_budget)
+    elif a.small:
         challenge2(device, epochs=5)
         sae_throughput(device, d_in=64, d_sae=512, batch=256, repeat=3)
         pursuit(device, d_in=32, d_sae=256, n=256, k=8, repeat=3)
