@@ -279,6 +279,10 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
     for name, rows in (("acdc", out["sweep"]), ("acdc_kl", out["sweep_kl"])):
         best[name] = max([row[2] for row in rows if row[3] >= 0.9 - 1e-9], default=0.0)
     out["precision_at_recall_90"] = best
+    weakest = float(effects.abs()[known].min())
+    outside = graph.allowed & ~known & (effects.abs() >= weakest)
+    out["outside_above_weakest"] = sorted(((float(effects[r, c]), f"{graph.senders[c]}->{graph.receivers[r]}")
+                                           for r, c in torch.nonzero(outside).tolist()), key=lambda x: -abs(x[0]))
     if case.name == "induction":
         out["diagnosis"] = eap_diagnosis(case, graph, corr, known, effects, scores, total)
     return out
@@ -339,6 +343,7 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     results["acdc_sweep"] = {c: [list(row) for row in e["sweep"]] for c, e in evals.items()}
     results["acdc_kl_sweep"] = {c: [list(row) for row in e["sweep_kl"]] for c, e in evals.items()}
     results["induction_eap_diagnosis"] = evals["induction"]["diagnosis"]
+    results["edges_outside_known_above_weakest_known"] = {c: len(e["outside_above_weakest"]) for c, e in evals.items()}
     gk = cases[2].info
     results["grokking_key_frequencies"] = gk["key_frequencies"]
     results["grokking_head_key_share"] = gk["head_key_share"]
@@ -437,6 +442,13 @@ def _report(results: dict[str, Any], cases: list[Case], evals: dict[str, Any], s
                + ", ".join(f"{m} {v:.2f}" for m, v in e["precision_at_recall_90"].items())
                + ". Recall of the top edges by score, as many as the known circuit has: "
                + ", ".join(f"{m} {v:.2f}" for m, v in e["recall_at_known_size"].items()) + ".")
+        strong = e["outside_above_weakest"]
+        r.text(f"Precision is bounded by what the known circuit leaves out: {len(strong)} edges outside it move the "
+               f"metric, patched alone, at least as much as its weakest edge (the single-edge ranking's best "
+               f"precision at recall 0.9 is {e['precision_at_recall_90']['single_edge']:.2f})"
+               + (": " + ", ".join(f"{n} ({v / max(abs(e['metric_full'] - e['metric_corrupted']), 1e-12):+.3f})"
+                                   for v, n in strong[:12]) + (", ..." if len(strong) > 12 else "") if strong else "")
+               + ". (Effects as fractions of the clean-minus-corrupted metric.)")
         r.text("Ranking quality of the scores: top edges needed to reach 90% recall: "
                + ", ".join(f"{m} {v}" for m, v in e["edges_for_recall_90"].items()) + f" of {g.n_edges}.")
         missed = {m: [x for x in g.edges(e["known"] & ~e["found"][m])] for m in METHODS}
@@ -452,6 +464,7 @@ def _pr_figure(name: str, e: dict[str, Any]) -> Any:
         ax.step(rec.numpy(), prec.numpy(), where="post", color=colors[m], label=m, lw=1.5,
                 ls="--" if m == "single_edge" else "-")
     for m, rows in (("acdc", e["sweep"]), ("acdc_kl", e["sweep_kl"])):
+        rows = [row for row in rows if row[1] > 0]  # an empty circuit has no precision
         ax.plot([row[3] for row in rows], [row[2] for row in rows], "o-", color=colors[m], label=f"{m} sweep", ms=4)
     for m in ("acdc", "acdc_kl", "eap", "eap_qk", "eap_ig"):
         ax.plot([e["recall"][m]], [e["precision"][m]], marker="*", ms=13, color=colors[m], mec="black", ls="none")
