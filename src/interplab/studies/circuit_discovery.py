@@ -59,7 +59,7 @@ from interplab.analysis.heads import (attention_patterns, heads_above, induction
                                       repeated_tokens)
 from interplab.instrument import cache
 from interplab.interventions.attribution import atp_star
-from interplab.interventions.circuits import (acdc, acdc_sweep, component_edges, draw_circuit, eap, eap_ig,
+from interplab.interventions.circuits import (acdc, component_edges, draw_circuit, eap, eap_ig,
                                               faithfulness, patch_curve, precision_recall, score_pr_curve, top_edges)
 from interplab.interventions.edges import Graph, run_edges, sender_outputs
 from interplab.models import Transformer
@@ -84,7 +84,7 @@ class Settings:
     acdc_threshold: float = 0.003
     acdc_kl_threshold: float = 0.01
     score_threshold: float = 0.003
-    sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+    sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
     kl_sweep: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1)
     grokking_p: int = 37
     grokking_epochs: int = 600
@@ -241,10 +241,11 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     res, seconds["acdc"] = _timed(acdc, model, graph, case.clean, corr, s.acdc_threshold * total, case.metric,
                                   quiet=quiet)
-    found["acdc"] = res.keep
+    found["acdc"], stated = res.keep, {("metric", s.acdc_threshold): res}
     res, seconds["acdc_kl"] = _timed(acdc, model, graph, case.clean, corr, s.acdc_kl_threshold,
                                      positions=case.positions, quiet=quiet)
     found["acdc_kl"] = res.keep
+    stated[("kl", s.acdc_kl_threshold)] = res
     scores["eap"], seconds["eap"] = _timed(eap, model, graph, case.clean, corr, case.metric)
     scores["eap_qk"], seconds["eap_qk"] = _timed(eap, model, graph, case.clean, corr, case.metric,
                                                  exact_attention=True)
@@ -269,10 +270,13 @@ def evaluate_case(case: Case, s: Settings, quiet: bool) -> dict[str, Any]:
         out["n_edges"][name] = int(keep.sum())
     out["faithfulness"]["known"] = faithfulness(model, graph, case.clean, corr, known, case.metric)
     out["edges_for_recall_90"] = needed
-    sweep = acdc_sweep(model, graph, case.clean, corr, [t * total for t in s.sweep], case.metric, quiet=True)
+    # the sweeps reuse the runs at the stated thresholds
+    sweep = [stated.get(("metric", t)) or acdc(model, graph, case.clean, corr, t * total, case.metric, quiet=True)
+             for t in s.sweep]
     out["sweep"] = [(t, r.n_edges, *precision_recall(r.keep, known),
                      faithfulness(model, graph, case.clean, corr, r.keep, case.metric)) for t, r in zip(s.sweep, sweep)]
-    sweep = acdc_sweep(model, graph, case.clean, corr, list(s.kl_sweep), positions=case.positions, quiet=True)
+    sweep = [stated.get(("kl", t)) or acdc(model, graph, case.clean, corr, t, positions=case.positions, quiet=True)
+             for t in s.kl_sweep]
     out["sweep_kl"] = [(t, r.n_edges, *precision_recall(r.keep, known),
                         faithfulness(model, graph, case.clean, corr, r.keep, case.metric))
                        for t, r in zip(s.kl_sweep, sweep)]
