@@ -229,7 +229,7 @@ def test_patching_and_attribution(device, dtype):
 
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_edge_circuits(device, dtype):
-    from interplab.interventions.circuits import acdc, eap, eap_ig, faithfulness
+    from interplab.interventions.circuits import acdc, eap, eap_ig, faithfulness, patch_curve, score_pr_curve
     from interplab.interventions.edges import Graph, sender_outputs
 
     m = _tiny_transformer(device, dtype, normalization="LN")
@@ -244,6 +244,10 @@ def test_edge_circuits(device, dtype):
     assert bool(torch.isfinite(torch.tensor(result.distance)))
     everything = torch.ones(len(g.receivers), len(g.senders), dtype=torch.bool)
     assert abs(faithfulness(m, g, clean, corr, everything, _metric) - 1) < 1e-2
+    curve = patch_curve(m, g, clean, corr, g.edge_set(["a0.h0->a1.h1.k"]), _metric, [0.5, 1.0])
+    assert curve.device.type == device and bool(torch.isfinite(curve.float()).all())
+    prec, rec = score_pr_curve(scores, g.edge_set(["a0.h0->a1.h1.k", "a1.h0->logits"]), g)[:2]
+    assert rec[0] == 1.0 and 0.0 <= float(prec.min()) <= 1.0
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
