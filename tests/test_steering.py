@@ -68,6 +68,7 @@ def test_sae_views(model):
     assert torch.allclose(few["projected"] - few["features"], few["original"] - few["recon_diff"], atol=1e-5)
 
 
+@torch.no_grad()
 def test_hook_changes_next_token_distribution_with_the_coefficient(model):
     # the diagnosis of a flat P(success): does the added vector reach the logits, and more so when larger?
     v = steering_vector(model, HOOK, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 2, 4]]))[-1]
