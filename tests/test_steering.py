@@ -99,3 +99,13 @@ def test_prompt_sets_of_different_lengths_align_at_their_ends(model):
     assert torch.allclose(views["original"], v) and torch.allclose(views["features"], views["recon_diff"], atol=1e-5)
     with pytest.raises(InterplabError, match="no empty prompt"):
         steering_vector(model, HOOK, [torch.tensor([1, 2])], [])
+
+
+def test_positions_select_where_the_vector_is_read(model):
+    pos, neg = [torch.tensor([1, 2, 3]), torch.tensor([1, 4, 2, 3])], [torch.tensor([1, 6, 7, 8])]
+    full = steering_vector(model, HOOK, pos, neg)
+    assert torch.equal(steering_vector(model, HOOK, pos, neg, positions=-1), full[-1:])
+    sae = SAE(SAEConfig(d_in=16, d_sae=32, hook_name=HOOK), seed=0)
+    views = sae_views(sae, model, pos, neg, k=4, positions=[-1])
+    assert all(v.shape == (1, 16) for name, v in views.items() if name != "feature_diff")
+    assert torch.allclose(views["original"], full[-1:])

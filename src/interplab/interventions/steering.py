@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from interplab.errors import check
 from interplab.instrument import cache
+from interplab.models.base import Positions, readout_positions
 
 Hook = tuple[str, Callable[..., Tensor]]
 
@@ -94,7 +95,8 @@ def end_aligned_acts(model: torch.nn.Module, hook_name: str, prompts: Prompts) -
 
 
 @torch.no_grad()
-def steering_vector(model: torch.nn.Module, hook_name: str, positive: Prompts, negative: Prompts) -> Tensor:
+def steering_vector(model: torch.nn.Module, hook_name: str, positive: Prompts, negative: Prompts,
+                    positions: Positions = None) -> Tensor:
     """The activation difference ``positive - negative`` at ``hook_name``, averaged over prompts: ``[P, d]``.
 
     ``positive`` and ``negative`` as tensors ``[pairs, P]`` (or ``[P]``) of equal shape are prompt
@@ -103,7 +105,9 @@ def steering_vector(model: torch.nn.Module, hook_name: str, positive: Prompts, n
     number and length: the vector is the difference of the two sets' mean activations aligned
     at the prompts' ends (:func:`end_aligned_acts`), over the last ``P`` positions, ``P`` the
     shortest prompt's length (mean-difference steering, as in contrastive activation addition,
-    Rimsky et al. 2023). Raises :class:`InterplabError` when paired tensors differ in shape.
+    Rimsky et al. 2023). ``positions`` keeps only those of the ``P`` positions (any form
+    :func:`interplab.models.base.readout_positions` reads; ``-1``: the last token, giving
+    ``[1, d]``). Raises :class:`InterplabError` when paired tensors differ in shape.
 
     Example: see the module docstring.
     """
@@ -111,15 +115,18 @@ def steering_vector(model: torch.nn.Module, hook_name: str, positive: Prompts, n
         positive, negative = positive.reshape(-1, positive.shape[-1]), negative.reshape(-1, negative.shape[-1])
         check(positive.shape == negative.shape, f"Positive and negative prompts must have the same shape, got "
               f"{tuple(positive.shape)} and {tuple(negative.shape)}; pad the shorter one.")
-    a_pos, a_neg = _paired_acts(model, hook_name, positive, negative)
+    a_pos, a_neg = _paired_acts(model, hook_name, positive, negative, positions)
     return a_pos.mean(0) - a_neg.mean(0)
 
 
-def _paired_acts(model: torch.nn.Module, hook_name: str, positive: Prompts, negative: Prompts) -> tuple[Tensor, Tensor]:
-    """Both prompt sets' activations ``[n, P, d]`` over the same last ``P`` positions."""
+def _paired_acts(model: torch.nn.Module, hook_name: str, positive: Prompts, negative: Prompts,
+                 positions: Positions = None) -> tuple[Tensor, Tensor]:
+    """Both prompt sets' activations ``[n, P, d]`` over the same last ``P`` positions (then ``positions`` of them)."""
     a_pos, a_neg = end_aligned_acts(model, hook_name, positive), end_aligned_acts(model, hook_name, negative)
     P = min(a_pos.shape[1], a_neg.shape[1])
-    return a_pos[:, a_pos.shape[1] - P:], a_neg[:, a_neg.shape[1] - P:]
+    a_pos, a_neg = a_pos[:, a_pos.shape[1] - P:], a_neg[:, a_neg.shape[1] - P:]
+    index = readout_positions(positions, P)
+    return (a_pos, a_neg) if index is None else (a_pos[:, index.to(a_pos.device)], a_neg[:, index.to(a_neg.device)])
 
 
 def steering_hook(hook_name: str, vector: Tensor, coef: float, start: int = 0) -> Hook:
@@ -172,10 +179,11 @@ def sample_continuations(model: torch.nn.Module, prompt: Tensor, n: int, max_new
 
 @torch.no_grad()
 def sae_views(sae: Any, model: torch.nn.Module, positive: Prompts, negative: Prompts, k: int = 4,
-              feature: int | None = None) -> dict[str, Tensor]:
+              feature: int | None = None, positions: Positions = None) -> dict[str, Tensor]:
     """The original steering vector and its SAE views (see the module docstring), each ``[P, d]``.
 
-    ``positive`` and ``negative`` as in :func:`steering_vector`. ``sae`` reads ``sae.cfg.hook_name`` (raw activations, see
+    ``positive``, ``negative`` and ``positions`` as in :func:`steering_vector` (the features are
+    chosen by their differences at those positions only). ``sae`` reads ``sae.cfg.hook_name`` (raw activations, see
     :meth:`interplab.sae.model.SAE.features`); ``k`` features make the sparse view and decide
     which features count as relevant; ``feature`` fixes the single feature. Also returns
     ``feature_diff [P, d_sae]`` (the decomposition) under that key.
@@ -190,8 +198,8 @@ def sae_views(sae: Any, model: torch.nn.Module, positive: Prompts, negative: Pro
         ['feature_diff', 'features', 'original', 'projected', 'recon_diff', 'single']
     """
     hook = sae.cfg.hook_name
-    original = steering_vector(model, hook, positive, negative)
-    a_pos, a_neg = _paired_acts(model, hook, positive, negative)
+    a_pos, a_neg = _paired_acts(model, hook, positive, negative, positions)
+    original = a_pos.mean(0) - a_neg.mean(0)
     f_pos, f_neg = sae.features(a_pos).mean(0), sae.features(a_neg).mean(0)  # [P, d_sae]
     diff = f_pos - f_neg
     W = sae.W_dec.detach() / sae.cfg.act_scale  # decoder rows in the raw activation scale

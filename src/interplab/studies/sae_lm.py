@@ -148,7 +148,7 @@ def _steering(lm: torch.nn.Module, tok: Any, sae: SAE, text: torch.Tensor, corpu
 
     positive = [ids(p.prompt) for p in facts if p.answer.strip() == target]
     negative = [ids(p.prompt) for p in facts if p.answer.strip() != target]
-    views = sae_views(sae, lm, positive, negative, k=s.steer_k)
+    views = sae_views(sae, lm, positive, negative, k=s.steer_k, positions=-1)
     norm = views["original"][-1].norm()
     vectors = {name: views[name][-1] * (norm / views[name][-1].norm().clamp_min(1e-12))
                for name in ("original", "features", "single", "recon_diff", "projected")}
