@@ -280,8 +280,8 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
     lines.append(f"{name}, SAE on {hook} ({d} -> {main.cfg.d_sae}): L0 {l0:.1f}, loss recovered "
                f"{results['loss_recovered']:.3f} (zero ablation), {results['loss_recovered_mean']:.3f} (mean)")
     lines.append("best feature ROC AUC per attribute: " + ", ".join(f"{k} {v:.3f}" for k, v in attribute_auc.items()))
-    lines.append(f"steering towards {target!r}, P(success) unsteered {steering['original'][0][1]:.2f} -> at coefficient "
-                 f"{steering['original'][-1][0]:g}: " + ", ".join(f"{m} {rows[-1][1]:.2f}" for m, rows in steering.items())
+    first, last = steering["original"][0], steering["original"][-1]
+    lines.append(f"steering towards {target!r}, P(success) at coefficient {first[0]:g}: {first[1]:.2f}; at {last[0]:g}: " + ", ".join(f"{m} {rows[-1][1]:.2f}" for m, rows in steering.items())
                  + f" (prompt naming a player: {results['steering_prompted']:.2f})")
     lines.append(f"auto-interp (rules) mean score {results['autointerp_score_mean']:.3f} over {len(scores)} features")
     lines.append(f"{results['wall_seconds']:.0f} s")
@@ -331,9 +331,10 @@ def _report(results: dict[str, Any], dashboards: Path) -> Report:
            f"\"&lt;person&gt; plays the sport of\" between the {results['steering_prompts'][0]} people who play "
            f"{results['steering_target']} and the {results['steering_prompts'][1]} who do not; its norm is "
            f"{results['steering_vector_norm']:.2f} against a mean residual norm of {results['steering_resid_norm']:.2f} "
-           f"at this site, and the coefficient is in units of that norm (every view is scaled to it). Unsteered, "
-           f"{results['steering']['original'][0][1]:.2f} of the stories sampled after \"One day,\" mention the sport; "
-           f"with a player of it named in the prompt, {results['steering_prompted']:.2f}.")
+           f"at this site, and the coefficient is in units of that norm (every view is scaled to it). At coefficient "
+           f"{results['steering']['original'][0][0]:g}, {results['steering']['original'][0][1]:.2f} of the stories "
+           f"sampled after \"One day,\" mention the sport; with no vector but a player of it named in the prompt, "
+           f"{results['steering_prompted']:.2f}.")
     r.text("Frontier points per method: " + "; ".join(
         f"{m}: {len(pareto_front(rows))}" for m, rows in results["steering"].items()))
     r.section("Auto-interp (offline rule explainer)")
