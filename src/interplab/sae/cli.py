@@ -214,21 +214,21 @@ def train_command(
     seed: int = number(_D.seed, "--seed", "Seed for the initialisation, the buffer and resampling.", ge=0),
     autocast: bool = typer.Option(_D.autocast, help="Run the SAE's forward pass under bfloat16 autocast."),
     tf32: bool = typer.Option(_D.tf32, help="Allow TF32 matmuls (CUDA only)."),
-    text: Optional[str] = typer.Option(None, "--text", help="[language models] Documents to read the model on: a "
+    text: Optional[str] = typer.Option(None, "--text", help="Language models: documents to read the model on: a "
                                        "text file (one per line), a .jsonl file, hf:NAME, or a corpus directory; "
                                        "default for a run of `interplab train lm`: its corpus's tokens."),
-    n_ctx: Optional[int] = number(None, "--n-ctx", "[language models] Tokens per row, BOS included (default: the "
+    n_ctx: Optional[int] = number(None, "--n-ctx", "Language models: tokens per row, BOS included (default: the "
                                   "model's context, at most 128).", ge=2, le=1 << 20),
-    max_rows: Optional[int] = number(None, "--max-rows", "[language models] Use only the first N token rows.", ge=1),
-    positions: Optional[str] = typer.Option(None, "--positions", help="[language models] Comma-separated token "
+    max_rows: Optional[int] = number(None, "--max-rows", "Language models: use only the first N token rows.", ge=1),
+    positions: Optional[str] = typer.Option(None, "--positions", help="Language models: comma-separated token "
                                             "positions to keep (negative from the end); default: every position.",
                                             parser=NumberList(int, "--positions", ge=-65536, le=65536)),
-    include_bos: bool = typer.Option(False, "--include-bos", help="[language models] Keep position 0 (BOS)."),
-    shards: Optional[Path] = typer.Option(None, "--shards", help="[language models] Write the activations once to "
+    include_bos: bool = typer.Option(False, "--include-bos", help="Language models: keep position 0 (BOS)."),
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Language models: write the activations once to "
                                           "safetensors shards in this directory (or reuse them) and train from disk."),
-    shard_rows: int = number(65536, "--shard-rows", "[language models] Rows per shard: memory holds about "
+    shard_rows: int = number(65536, "--shard-rows", "Language models: rows per shard: memory holds about "
                              "1.5 x --buffer-size + --shard-rows rows.", ge=1, le=1 << 26),
-    model_batch: int = number(32, "--model-batch", "[language models] Token rows per forward pass.", ge=1, le=1 << 16),
+    model_batch: int = number(32, "--model-batch", "Language models: token rows per forward pass.", ge=1, le=1 << 16),
     resume: bool = typer.Option(False, "--resume", help="Continue the SAE run in --out (same options)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $INTERPLAB_DATA or ../shared/data)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
