@@ -207,7 +207,7 @@ def train_command(
     dead_fix: str = typer.Option("none", help="none, resample, ghost-original, ghost-scaled or ghost-dead-only."),
     dead_window: int = number(_D.dead_window, "--dead-window", "Steps without firing after which a feature counts "
                               "as dead.", ge=1),
-    resample_every: int = number(_D.resample_every, "--resample-every", "[resample] Steps between resamplings.", ge=1),
+    resample_every: int = number(_D.resample_every, "--resample-every", "With --dead-fix resample: steps between resamplings.", ge=1),
     buffer_size: int = number(_D.buffer_size, "--buffer-size", "Rows in the shuffled activation buffer.", ge=2,
                               le=1 << 24),
     checkpoint_every: int = number(_D.checkpoint_every, "--checkpoint-every", "Steps between checkpoints.", ge=1),
