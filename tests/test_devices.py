@@ -497,7 +497,7 @@ def test_sae_lm_study_where_asked(device, dtype, tmp_path):
     from interplab.studies import sae_lm
 
     lm = dataclasses.replace(lm_study.Settings.quick(), corpus_bytes=60_000, people=6, cities=4, countries=2,
-                             objects=4, vocab_size=300, n_ctx=16, d_model=16, n_layers=1, n_heads=2, d_mlp=32,
+                             objects=4, vocab_size=300, n_ctx=32, d_model=16, n_layers=1, n_heads=2, d_mlp=32,
                              epochs=1, rows_per_epoch=32)
     s = sae_lm.Settings(lm=lm, expansion=2, steps=10, batch_size=32, l1_coeffs=(1.0,), main_l1=1.0, store_rows=1000,
                         shard_rows=512, buffer_size=256, eval_rows=12, ito_ks=(2,), steer_coefs=(0.0, 2.0),
