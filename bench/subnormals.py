@@ -1,18 +1,20 @@
 """Epochs/s of the EIS VII challenge 2 training in its late phase, with and without flushing subnormals.
 
-Late in training (train loss < 1e-4) gradients and Adam's moments fall below the smallest
-normal float32 (1.2e-38); x86 CPUs handle such subnormal numbers on a slow path. This bench
-starts from one late-phase checkpoint and continues the published training (AdamW lr 5e-4,
-weight decay 1.0, full batch) for ``--epochs`` epochs twice per round, once with
-``interplab.numerics(flush_denormal=True)`` and once with ``False``, in one process, and prints
-epochs/s of each and the ratio. It also prints what flushing changes: the share of subnormal
-values in Adam's moments at the start, and the largest difference of the weights and of the
-train loss between the two continuations.
+Late in training x86 CPUs may meet subnormal floats (nonzero, below 1.2e-38 in float32) and
+handle them on a slow path. This bench takes one saved training state of the published
+protocol (AdamW lr 5e-4, weight decay 1.0, full batch), first counts where subnormals are at
+that state (weights, their gradients, Adam's exp_avg and exp_avg_sq, every activation site and
+its gradient, the output probabilities and d loss / d logits), then continues the training for
+``--epochs`` epochs from that same state with ``numerics(flush_denormal=True)`` and with
+``False``, alternating, ``--rounds`` times, in one process, and prints epochs/s of each, the
+ratio, and the largest weight and loss difference between the two continuations.
 
-    python bench/subnormals.py --run runs/demo/run     # a challenge 2 run past loss 1e-4
-    python bench/subnormals.py                          # trains one first (several minutes)
+    python bench/late_run.py --out runs/eis-full        # the --full run, snapshots every 250 epochs
+    python bench/subnormals.py --run runs/eis-full/run --state runs/eis-full/snapshots/state_002500.pt
+    python bench/subnormals.py --run runs/eis-full/run --count-only --state S1 --state S2 ...
 
-Baseline: the same continuation without flushing (the ratio is flushed / unflushed epochs/s).
+Baseline: the same continuation without flushing (the ratio is flushed / unflushed epochs/s). The ratio
+is whatever this machine gives: the counts say how many subnormal numbers there were to flush.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from interplab.instrument import trace
 from interplab.models import Transformer
-from interplab.numerics import numerics
+from interplab.numerics import count_subnormal, numerics
 from interplab.runs import load_checkpoint, load_tensors, read_json, save_torch, state_path
 from interplab.tasks import make_task
-from interplab.tasks.pair_labels import challenge2_config, pair_label_task
+from interplab.tasks.pair_labels import challenge2_config
 from interplab.train import TrainConfig, train
-
-LATE = 1e-4
 
 
 def published(epochs: int) -> TrainConfig:
@@ -40,49 +43,87 @@ def published(epochs: int) -> TrainConfig:
                        checkpoint_every=10**9, keep_history=False)
 
 
-def late_run(run: str | None, tmp: Path) -> Path:
-    """A run directory whose checkpoint is past train loss 1e-4 (trained here when ``run`` is None)."""
-    if run is not None:
-        return Path(run)
-    out = tmp / "late"
-    task = pair_label_task(labels="auto", seed=0)
-    print("training challenge 2 until the train loss is below 1e-4 (flushed) ...")
-    r = train(Transformer(challenge2_config(), seed=0), task, published(5000), out, quiet=False,
-              stop=lambda row: row["train_loss"] < LATE)
-    print(f"  reached train loss {r.final['train_loss']:.3g} at epoch {r.epochs_run}")
-    return out
+def census(model: torch.nn.Module, task: Any, state: dict[str, Any]) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
+    """(subnormal count, size) of every tensor one full-batch training step touches, at ``state``.
 
+    Computed without flushing (a flushed pass would turn them into zeros before they are counted).
+    """
+    out: dict[str, tuple[int, int]] = {}
 
-def subnormal_share(state: dict) -> float:
-    tiny = torch.finfo(torch.float32).tiny
-    n = sub = 0
+    def add(key: str, x: torch.Tensor) -> None:
+        c, n = out.get(key, (0, 0))
+        out[key] = (c + count_subnormal(x.detach()), n + x.numel())
+
+    model.load_state_dict(state["model"])
+    model.train()
     for s in state["optimizer"]["state"].values():
-        for k in ("exp_avg", "exp_avg_sq"):
-            x = s[k]
-            n += x.numel()
-            sub += int(((x != 0) & (x.abs() < tiny)).sum())
-    return sub / max(1, n)
+        add("adam exp_avg", s["exp_avg"])
+        add("adam exp_avg_sq", s["exp_avg_sq"])
+    with numerics(flush_denormal=False), torch.enable_grad():
+        model.zero_grad(set_to_none=True)
+        idx = task.train_idx
+        tr = trace(model, task.inputs[idx])
+        sites = []
+        for site in tr:
+            if site.value.requires_grad:
+                site.value.retain_grad()
+            sites.append((site.name, site.value))
+        logits = tr.output[:, -1].float()
+        logits.retain_grad()
+        loss = F.cross_entropy(logits, task.labels[idx])
+        loss.backward()
+        probs = logits.detach().softmax(-1)
+    for p in model.parameters():
+        add("weights", p)
+        if p.grad is not None:
+            add("weight gradients", p.grad)
+    for name, v in sites:
+        add(f"act {name}", v)
+        if v.grad is not None:
+            add(f"grad {name}", v.grad)
+    add("output probabilities", probs)
+    add("d loss / d logits", logits.grad)
+    lp = logits.detach().log_softmax(-1)
+    other = lp[torch.arange(len(idx)), 1 - task.labels[idx]]  # log p of the wrong class, per train pair
+    info = {"loss": float(loss), "wrong_logp_min": float(other.min()), "wrong_logp_median": float(other.median())}
+    return out, info
+
+
+def print_census(c: dict[str, tuple[int, int]], info: dict[str, float]) -> None:
+    for key, (a, b) in c.items():
+        if a:
+            print(f"    {key:42s} {a:10d} of {b:10d} ({a / b:.3%})")
+    print(f"    total subnormal entries {sum(a for a, _ in c.values())}; log p of the wrong class over the train "
+          f"pairs: min {info['wrong_logp_min']:.1f}, median {info['wrong_logp_median']:.1f} (exp underflows to a "
+          f"float32 subnormal below -87.3)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", default=None, help="challenge 2 run directory with a late-phase checkpoints/state.pt")
+    ap.add_argument("--run", required=True, help="challenge 2 run directory (its config.json names the task)")
+    ap.add_argument("--state", action="append", default=None,
+                    help="training state to start from (default: the run's checkpoints/state.pt); repeat with "
+                         "--count-only to count at several states")
     ap.add_argument("--epochs", type=int, default=30, help="epochs per measurement")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (flushed, unflushed)")
+    ap.add_argument("--count-only", action="store_true", help="only count subnormals, no timing")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp())
-    src = late_run(args.run, tmp)
+    src = Path(args.run)
     config = read_json(src / "config.json")
     task = make_task(config["task"])
-    state = load_checkpoint(state_path(src))
-    start = int(state["epoch"])
+    states = args.state or [str(state_path(src))]
     model = Transformer(challenge2_config(), seed=0)
-    model.load_state_dict(state["model"])
-    loss0 = task.evaluate(model.eval())["train_loss"]
-    print(f"start: epoch {start}, train loss {loss0:.3g}, subnormal share of Adam's moments "
-          f"{subnormal_share(state):.3%}, threads {torch.get_num_threads()}")
-    if loss0 >= LATE:
-        print(f"warning: train loss {loss0:.3g} is not below {LATE:g}; this is not the late phase")
+    for path in states:
+        state = load_checkpoint(Path(path))
+        c, info = census(model, task, state)
+        print(f"state {path}: epoch {int(state['epoch'])}, train loss {info['loss']:.3g}, "
+              f"threads {torch.get_num_threads()}; subnormal entries (counted unflushed):")
+        print_census(c, info)
+    if args.count_only:
+        return
+    state = load_checkpoint(Path(states[-1]))
+    start = int(state["epoch"])
+    tmp = Path(tempfile.mkdtemp())
     speed: dict[bool, list[float]] = {True: [], False: []}
     finals: dict[bool, tuple[dict[str, torch.Tensor], float]] = {}
     for _ in range(args.rounds):
@@ -102,7 +143,8 @@ def main() -> None:
             print(f"  flush {'on ' if flush else 'off'}: {args.epochs / dt:.2f} epochs/s")
     on, off = max(speed[True]), max(speed[False])
     wdiff = max(float((finals[True][0][k] - finals[False][0][k]).abs().max()) for k in finals[True][0])
-    print(f"epochs/s flushed {on:.2f}, unflushed {off:.2f} (best of {args.rounds}): ratio {on / off:.2f}x")
+    print(f"epochs {start}-{start + args.epochs}: epochs/s flushed {on:.2f}, unflushed {off:.2f} "
+          f"(best of {args.rounds}): ratio {on / off:.2f}x")
     print(f"after {args.epochs} epochs: train loss {finals[True][1]:.6g} flushed vs {finals[False][1]:.6g} unflushed, "
           f"largest weight difference {wdiff:.3g}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import torch
 
+from interplab.errors import check
+
 FLUSH_ENV = "INTERPLAB_FLUSH_DENORMAL"
 DETERMINISTIC_ENV = "INTERPLAB_DETERMINISTIC"
 _OFF = ("0", "false", "no", "off")
@@ -119,4 +121,17 @@ def numerics(flush_denormal: bool | None = None, deterministic: bool | None = No
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
-__all__ = ["Numerics", "numerics", "current", "FLUSH_ENV", "DETERMINISTIC_ENV"]
+def count_subnormal(x: torch.Tensor) -> int:
+    """How many entries of a floating tensor are subnormal (nonzero, below ``finfo(dtype).tiny`` in
+    magnitude): the numbers x86 CPUs handle on their slow path unless flushed.
+
+    Example:
+        >>> count_subnormal(torch.tensor([1e-40, 1e-30, 0.0, -1e-39]))
+        2
+    """
+    check(x.is_floating_point(), f"count_subnormal needs a floating tensor, got {x.dtype}.")
+    tiny = torch.finfo(x.dtype).tiny
+    return int(((x != 0) & (x.abs() < tiny)).sum())
+
+
+__all__ = ["Numerics", "numerics", "current", "count_subnormal", "FLUSH_ENV", "DETERMINISTIC_ENV"]
