@@ -85,7 +85,7 @@ def census(model: torch.nn.Module, task: Any, state: dict[str, Any]) -> tuple[di
     add("d loss / d logits", logits.grad)
     lp = logits.detach().log_softmax(-1)
     other = lp[torch.arange(len(idx)), 1 - task.labels[idx]]  # log p of the wrong class, per train pair
-    info = {"loss": float(loss), "wrong_logp_min": float(other.min()), "wrong_logp_median": float(other.median())}
+    info = {"loss": loss.item(), "wrong_logp_min": float(other.min()), "wrong_logp_median": float(other.median())}
     return out, info
 
 
