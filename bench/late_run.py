@@ -7,6 +7,9 @@ task, model and :func:`published_train_config`), so the study reuses it; the sna
 
     python bench/late_run.py --out runs/eis-full            # 5000 epochs, snapshots every 250
     python bench/subnormals.py --run runs/eis-full/run --state runs/eis-full/snapshots/state_002500.pt
+
+``--from-run DIR --until E`` instead continues a copy of any training run (e.g. a grokking run) in
+``OUT/run`` with its stored settings up to epoch ``E``, with snapshots at its checkpoints.
 """
 
 from __future__ import annotations
@@ -24,13 +27,43 @@ from interplab.tasks.pair_labels import challenge2_config, pair_label_task
 from interplab.train import train_or_resume
 
 
+def continue_run(src: Path, out: Path, until: int | None, quiet: bool) -> None:
+    from interplab.models import model_from_config_dict
+    from interplab.runs import read_json
+    from interplab.tasks import make_task
+    from interplab.train import TrainConfig, train
+
+    run, snaps = out / "run", out / "snapshots"
+    if not run.exists():
+        shutil.copytree(src, run)
+    snaps.mkdir(parents=True, exist_ok=True)
+    config = read_json(run / "config.json")
+    cfg = TrainConfig(**{k: tuple(v) if k == "betas" else v for k, v in config["train"].items()})
+    model = model_from_config_dict(config["model"])
+
+    def on_log(row: dict) -> None:
+        e = int(row["epoch"]) - cfg.log_every
+        if e > 0 and e % cfg.checkpoint_every == 0:
+            shutil.copy(state_path(run), snaps / f"state_{e:06d}.pt")
+            print(f"snapshot epoch {e}: train loss {row['train_loss']:.3g} (at epoch {row['epoch']})", flush=True)
+
+    r = train(model, make_task(config["task"]), cfg, run, resume=True, quiet=quiet, on_log=on_log,
+              stop=(lambda row: until is not None and row["epoch"] >= until))
+    print(f"done: {r.epochs_run} epochs, train loss {r.final['train_loss']:.3g}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--every", type=int, default=250, help="snapshot every this many epochs (a multiple of 250)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--from-run", default=None, help="continue a copy of this run instead (stored settings)")
+    ap.add_argument("--until", type=int, default=None, help="with --from-run: stop after this epoch")
     args = ap.parse_args()
+    if args.from_run is not None:
+        continue_run(Path(args.from_run), Path(args.out), args.until, args.quiet)
+        return
     out = Path(args.out)
     snaps = out / "snapshots"
     snaps.mkdir(parents=True, exist_ok=True)

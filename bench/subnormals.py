@@ -1,17 +1,20 @@
-"""Epochs/s of the EIS VII challenge 2 training in its late phase, with and without flushing subnormals.
+"""Epochs/s of a training run's late phase (EIS VII challenge 2, grokking), with and without flushing subnormals.
 
 Late in training x86 CPUs may meet subnormal floats (nonzero, below 1.2e-38 in float32) and
-handle them on a slow path. This bench takes one saved training state of the published
-protocol (AdamW lr 5e-4, weight decay 1.0, full batch), first counts where subnormals are at
+handle them on a slow path. This bench takes one saved training state of a run (the
+EIS VII challenge 2 published protocol: AdamW lr 5e-4, weight decay 1.0, full batch; or any run
+trained by ``interplab.train``, e.g. a grokking run), first counts where subnormals are at
 that state (weights, their gradients, Adam's exp_avg and exp_avg_sq, every activation site and
 its gradient, the output probabilities and d loss / d logits), then continues the training for
 ``--epochs`` epochs from that same state with ``numerics(flush_denormal=True)`` and with
-``False``, alternating, ``--rounds`` times, in one process, and prints epochs/s of each, the
+``False`` (the run's stored training settings), alternating, ``--rounds`` times, in one process, and prints epochs/s of each, the
 ratio, and the largest weight and loss difference between the two continuations.
 
     python bench/late_run.py --out runs/eis-full        # the --full run, snapshots every 250 epochs
     python bench/subnormals.py --run runs/eis-full/run --state runs/eis-full/snapshots/state_002500.pt
     python bench/subnormals.py --run runs/eis-full/run --count-only --state S1 --state S2 ...
+    python bench/late_run.py --from-run runs/grokking --out runs/grok-late --until 1600
+    python bench/subnormals.py --run runs/grok-late/run --state runs/grok-late/snapshots/state_001600.pt
 
 Baseline: the same continuation without flushing (the ratio is flushed / unflushed epochs/s). The ratio
 is whatever this machine gives: the counts say how many subnormal numbers there were to flush.
@@ -30,17 +33,18 @@ import torch
 import torch.nn.functional as F
 
 from interplab.instrument import trace
-from interplab.models import Transformer
+from interplab.models import model_from_config_dict
 from interplab.numerics import count_subnormal, numerics
 from interplab.runs import load_checkpoint, load_tensors, read_json, save_torch, state_path
 from interplab.tasks import make_task
-from interplab.tasks.pair_labels import challenge2_config
 from interplab.train import TrainConfig, train
 
 
-def published(epochs: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=5e-4, weight_decay=1.0, betas=(0.9, 0.98), seed=0, log_every=10**9,
-                       checkpoint_every=10**9, keep_history=False)
+def stored_training(config: dict[str, Any], epochs: int) -> TrainConfig:
+    """The run's own training settings, continued to ``epochs``, without logging, checkpoints or stopping."""
+    t = {k: tuple(v) if k == "betas" else v for k, v in config["train"].items()}
+    t.update(epochs=epochs, log_every=10**9, checkpoint_every=10**9, keep_history=False, patience=None, stop_loss=None)
+    return TrainConfig(**t)
 
 
 def census(model: torch.nn.Module, task: Any, state: dict[str, Any]) -> tuple[dict[str, tuple[int, int]], dict[str, float]]:
@@ -68,9 +72,10 @@ def census(model: torch.nn.Module, task: Any, state: dict[str, Any]) -> tuple[di
             if site.value.requires_grad:
                 site.value.retain_grad()
             sites.append((site.name, site.value))
-        logits = tr.output[:, -1].float()
+        logits = tr.output[:, -1].float()  # both tasks read the last position
         logits.retain_grad()
-        loss = F.cross_entropy(logits, task.labels[idx])
+        labels = task.labels[idx]
+        loss = F.cross_entropy(logits, labels)
         loss.backward()
         probs = logits.detach().softmax(-1)
     for p in model.parameters():
@@ -84,8 +89,10 @@ def census(model: torch.nn.Module, task: Any, state: dict[str, Any]) -> tuple[di
     add("output probabilities", probs)
     add("d loss / d logits", logits.grad)
     lp = logits.detach().log_softmax(-1)
-    other = lp[torch.arange(len(idx)), 1 - task.labels[idx]]  # log p of the wrong class, per train pair
-    info = {"loss": loss.item(), "wrong_logp_min": float(other.min()), "wrong_logp_median": float(other.median())}
+    lp[torch.arange(len(idx)), labels] = -torch.inf
+    other = lp.logsumexp(-1)  # log p of the wrong classes together, per training example
+    info = {"loss": loss.item(), "wrong_logp_min": float(other.min()), "wrong_logp_median": float(other.median()),
+            "wrong_logp_subnormal": float((other < -87.3).double().mean())}
     return out, info
 
 
@@ -93,9 +100,9 @@ def print_census(c: dict[str, tuple[int, int]], info: dict[str, float]) -> None:
     for key, (a, b) in c.items():
         if a:
             print(f"    {key:42s} {a:10d} of {b:10d} ({a / b:.3%})")
-    print(f"    total subnormal entries {sum(a for a, _ in c.values())}; log p of the wrong class over the train "
-          f"pairs: min {info['wrong_logp_min']:.1f}, median {info['wrong_logp_median']:.1f} (exp underflows to a "
-          f"float32 subnormal below -87.3)")
+    print(f"    total subnormal entries {sum(a for a, _ in c.values())}; log p of the wrong classes over the training "
+          f"examples: min {info['wrong_logp_min']:.1f}, median {info['wrong_logp_median']:.1f}, below -87.3 (exp "
+          f"underflows to a float32 subnormal) for {info['wrong_logp_subnormal']:.1%}")
 
 
 def main() -> None:
@@ -112,7 +119,7 @@ def main() -> None:
     config = read_json(src / "config.json")
     task = make_task(config["task"])
     states = args.state or [str(state_path(src))]
-    model = Transformer(challenge2_config(), seed=0)
+    model = model_from_config_dict(config["model"])
     for path in states:
         state = load_checkpoint(Path(path))
         c, info = census(model, task, state)
@@ -132,8 +139,8 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             save_torch(state_path(out), {**state, "finished": False, "stopped_early": False})
             shutil.copy(src / "config.json", out / "config.json")
-            m = Transformer(challenge2_config(), seed=0)
-            cfg = published(start + args.epochs)
+            m = model_from_config_dict(config["model"])
+            cfg = stored_training(config, start + args.epochs)
             with numerics(flush_denormal=flush):
                 t0 = time.perf_counter()
                 r = train(m, task, cfg, out, resume=True, quiet=True)
