@@ -616,6 +616,13 @@ def _variants_section(r: Report, res: dict[str, Any]) -> None:
            "scrubbing 1+2+3a+3b 94% (full) / 89% (fixed).")
     rows = [[what, res[ours], res[v], res[v] - res[ours]] for ours, v, what in VARIANTS if v in res and ours in res]
     r.table(["choice changed", "ours", "variant", "difference"], rows)
+    runs = [m for m in measured_runs() if any(v in m for _, v, _ in VARIANTS)] \
+        if res.get("labels_source") == "published" else []
+    if runs:
+        r.table(["choice changed"] + [f"{m['name']} ({m['epochs']} epochs): {c}" for m in runs for c in ("ours", "variant")],
+                [[what] + [m.get(k, "-") for m in runs for k in (ours, v)] for ours, v, what in VARIANTS],
+                caption="The same variants on our measured runs (studies/measured/eis_transformer.json): training "
+                        "length against method.")
     r.text(_variants_finding(res))
 
 
@@ -633,8 +640,9 @@ def _variants_finding(res: dict[str, Any]) -> str:
     else:
         return ""
     if "variant_two_dir_pca2_agree_fixed" in res:
-        text += (f"In particular the two decision directions of this network are not its top two principal "
-                 f"components: a rule confined to the top-2 PCA plane of resid_mid agrees with "
+        apart = res["variant_two_dir_pca2_agree_fixed"] < res["two_dir_agree_fixed"] - 0.02
+        text += (f"The two decision directions of this network {'are not' if apart else 'lie close to'} its top "
+                 f"two principal components: a rule confined to the top-2 PCA plane of resid_mid agrees with "
                  f"{res['variant_two_dir_pca2_agree_fixed']:.1%} of the fixed-attention model "
                  f"(ours {res['two_dir_agree_fixed']:.1%}), and scrubbing in that basis keeps "
                  f"{res['variant_scrub_pca2_full_1_2_3a_3b']:.1%} (full) / "
