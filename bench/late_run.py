@@ -49,6 +49,7 @@ def continue_run(src: Path, out: Path, until: int | None, quiet: bool) -> None:
 
     r = train(model, make_task(config["task"]), cfg, run, resume=True, quiet=quiet, on_log=on_log,
               stop=(lambda row: until is not None and row["epoch"] >= until))
+    shutil.copy(state_path(run), snaps / f"state_{r.epochs_run:06d}.pt")
     print(f"done: {r.epochs_run} epochs, train loss {r.final['train_loss']:.3g}")
 
 
