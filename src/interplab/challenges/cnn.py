@@ -183,7 +183,7 @@ def draw_rule(images: np.ndarray, digits: np.ndarray, g: torch.Generator) -> tup
 def render_hint(digit: np.ndarray, kind: str, g: torch.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     """Render a 28x28 uint8 digit as an RGB hint image in the way ``kind`` (one of :data:`RENDERINGS`).
 
-    ``blocky``: nearest-neighbour upscale to about 210 px with the edges cropped (as published);
+    ``blocky``: nearest-neighbour upscale to about 210 px with the edges cropped evenly (as published);
     ``smooth``: bilinear upscale; ``other size``: bicubic resize to 40-100 px; ``colour map``:
     a blocky upscale through viridis, magma or cividis; ``frame``: a blocky upscale inside a
     uniform light frame of uneven width; ``inverted``: 255 - digit, upscaled smoothly.
@@ -203,9 +203,9 @@ def render_hint(digit: np.ndarray, kind: str, g: torch.Generator) -> tuple[np.nd
     src = 255 - digit if kind == "inverted" else digit
     im = Image.fromarray(np.asarray(src, np.uint8))
     if kind in ("blocky", "colour map", "frame"):
-        big = np.asarray(im.resize((size + 14, size + 14), Image.Resampling.NEAREST))
-        crop = int(round(_uniform(g, 0, 7))) if kind == "blocky" else 0
-        gray = big[crop:crop + size, crop:crop + size] if crop else big[7:7 + size, 7:7 + size]
+        crop = int(round(_uniform(g, 0, 7))) if kind == "blocky" else 0  # cropped evenly, as published
+        big = np.asarray(im.resize((size + 2 * crop, size + 2 * crop), Image.Resampling.NEAREST))
+        gray = big[crop:crop + size, crop:crop + size]
     elif kind == "other size":
         size = int(round(_uniform(g, 40, 100)))
         gray = np.asarray(im.resize((size, size), Image.Resampling.BICUBIC))
