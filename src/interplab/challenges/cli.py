@@ -44,7 +44,7 @@ def make_command(
 @app.command("solve")
 def solve_command(
     challenge: Path = typer.Argument(..., help="A challenge directory (only its public/ folder is read)."),
-    out: Path = typer.Option(..., "--out", help="Directory to write solution.json (and the solver's report) into."),
+    out: Path = typer.Option(..., "--out", help="Directory to write solution.json into."),
     quick: bool = typer.Option(False, "--quick", help="Fewer optimisation steps and images in the solver."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
