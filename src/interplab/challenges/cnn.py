@@ -19,14 +19,16 @@ and the network's own templates (arms of fc1, as in the ``eis-cnn`` study:
 :func:`~interplab.analysis.image_rules.arm_templates`) go into the rule search
 (:func:`~interplab.analysis.rules.search_rules`: threshold, band or two-sided on the plain,
 mean- or mid-centred similarity). The input scale is the one under which the best rule explains
-the labels best; a decoding that fails simply loses the search to one that works. The best rule
+the labels best beyond their balance (:func:`cohen_kappa`); a decoding that fails simply loses
+the search to one that works. The best rule
 is refined (:func:`refine_template`) when it explains the labels worse than the stated test
 accuracy minus :data:`REFINE_BELOW`: its template is fitted to the network's labels by
 coordinate steps that keep the rule's form, so a poorly decoded hint moves towards the digit
 the network was trained on (a template that already explains the labels is left alone:
 refining it would fit the network's own errors). Verdict ``solved`` when the rule agrees with the network
 at least as well as the stated test accuracy minus :data:`VERDICT_SLACK` (a network cannot be
-matched better than it matches its own rule), else ``unsolved`` with the best partial rule.
+matched better than it matches its own rule) with a kappa of at least :data:`MIN_KAPPA`, else
+``unsolved`` with the best partial rule.
 
 **Score**: agreement of the recovered rule with the hidden rule, and with the network's
 labels, on all 10,000 MNIST test images.
@@ -51,7 +53,7 @@ import torch
 from interplab.analysis.image_rules import arm_templates
 from interplab.analysis.rules import Rule, fit_score_rule, search_rules
 from interplab.analysis.templates import CENTERS, hint_decodings, load_image, similarity
-from interplab.errors import check
+from interplab.errors import InterplabError, check
 from interplab.instrument import site_values
 from interplab.io import atomic_write_json, read_json, save_torch
 from interplab.models import ConvNet, ConvNetConfig, pixels_to_input
@@ -66,6 +68,24 @@ RENDERINGS = ("blocky", "smooth", "other size", "colour map", "frame", "inverted
 SCALES = ("pixels/255", "mnist-normalized")
 VERDICT_SLACK = 0.02
 REFINE_BELOW = 0.01
+MIN_KAPPA = 0.5
+
+
+def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
+    """Cohen's kappa of two 0/1 labellings: agreement beyond what their label balances give by chance.
+
+    1 for identical labellings, about 0 for unrelated ones; 0 when either is constant.
+
+    Example:
+        >>> cohen_kappa(np.array([0, 1, 1, 0]), np.array([0, 1, 1, 0])), cohen_kappa(np.ones(4), np.array([1, 1, 1, 0]))
+        (1.0, 0.0)
+    """
+    a, b = np.asarray(a).reshape(-1).astype(bool), np.asarray(b).reshape(-1).astype(bool)
+    check(len(a) == len(b) and len(a) > 0, "cohen_kappa needs two labellings of the same, non-zero length.")
+    po = float((a == b).mean())
+    pa, pb = float(a.mean()), float(b.mean())
+    pe = pa * pb + (1 - pa) * (1 - pb)
+    return 0.0 if pe >= 1.0 else (po - pe) / (1.0 - pe)
 NETWORK_FILE, HINT_FILE = "network.pt", "hint.png"
 SITE = "fc1.hook_post"
 
@@ -405,33 +425,30 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:cfg.n_fit].sort().values.numpy()
     fit_x = images[pick]
 
-    # input scale: the one under which a hint-template rule explains the labels best (confidence as tie-break)
+    # every candidate template under each input scale; the scale is the one under which the best rule explains
+    # the labels best beyond their balance (Cohen's kappa: a near-constant labelling is explained by any rule)
     by_scale = {}
     for scale in SCALES:
         labels = network_labels(net, fit_x, scale)
-        rules = search_rules(fit_x, labels, {f"hint {k}": v for k, v in decodings.items()}) if decodings else []
-        by_scale[scale] = (rules[0].agree if rules else 0.0, labels)
-    scale = max(SCALES, key=lambda k: by_scale[k][0]) if decodings else SCALES[0]
-    if not decodings or max(v[0] for v in by_scale.values()) < 0.8:  # no usable hint: the network's own view
-        with torch.no_grad():
-            conf = {k: float(net(_scaled(fit_x[:2000], k)).softmax(-1).max(-1).values.mean()) for k in SCALES}
-        balance = {k: min(by_scale[k][1].mean(), 1 - by_scale[k][1].mean()) for k in SCALES}
-        scale = max(SCALES, key=lambda k: (balance[k] > 0.05, conf[k]))
-    labels = by_scale[scale][1]
-    say(f"input scale: {scale} (best hint-rule agreement "
-        + ", ".join(f"{k} {v[0]:.3f}" for k, v in by_scale.items()) + ")")
-
-    # the network's own templates, as in the eis-cnn study, on a pixels/255 copy of the network
-    unit_net = net if scale == "pixels/255" else fold_input_affine(net, 1.0 / STD, -MEAN / STD)
-    acts = site_values(unit_net, pixels_to_input(fit_x), SITE)
-    templates = {f"hint {k}": v for k, v in decodings.items()}
-    try:
-        found = arm_templates(unit_net, SITE, acts, fit_x, n_extreme=cfg.n_extreme, featviz_steps=cfg.featviz_steps,
-                              seed=0, quiet=quiet)
-        templates.update(found.templates)
-    except Exception as e:  # noqa: BLE001 - degenerate activations: the hint's templates remain
-        check(bool(templates), f"No template to search: no hint and the network's arms could not be fitted ({e}).")
-    rules = search_rules(fit_x, labels, templates)
+        # the network's own templates, as in the eis-cnn study, on a pixels/255 copy of the network
+        unit_net = net if scale == "pixels/255" else fold_input_affine(net, 1.0 / STD, -MEAN / STD)
+        templates = {f"hint {k}": v for k, v in decodings.items()}
+        try:
+            acts = site_values(unit_net, pixels_to_input(fit_x), SITE)
+            templates.update(arm_templates(unit_net, SITE, acts, fit_x, n_extreme=cfg.n_extreme,
+                                           featviz_steps=cfg.featviz_steps, seed=0, quiet=quiet).templates)
+        except InterplabError as e:  # degenerate activations (e.g. one label throughout): the hint's templates remain
+            if not templates:
+                by_scale[scale] = (-1.0, labels, [])
+                say(f"{scale}: no template ({e})")
+                continue
+        rules = search_rules(fit_x, labels, templates)
+        by_scale[scale] = (cohen_kappa(rules[0].predict(fit_x), labels), labels, rules)
+    scale = max(SCALES, key=lambda k: by_scale[k][0])
+    kappa, labels, rules = by_scale[scale]
+    check(bool(rules), "No template to search: the challenge has no hint and the network's arms could not be fitted.")
+    say("input scale: " + scale + " (kappa of the best rule " + ", ".join(f"{k} {v[0]:.3f}" for k, v in by_scale.items())
+        + ")")
     best = rules[0]
     say(f"best searched rule: {best.describe()} (agreement {best.agree:.4f})")
     stated = float(info.get("stated_test_accuracy", 1.0))
@@ -442,9 +459,12 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
         refined = refine_template(best, fit_x, labels, rounds=cfg.refine_rounds)
         rule = refined if refined.agree > best.agree else best
         say(f"after refinement: agreement {rule.agree:.4f}")
-    verdict = "solved" if rule.agree >= stated - VERDICT_SLACK else "unsolved"
+    kappa = cohen_kappa(rule.predict(fit_x), labels)
+    verdict = "solved" if rule.agree >= stated - VERDICT_SLACK and kappa >= MIN_KAPPA else "unsolved"
     solution = {"family": FAMILY, "verdict": verdict, "rule": rule_to_json(rule), "rule_form": _form(rule),
-                "description": rule.describe(), "agreement_network_fit": rule.agree, "input_scale": scale,
+                "description": rule.describe(), "agreement_network_fit": rule.agree, "kappa": kappa, "input_scale": scale,
+                "scale_evidence": {k: {"kappa": v[0], "best_agree": v[2][0].agree if v[2] else None,
+                                       "label1_fraction": float(v[1].mean())} for k, v in by_scale.items()},
                 "hint_decoding": best.template_name if best.template_name.startswith("hint") else None,
                 "stated_test_accuracy": stated, "verdict_threshold": stated - VERDICT_SLACK,
                 "agreement_before_refinement": best.agree, "rule_before_refinement": rule_to_json(best),
@@ -456,11 +476,6 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
     atomic_write_json(Path(out) / "solution.json", solution)
     say(f"verdict: {verdict} (agreement {rule.agree:.4f} vs stated test accuracy {stated:.4f})")
     return solution
-
-
-def _scaled(images: np.ndarray, scale: str) -> torch.Tensor:
-    x = pixels_to_input(images)
-    return (x - MEAN) / STD if scale == "mnist-normalized" else x
 
 
 def _form(rule: Rule) -> str:
@@ -501,6 +516,6 @@ def score(challenge: Path, solution: Path, *, data_dir: Path | None = None) -> d
             "n_images": len(images)}
 
 
-__all__ = ["FAMILY", "FORMS", "RENDERINGS", "SCALES", "VERDICT_SLACK", "MakeConfig", "SolveConfig", "FULL_MAKE",
+__all__ = ["FAMILY", "FORMS", "RENDERINGS", "SCALES", "VERDICT_SLACK", "MIN_KAPPA", "cohen_kappa", "MakeConfig", "SolveConfig", "FULL_MAKE",
            "QUICK_MAKE", "FULL_SOLVE", "QUICK_SOLVE", "rule_to_json", "rule_from_json", "draw_rule", "render_hint",
            "train_network", "make", "network_labels", "refine_template", "solve", "score"]
