@@ -18,9 +18,10 @@ input scale; every decoding of the hint (:func:`~interplab.analysis.templates.hi
 and the network's own templates (arms of fc1, as in the ``eis-cnn`` study:
 :func:`~interplab.analysis.image_rules.arm_templates`) go into the rule search
 (:func:`~interplab.analysis.rules.search_rules`: threshold, band or two-sided on the plain,
-mean- or mid-centred similarity). The input scale is the one under which the best rule explains
-the labels best beyond their balance (:func:`cohen_kappa`); a decoding that fails simply loses
-the search to one that works. The best rule
+mean- or mid-centred similarity). The input scale is the one under which the best rule agrees
+best with the labels, among the scales where it also explains them beyond their balance
+(:func:`cohen_kappa` at least :data:`MIN_KAPPA`; a near-constant labelling under a wrong scale
+is "explained" by any rule); a decoding that fails simply loses the search to one that works. The best rule
 is refined (:func:`refine_template`) when it explains the labels worse than the stated test
 accuracy minus :data:`REFINE_BELOW`: its template is fitted to the network's labels by
 coordinate steps that keep the rule's form, so a poorly decoded hint moves towards the digit
@@ -425,8 +426,9 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:cfg.n_fit].sort().values.numpy()
     fit_x = images[pick]
 
-    # every candidate template under each input scale; the scale is the one under which the best rule explains
-    # the labels best beyond their balance (Cohen's kappa: a near-constant labelling is explained by any rule)
+    # every candidate template under each input scale; the scale is the one under which the best rule agrees best
+    # with the labels, among the scales where it explains them beyond their balance (Cohen's kappa >= MIN_KAPPA:
+    # a near-constant labelling is explained by any rule); kappa decides when no scale reaches it
     by_scale = {}
     for scale in SCALES:
         labels = network_labels(net, fit_x, scale)
@@ -444,11 +446,13 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
                 continue
         rules = search_rules(fit_x, labels, templates)
         by_scale[scale] = (cohen_kappa(rules[0].predict(fit_x), labels), labels, rules)
-    scale = max(SCALES, key=lambda k: by_scale[k][0])
+    usable = [k for k in SCALES if by_scale[k][0] >= MIN_KAPPA]
+    scale = (max(usable, key=lambda k: by_scale[k][2][0].agree) if usable
+             else max(SCALES, key=lambda k: by_scale[k][0]))
     kappa, labels, rules = by_scale[scale]
     check(bool(rules), "No template to search: the challenge has no hint and the network's arms could not be fitted.")
-    say("input scale: " + scale + " (kappa of the best rule " + ", ".join(f"{k} {v[0]:.3f}" for k, v in by_scale.items())
-        + ")")
+    say("input scale: " + scale + " (best rule's agreement, kappa: " + ", ".join(
+        f"{k} {v[2][0].agree if v[2] else float('nan'):.4f}, {v[0]:.3f}" for k, v in by_scale.items()) + ")")
     best = rules[0]
     say(f"best searched rule: {best.describe()} (agreement {best.agree:.4f})")
     stated = float(info.get("stated_test_accuracy", 1.0))
