@@ -18,10 +18,12 @@ input scale; every decoding of the hint (:func:`~interplab.analysis.templates.hi
 and the network's own templates (arms of fc1, as in the ``eis-cnn`` study:
 :func:`~interplab.analysis.image_rules.arm_templates`) go into the rule search
 (:func:`~interplab.analysis.rules.search_rules`: threshold, band or two-sided on the plain,
-mean- or mid-centred similarity). The input scale is the one under which the best rule agrees
-best with the labels, among the scales where it also explains them beyond their balance
-(:func:`cohen_kappa` at least :data:`MIN_KAPPA`; a near-constant labelling under a wrong scale
-is "explained" by any rule); a decoding that fails simply loses the search to one that works. The best rule
+mean- or mid-centred similarity). The same template explains the labels under either input
+scale (an affine change of the input mostly moves the threshold), so the scale is found by
+calibration: the one where the network's mean confidence (:func:`mean_confidence`) is closest to
+the stated test accuracy, among the scales where the best rule explains the labels beyond their
+balance (:func:`cohen_kappa` at least :data:`MIN_KAPPA`). A hint decoding that fails simply loses
+the search to one that works. The best rule
 is refined (:func:`refine_template`) when it explains the labels worse than the stated test
 accuracy minus :data:`REFINE_BELOW`: its template is fitted to the network's labels by
 coordinate steps that keep the rule's form, so a poorly decoded hint moves towards the digit
@@ -446,16 +448,25 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
                 continue
         rules = search_rules(fit_x, labels, templates)
         by_scale[scale] = (cohen_kappa(rules[0].predict(fit_x), labels), labels, rules)
-    usable = [k for k in SCALES if by_scale[k][0] >= MIN_KAPPA]
-    scale = (max(usable, key=lambda k: by_scale[k][2][0].agree) if usable
-             else max(SCALES, key=lambda k: by_scale[k][0]))
+    # The same template explains the labels under either scale (an affine change of the input mostly moves the
+    # threshold), so agreement hardly tells the scales apart. Calibration does: the stated test accuracy was
+    # measured at the true scale, and a network's mean confidence there is close to its accuracy, while the
+    # other scale stretches or squashes the inputs and with them the confidence.
+    stated = float(info.get("stated_test_accuracy", float("nan")))
+    confidence = {k: mean_confidence(net, fit_x, k) for k in SCALES}
+    usable = [k for k in SCALES if by_scale[k][0] >= MIN_KAPPA] or [max(SCALES, key=lambda k: by_scale[k][0])]
+    if np.isfinite(stated):
+        scale = min(usable, key=lambda k: abs(confidence[k] - stated))
+    else:
+        scale = max(usable, key=lambda k: by_scale[k][2][0].agree if by_scale[k][2] else -1.0)
     kappa, labels, rules = by_scale[scale]
     check(bool(rules), "No template to search: the challenge has no hint and the network's arms could not be fitted.")
-    say("input scale: " + scale + " (best rule's agreement, kappa: " + ", ".join(
-        f"{k} {v[2][0].agree if v[2] else float('nan'):.4f}, {v[0]:.3f}" for k, v in by_scale.items()) + ")")
+    say("input scale: " + scale + " (mean confidence, best rule's agreement, kappa: " + ", ".join(
+        f"{k} {confidence[k]:.3f}, {v[2][0].agree if v[2] else float('nan'):.4f}, {v[0]:.3f}"
+        for k, v in by_scale.items()) + f"; stated test accuracy {stated:.4f})")
     best = rules[0]
     say(f"best searched rule: {best.describe()} (agreement {best.agree:.4f})")
-    stated = float(info.get("stated_test_accuracy", 1.0))
+    stated = stated if np.isfinite(stated) else 1.0
     # refine only a template that explains the labels worse than the network follows its own rule:
     # refining a good one fits the network's own errors
     rule = best
@@ -467,7 +478,7 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
     verdict = "solved" if rule.agree >= stated - VERDICT_SLACK and kappa >= MIN_KAPPA else "unsolved"
     solution = {"family": FAMILY, "verdict": verdict, "rule": rule_to_json(rule), "rule_form": _form(rule),
                 "description": rule.describe(), "agreement_network_fit": rule.agree, "kappa": kappa, "input_scale": scale,
-                "scale_evidence": {k: {"kappa": v[0], "best_agree": v[2][0].agree if v[2] else None,
+                "scale_evidence": {k: {"kappa": v[0], "mean_confidence": confidence[k], "best_agree": v[2][0].agree if v[2] else None,
                                        "label1_fraction": float(v[1].mean())} for k, v in by_scale.items()},
                 "hint_decoding": best.template_name if best.template_name.startswith("hint") else None,
                 "stated_test_accuracy": stated, "verdict_threshold": stated - VERDICT_SLACK,
@@ -487,6 +498,25 @@ def _form(rule: Rule) -> str:
     if kind == "threshold":
         kind = "threshold above" if rule.lo is not None else "threshold below"
     return f"{kind}, {rule.center}-centred"
+
+
+@torch.no_grad()
+def mean_confidence(net: ConvNet, images: np.ndarray, scale: str = "pixels/255", batch: int = 2000) -> float:
+    """The network's mean top-class probability on uint8 images fed at ``scale``.
+
+    Example:
+        >>> net = ConvNet(ConvNetConfig(channels1=2, channels2=2, d_fc=4), seed=0)
+        >>> 0.5 <= mean_confidence(net, np.zeros((3, 28, 28), np.uint8)) <= 1.0
+        True
+    """
+    check(scale in SCALES, f"Unknown input scale {scale!r}; choose one of {', '.join(SCALES)}.")
+    total = 0.0
+    for i in range(0, len(images), batch):
+        x = pixels_to_input(images[i:i + batch])
+        if scale == "mnist-normalized":
+            x = (x - MEAN) / STD
+        total += float(net(x).softmax(-1).max(-1).values.sum())
+    return total / len(images)
 
 
 # -- score --------------------------------------------------------------------------------------
@@ -522,4 +552,4 @@ def score(challenge: Path, solution: Path, *, data_dir: Path | None = None) -> d
 
 __all__ = ["FAMILY", "FORMS", "RENDERINGS", "SCALES", "VERDICT_SLACK", "MIN_KAPPA", "cohen_kappa", "MakeConfig", "SolveConfig", "FULL_MAKE",
            "QUICK_MAKE", "FULL_SOLVE", "QUICK_SOLVE", "rule_to_json", "rule_from_json", "draw_rule", "render_hint",
-           "train_network", "make", "network_labels", "refine_template", "solve", "score"]
+           "train_network", "make", "network_labels", "mean_confidence", "refine_template", "solve", "score"]
