@@ -175,3 +175,30 @@ def test_quick_cnn_challenge_is_made_solved_and_scored(shared_data, tmp_path, ca
     scored = json.loads(capsys.readouterr().out)
     assert scored["agreement_hidden"] >= 0.95 and scored["agreement_network"] >= 0.9
     assert scored["input_scale_detected"]
+
+
+def test_a_network_no_rule_explains_is_called_unsolved_with_its_best_partial_rule(shared_data, tmp_path):
+    """An untrained network stated to be 99% accurate: the solver must not claim a solution."""
+    from PIL import Image
+
+    from interplab.io import atomic_write_json, save_torch
+    from interplab.models import ConvNet, ConvNetConfig
+    from interplab.tasks.mnist import load_mnist
+
+    if not (shared_data / "mnist" / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("the MNIST test set is not in the data directory")
+    public = tmp_path / "c" / "public"
+    public.mkdir(parents=True)
+    net = ConvNet(ConvNetConfig(channels1=2, channels2=3, d_fc=8), seed=5)
+    save_torch(public / "network.pt", net.state_dict())
+    digit = load_mnist("test", shared_data)[0][0]
+    Image.fromarray(np.kron(digit, np.ones((7, 7), np.uint8))).save(public / "hint.png")
+    atomic_write_json(public / "challenge.json", {"family": "cnn", "seed": 0, "stated_test_accuracy": 0.99,
+                                                  "network_file": "network.pt", "hint_file": "hint.png"})
+    sol = cnn.solve(tmp_path / "c", tmp_path / "s", quick=True, data_dir=shared_data, quiet=True)
+    assert sol["verdict"] == "unsolved"
+    # an untrained network labels (almost) everything alike: any rule "agrees", none explains beyond the balance
+    assert sol["agreement_network_fit"] < sol["verdict_threshold"] or sol["kappa"] < cnn.MIN_KAPPA
+    assert len(sol["partial_rules"]) >= 3
+    assert cnn.rule_from_json(sol["rule"]).kind in ("threshold", "band", "two-sided")
+    assert json.loads((tmp_path / "s" / "solution.json").read_text())["verdict"] == "unsolved"
