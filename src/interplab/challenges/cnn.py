@@ -428,9 +428,9 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:cfg.n_fit].sort().values.numpy()
     fit_x = images[pick]
 
-    # every candidate template under each input scale; the scale is the one under which the best rule agrees best
-    # with the labels, among the scales where it explains them beyond their balance (Cohen's kappa >= MIN_KAPPA:
-    # a near-constant labelling is explained by any rule); kappa decides when no scale reaches it
+    # the rule search under each input scale: hint decodings and the network's own templates; a scale counts only
+    # where its best rule explains the labels beyond their balance (Cohen's kappa >= MIN_KAPPA: a near-constant
+    # labelling is "explained" by any rule); if none does, the one with the highest kappa
     by_scale = {}
     for scale in SCALES:
         labels = network_labels(net, fit_x, scale)
@@ -478,7 +478,8 @@ def solve(challenge: Path, out: Path, *, quick: bool = False, data_dir: Path | N
     verdict = "solved" if rule.agree >= stated - VERDICT_SLACK and kappa >= MIN_KAPPA else "unsolved"
     solution = {"family": FAMILY, "verdict": verdict, "rule": rule_to_json(rule), "rule_form": _form(rule),
                 "description": rule.describe(), "agreement_network_fit": rule.agree, "kappa": kappa, "input_scale": scale,
-                "scale_evidence": {k: {"kappa": v[0], "mean_confidence": confidence[k], "best_agree": v[2][0].agree if v[2] else None,
+                "scale_evidence": {k: {"kappa": v[0], "mean_confidence": confidence[k],
+                                       "best_agree": v[2][0].agree if v[2] else None,
                                        "label1_fraction": float(v[1].mean())} for k, v in by_scale.items()},
                 "hint_decoding": best.template_name if best.template_name.startswith("hint") else None,
                 "stated_test_accuracy": stated, "verdict_threshold": stated - VERDICT_SLACK,
