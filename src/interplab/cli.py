@@ -72,7 +72,7 @@ STUDIES = {
     "circuit-discovery": "interplab.studies.circuit_discovery",
 }
 # Sub-applications living beside the technique they drive, each exposing ``app``.
-SUBAPPS = {"sae": "interplab.sae.cli", "corpus": "interplab.lm.cli"}
+SUBAPPS = {"sae": "interplab.sae.cli", "corpus": "interplab.lm.cli", "challenge": "interplab.challenges.cli"}
 
 _REGISTERED: list[bool] = []
 

@@ -213,14 +213,15 @@ def fit_score_rule(scores: np.ndarray, labels: np.ndarray, simplicity: float = 0
 
 
 def _running_arg(x: np.ndarray, better: np.ufunc) -> np.ndarray:
-    """Index of the running best (min for np.less, max for np.greater) of ``x`` up to each position."""
-    out = np.zeros(len(x), dtype=np.int64)
-    best_i = 0
-    for k in range(1, len(x)):
-        if better(x[k], x[best_i]):
-            best_i = k
-        out[k] = best_i
-    return out
+    """Index of the running best (min for np.less, max for np.greater) of ``x`` up to each position.
+
+    The first index reaching the best value wins (a later equal value does not replace it).
+    """
+    acc = np.minimum.accumulate if better is np.less else np.maximum.accumulate
+    best_before = np.concatenate([x[:1], acc(x)[:-1]])
+    new_best = better(x, best_before)
+    new_best[0] = True
+    return np.maximum.accumulate(np.where(new_best, np.arange(len(x)), 0))
 
 
 def search_rules(

@@ -169,6 +169,30 @@ class ConvNet(HookedModel):
         return net
 
 
+def fold_input_affine(net: ConvNet, scale: float, shift: float) -> ConvNet:
+    """A copy of ``net`` that reads inputs ``x`` in [0, 1] exactly as ``net`` reads ``scale * x + shift``.
+
+    The first convolution has no padding, so the affine map folds into its weights and bias:
+    ``W (a x + b) + c = (a W) x + (c + b sum W)``. For a network trained on MNIST-normalized
+    inputs, ``scale = 1 / STD`` and ``shift = -MEAN / STD`` give a network on plain pixels / 255.
+
+    Example:
+        >>> import torch
+        >>> net = ConvNet(ConvNetConfig(channels1=2, channels2=2, d_fc=4), seed=0)
+        >>> x = torch.rand(3, 28, 28)
+        >>> torch.allclose(fold_input_affine(net, 2.0, -0.5)(x), net(2.0 * x - 0.5), atol=1e-5)
+        True
+    """
+    folded = ConvNet(net.cfg, seed=0)
+    folded.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        w = folded.conv1.weight
+        folded.conv1.bias.add_(shift * w.sum(dim=(1, 2, 3)))
+        w.mul_(scale)
+    folded.eval()
+    return folded
+
+
 class ConvNetHead(HookedRootModule):
     """The fully connected part of a :class:`ConvNet` (see :meth:`ConvNet.head`)."""
 

@@ -39,14 +39,14 @@ import torch
 
 from interplab import data
 from interplab.options import parameter, setting, study_command
-from interplab.analysis.arms import fit_arms
+from interplab.analysis.image_rules import arm_templates
 from interplab.analysis.featviz import unit_directions, visualize
 from interplab.analysis.grouping import group_units, groups_by_selectivity
 from interplab.analysis.logit_attribution import (direct_logit_attribution, logit_diff, logit_diff_bias,
                                                   logit_diff_direction)
 from interplab.analysis.pca import pca
 from interplab.analysis.rules import Rule, fit_score_rule, search_rules, source_agreement
-from interplab.analysis.templates import decode_rendered_digit, load_image, to_template
+from interplab.analysis.templates import decode_hint, load_image
 from interplab.devices import Placement, to_host
 from interplab.instrument import site_values
 from interplab.interventions.ablate import ablate_by_region
@@ -377,7 +377,7 @@ def run(
     net = placement.apply(ConvNet.from_file(model_file))
     hint_file = Path(hint_path) if hint_path is not None else data.data_file(HINT_FILE, data_dir)
     rendered = load_image(hint_file)
-    hint = decode_rendered_digit(rendered)
+    hint = decode_hint(rendered)  # blocky or smooth, any size, framed, colour-mapped
     test_x, test_y = load_mnist("test", data_dir)
     if has_split("train", data_dir):
         train_x = load_mnist("train", data_dir)[0]
@@ -418,24 +418,20 @@ def run(
     # -- PCA and arms ------------------------------------------------------------------------
     p = pca(acts)
     pcs = p.transform(acts, 2).float().numpy()
-    arms = fit_arms(acts, n_arms=2, seed=seed)
-    arm_pos = arms.project(acts).float()
+    # -- arms, their feature visualizations and extreme inputs: the network's own templates -----
+    found = arm_templates(net, SITE, acts, fit_x, n_arms=2, n_extreme=n_extreme, featviz_steps=featviz_steps,
+                          seed=seed, quiet=quiet)
+    arms, arm_pos, fv_arms = found.arms, found.positions, found.featviz
     timings["pca_arms"] = time.perf_counter() - t_start - sum(timings.values())
 
-    # -- feature visualization: every unit and each arm direction ----------------------------
+    # -- feature visualization of every unit ------------------------------------------------
     # units through their pre-activation (a ReLU unit that is off at the start has no gradient)
     fv_units = to_host(visualize(net, PRE_SITE, unit_directions(d_fc), steps=featviz_steps, n_starts=1, seed=seed,
                                  quiet=quiet)).numpy()
-    fv_arms = to_host(visualize(net, SITE, arms.directions.float(), steps=featviz_steps, n_starts=2, seed=seed,
-                                quiet=quiet)).numpy()
     timings["featviz"] = time.perf_counter() - t_start - sum(timings.values())
 
     # -- candidate templates and the rule search --------------------------------------------
-    templates: dict[str, np.ndarray] = {"hint": hint, "hint inverse": 255 - hint}
-    for a in range(2):
-        templates[f"featviz arm {a}"] = to_template(fv_arms[a])
-        top = arm_pos[:, a].argsort(descending=True)[:n_extreme].numpy()
-        templates[f"extreme arm {a}"] = to_template(fit_x[top].astype(np.float64).mean(0) / 255.0)
+    templates: dict[str, np.ndarray] = {"hint": hint, "hint inverse": 255 - hint, **found.templates}
     rules = search_rules(fit_x, labels_np, templates)
     rule = rules[0]
     from_network = [x for x in rules if not x.template_name.startswith("hint")]
