@@ -36,6 +36,7 @@ LAYERS: list[list[str]] = [
     ["interplab.sae.train"],  # the SAE trainer reuses train's checkpoint and metrics helpers
     ["interplab"],  # the package root re-exports the public entry points
     ["interplab.studies", "interplab.sae.cli", "interplab.lm.cli"],
+    ["interplab.challenges"],  # generated challenges, solved by the studies' pipelines
     ["interplab.cli"],
 ]
 

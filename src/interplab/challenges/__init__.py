@@ -1,0 +1,1 @@
+"""Challenges: generated interpretability puzzles with a sealed answer, a solver and a scorer."""
