@@ -150,7 +150,7 @@ def random_pair_rule(seed: int, p: int = P, op: str | None = None, families: tup
     Example:
         >>> rule = random_pair_rule(3)
         >>> rule["form"], 0.2 <= pair_rule_table(rule).mean() <= 0.8
-        ('bands-curved OR curved-linear', True)
+        ('curved AND bands', True)
     """
     gen = torch.Generator().manual_seed(int(seed))
     names = tuple(FILTER_FAMILIES) if families is None else tuple(families)
