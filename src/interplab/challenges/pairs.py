@@ -42,7 +42,9 @@ import torch
 
 import interplab
 from interplab.analysis.directions import fit_threshold_rule
-from interplab.analysis.filters import additive_filter, effective_embeddings, filter_image, fit_filter_thresholds
+from interplab.analysis.filters import (
+    additive_filter, effective_embeddings, filter_image, fit_filter_thresholds, refine_separable_rule,
+)
 from interplab.errors import check
 from interplab.instrument import predict, site_values
 from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns
@@ -57,7 +59,7 @@ from interplab.train import TrainConfig, train_or_resume
 FAMILY = "pairs"
 SITE = "blocks.0.hook_resid_mid"
 PATTERN = "blocks.0.attn.hook_pattern"
-QUICK_EPOCHS = 300  # quick challenges: at most this many epochs (the default stopping rule may stop earlier)
+QUICK_EPOCHS = 200  # quick challenges: at most this many epochs (the default stopping rule may stop earlier)
 SOLVED_MARGIN = 0.02  # solved: agreement with the network within this of what its stated accuracy allows, or >= 0.95
 
 
@@ -160,15 +162,18 @@ def _candidate(name: str, gs: list[torch.Tensor], hs: list[torch.Tensor], target
 
 @numerics()
 @torch.no_grad()
-def recover(model: Any, p: int, *, steps: int = 600, seed: int = 0, quiet: bool = True) -> list[dict[str, Any]]:
+def recover(model: Any, p: int, *, steps: int = 600, refine_steps: int = 300, seed: int = 0, quiet: bool = True) -> list[dict[str, Any]]:
     """Candidate rules for a pair-label network, best first (by agreement with its labels).
 
     For each op (AND, OR): two directions fitted on ``resid_mid`` at the last position of the
-    fixed-attention model (:func:`fit_threshold_rule`, ``steps`` per start); (1) *filters*:
+    fixed-attention model (:func:`fit_threshold_rule`, ``steps`` per start on 4096 random pairs,
+    thresholds on all); (1) *filters*:
     effective embeddings projected on them, ``g(A) + h(B)`` exactly; (2) *additive*: the same
     fit on the full model's ``resid_mid``, each readout reduced to its additive part
     (:func:`additive_filter`). Thresholds of each candidate are refitted on the full
-    network's labels (:func:`fit_filter_thresholds`). Each candidate: ``{"method", "op",
+    network's labels (:func:`fit_filter_thresholds`). The best candidate of each op is then
+    refined on the network's labels, every per-token value free (:func:`refine_separable_rule`,
+    ``refine_steps``), as two more candidates. Each candidate: ``{"method", "op",
     "agreement_network", "filters": [{"g", "h", "threshold"}, ...]}``.
     """
     say = (lambda *a: None) if quiet else print
@@ -184,7 +189,7 @@ def recover(model: Any, p: int, *, steps: int = 600, seed: int = 0, quiet: bool 
     say(f"fixed attention keeps {float((pred_fixed == pred).double().mean()):.4f} of the labels")
     cands = []
     for op in ("and", "or"):
-        rule = fit_threshold_rule(mid_fixed, pred_fixed, op=op, steps=steps, max_rows=len(mid_fixed), seed=seed)
+        rule = fit_threshold_rule(mid_fixed, pred_fixed, op=op, steps=steps, seed=seed)
         gs, hs = [], []
         for v in rule.directions:
             img = filter_image(eff, v, n_values=p)
@@ -192,10 +197,19 @@ def recover(model: Any, p: int, *, steps: int = 600, seed: int = 0, quiet: bool 
             gs.append(g)
             hs.append(h + img.mean())
         cands.append(_candidate("fixed-attention filters", gs, hs, pred, op))
-        rule_full = fit_threshold_rule(mid_full, pred, op=op, steps=steps, max_rows=len(mid_full), seed=seed)
+        rule_full = fit_threshold_rule(mid_full, pred, op=op, steps=steps, seed=seed)
         parts = [additive_filter((mid_full @ v).reshape(p, p)) for v in rule_full.directions]
         cands.append(_candidate("additive readouts", [g for g, _ in parts], [h for _, h in parts], pred, op))
         say(f"{op}: " + ", ".join(f"{c['method']} {c['agreement_network']:.4f}" for c in cands[-2:]))
+    for op in ("and", "or"):
+        best = max((c for c in cands if c["op"] == op), key=lambda c: c["agreement_network"])
+        gs, hs, thresholds, agree = refine_separable_rule([torch.tensor(f["g"]) for f in best["filters"]],
+                                                          [torch.tensor(f["h"]) for f in best["filters"]],
+                                                          pred.reshape(p, p), op, steps=refine_steps)
+        say(f"refined {best['method']} ({op}): {agree:.4f}")
+        cands.append({"method": f"{best['method']}, refined", "op": op, "agreement_network": agree,
+                      "filters": [{"g": g.tolist(), "h": h.tolist(), "threshold": t}
+                                  for g, h, t in zip(gs, hs, thresholds)]})
     return sorted(cands, key=lambda c: -c["agreement_network"])
 
 
