@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from interplab.analysis.filters import additive_filter, fit_filter_thresholds
+from interplab.analysis.filters import additive_filter, fit_filter_thresholds, refine_separable_rule
 from interplab.challenges import pairs
 from interplab.errors import InterplabError
 from interplab.studies.eis_transformer import small_setup
@@ -51,6 +51,25 @@ def test_thresholds_of_the_hidden_filters_are_recovered_exactly(seed):
     # the other op cannot match as well unless one filter is redundant
     _, other = fit_filter_thresholds(images, hidden, "or" if rule["op"] == "and" else "and")
     assert other <= 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])  # seed 0: curved-linear OR bands; seed 1: linear AND curved-bands
+def test_refinement_repairs_distorted_filters(seed):
+    # filters read from a network are the hidden ones distorted; refinement on the labels repairs them
+    rule = random_pair_rule(seed)
+    hidden = torch.as_tensor(pair_rule_table(rule))
+    gen = torch.Generator().manual_seed(seed)
+    gs, hs = [], []
+    for f in rule["filters"]:
+        g, h = additive_filter(torch.as_tensor(filter_values(f)))
+        gs.append(g + 0.3 * g.std() * torch.randn(len(g), generator=gen, dtype=torch.float64))
+        hs.append(h + 0.3 * h.std() * torch.randn(len(h), generator=gen, dtype=torch.float64))
+    _, before = fit_filter_thresholds([g[:, None] + h[None, :] for g, h in zip(gs, hs)], hidden, rule["op"])
+    gs2, hs2, thresholds, after = refine_separable_rule(gs, hs, hidden, rule["op"], steps=200)
+    assert before < 0.97 and after > 0.99 and after > before
+    sol = {"op": rule["op"], "filters": [{"g": g.tolist(), "h": h.tolist(), "threshold": t}
+                                         for g, h, t in zip(gs2, hs2, thresholds)]}
+    assert (pairs.solution_table(sol) == hidden.numpy()).mean() == pytest.approx(after)
 
 
 def test_make_solve_score_reads_only_public(tmp_path):
