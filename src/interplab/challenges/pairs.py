@@ -105,6 +105,7 @@ def make(seed: int, out: PathLike, *, quick: bool = False, data_dir: PathLike | 
     save_model(public / "network", model)
     atomic_write_json(public / "challenge.json", {
         "family": FAMILY, "seed": int(seed), "p": p, "quick": bool(quick), "network": "network",
+        "files": ["network/config.json", "network/model.safetensors"],
         "stated_test_accuracy": float(right[task.test_idx].double().mean()),
         "inputs": f"tokens [A, B, {p}] with A, B in 0..{p - 1}; the label (0 or 1) is read at the last position",
         "task": f"find the rule labeling all {p}x{p} pairs; the network was trained on a random half of them",

@@ -149,7 +149,7 @@ def random_pair_rule(seed: int, p: int = P, op: str | None = None, families: tup
 
     Example:
         >>> rule = random_pair_rule(3)
-        >>> rule["form"], 0.2 <= pair_rule_table(rule).mean() <= 0.8
+        >>> rule["form"], bool(0.2 <= pair_rule_table(rule).mean() <= 0.8)
         ('curved AND bands', True)
     """
     gen = torch.Generator().manual_seed(int(seed))
