@@ -172,9 +172,9 @@ def recover(model: Any, p: int, *, steps: int = 600, refine_steps: int = 300, se
     effective embeddings projected on them, ``g(A) + h(B)`` exactly; (2) *additive*: the same
     fit on the full model's ``resid_mid``, each readout reduced to its additive part
     (:func:`additive_filter`). Thresholds of each candidate are refitted on the full
-    network's labels (:func:`fit_filter_thresholds`). The best candidate of each op is then
-    refined on the network's labels, every per-token value free (:func:`refine_separable_rule`,
-    ``refine_steps``), as two more candidates. Each candidate: ``{"method", "op",
+    network's labels (:func:`fit_filter_thresholds`). The best of these four (whose op is
+    kept) is then refined on the network's labels, every per-token value free
+    (:func:`refine_separable_rule`, ``refine_steps``), as a fifth candidate. Each candidate: ``{"method", "op",
     "agreement_network", "filters": [{"g", "h", "threshold"}, ...]}``.
     """
     say = (lambda *a: None) if quiet else print
@@ -202,15 +202,15 @@ def recover(model: Any, p: int, *, steps: int = 600, refine_steps: int = 300, se
         parts = [additive_filter((mid_full @ v).reshape(p, p)) for v in rule_full.directions]
         cands.append(_candidate("additive readouts", [g for g, _ in parts], [h for _, h in parts], pred, op))
         say(f"{op}: " + ", ".join(f"{c['method']} {c['agreement_network']:.4f}" for c in cands[-2:]))
-    for op in ("and", "or"):
-        best = max((c for c in cands if c["op"] == op), key=lambda c: c["agreement_network"])
-        gs, hs, thresholds, agree = refine_separable_rule([torch.tensor(f["g"]) for f in best["filters"]],
-                                                          [torch.tensor(f["h"]) for f in best["filters"]],
-                                                          pred.reshape(p, p), op, steps=refine_steps)
-        say(f"refined {best['method']} ({op}): {agree:.4f}")
-        cands.append({"method": f"{best['method']}, refined", "op": op, "agreement_network": agree,
-                      "filters": [{"g": g.tolist(), "h": h.tolist(), "threshold": t}
-                                  for g, h, t in zip(gs, hs, thresholds)]})
+    # the op is read from the model (the best unrefined candidate); refinement frees every per-token
+    # value, which makes AND and OR fit almost equally well, so it keeps that op
+    best = max(cands, key=lambda c: c["agreement_network"])
+    gs, hs, thresholds, agree = refine_separable_rule([torch.tensor(f["g"]) for f in best["filters"]],
+                                                      [torch.tensor(f["h"]) for f in best["filters"]],
+                                                      pred.reshape(p, p), best["op"], steps=refine_steps)
+    say(f"refined {best['method']} ({best['op']}): {agree:.4f}")
+    cands.append({"method": f"{best['method']}, refined", "op": best["op"], "agreement_network": agree,
+                  "filters": [{"g": g.tolist(), "h": h.tolist(), "threshold": t} for g, h, t in zip(gs, hs, thresholds)]})
     return sorted(cands, key=lambda c: -c["agreement_network"])
 
 
