@@ -172,9 +172,10 @@ def recover(model: Any, p: int, *, steps: int = 600, refine_steps: int = 300, se
     effective embeddings projected on them, ``g(A) + h(B)`` exactly; (2) *additive*: the same
     fit on the full model's ``resid_mid``, each readout reduced to its additive part
     (:func:`additive_filter`). Thresholds of each candidate are refitted on the full
-    network's labels (:func:`fit_filter_thresholds`). The best of these four (whose op is
-    kept) is then refined on the network's labels, every per-token value free
-    (:func:`refine_separable_rule`, ``refine_steps``), as a fifth candidate. Each candidate: ``{"method", "op",
+    network's labels (:func:`fit_filter_thresholds`). The best of these of each op is then
+    refined on the network's labels, every per-token value free (:func:`refine_separable_rule`,
+    ``refine_steps``), as two more candidates (with every value free, AND and OR can both fit,
+    so the op of the best refined rule need not be the op of the best unrefined one). Each candidate: ``{"method", "op",
     "agreement_network", "filters": [{"g", "h", "threshold"}, ...]}``.
     """
     say = (lambda *a: None) if quiet else print
@@ -202,15 +203,17 @@ def recover(model: Any, p: int, *, steps: int = 600, refine_steps: int = 300, se
         parts = [additive_filter((mid_full @ v).reshape(p, p)) for v in rule_full.directions]
         cands.append(_candidate("additive readouts", [g for g, _ in parts], [h for _, h in parts], pred, op))
         say(f"{op}: " + ", ".join(f"{c['method']} {c['agreement_network']:.4f}" for c in cands[-2:]))
-    # the op is read from the model (the best unrefined candidate); refinement frees every per-token
-    # value, which makes AND and OR fit almost equally well, so it keeps that op
-    best = max(cands, key=lambda c: c["agreement_network"])
-    gs, hs, thresholds, agree = refine_separable_rule([torch.tensor(f["g"]) for f in best["filters"]],
-                                                      [torch.tensor(f["h"]) for f in best["filters"]],
-                                                      pred.reshape(p, p), best["op"], steps=refine_steps)
-    say(f"refined {best['method']} ({best['op']}): {agree:.4f}")
-    cands.append({"method": f"{best['method']}, refined", "op": best["op"], "agreement_network": agree,
-                  "filters": [{"g": g.tolist(), "h": h.tolist(), "threshold": t} for g, h, t in zip(gs, hs, thresholds)]})
+    # refinement frees every per-token value; then an AND and an OR can both come close to the labels,
+    # and the better one after refinement need not be the op the unrefined readouts suggest
+    for op in ("and", "or"):
+        best = max((c for c in cands if c["op"] == op), key=lambda c: c["agreement_network"])
+        gs, hs, thresholds, agree = refine_separable_rule([torch.tensor(f["g"]) for f in best["filters"]],
+                                                          [torch.tensor(f["h"]) for f in best["filters"]],
+                                                          pred.reshape(p, p), op, steps=refine_steps)
+        say(f"refined {best['method']} ({op}): {agree:.4f}")
+        cands.append({"method": f"{best['method']}, refined", "op": op, "agreement_network": agree,
+                      "filters": [{"g": g.tolist(), "h": h.tolist(), "threshold": t}
+                                  for g, h, t in zip(gs, hs, thresholds)]})
     return sorted(cands, key=lambda c: -c["agreement_network"])
 
 
@@ -219,7 +222,7 @@ def solve(challenge: PathLike, out: PathLike, *, quick: bool = False, data_dir: 
     """Recover the rule of the pairs challenge in ``challenge`` from ``challenge/public/`` only.
 
     Writes ``out/solution.json`` (``op``, ``filters`` with per-token values ``g``, ``h`` and a
-    ``threshold`` each, ``table`` as p rows of 0/1 characters, ``verdict``, ``rule_form``, the
+    ``threshold`` each, ``op_unrefined`` (the op of the best rule before refinement), ``table`` as p rows of 0/1 characters, ``verdict``, ``rule_form``, the
     candidates' agreements) and returns it. ``verdict`` is ``"solved"`` when the rule agrees
     with the network on at least ``min(0.95, (1 + stated_test_accuracy) / 2 - SOLVED_MARGIN)``
     of the pairs (the network is right on its training half and on about the stated share of
@@ -242,6 +245,8 @@ def solve(challenge: PathLike, out: PathLike, *, quick: bool = False, data_dir: 
         "agreement_network": best["agreement_network"], "solved_bar": bar,
         "verdict": "solved" if best["agreement_network"] >= bar else "unsolved",
         "rule_form": f"g1(A) + h1(B) > t1 {best['op'].upper()} g2(A) + h2(B) > t2",
+        "op_unrefined": max((c for c in cands if not c["method"].endswith("refined")),
+                            key=lambda c: c["agreement_network"])["op"],
         "candidates": [{k: c[k] for k in ("method", "op", "agreement_network")} for c in cands],
     }
     sol["table"] = ["".join(str(int(v)) for v in row) for row in solution_table(sol)]
