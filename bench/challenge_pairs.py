@@ -65,18 +65,21 @@ def main() -> None:
         sc = pairs.score(d, d / "solution")
         ans = json.loads(sealed.read_text())
         rows.append((seed, sc["rule_form"], f"{sol['op'].upper()} ({sol['method']})", sc["agreement_hidden"],
-                     sc["agreement_network"], sc["network_accuracy"], sol["verdict"], ans.get("train_seconds", t_make),
+                     sc["agreement_network"], sc["network_accuracy"], sol["hidden_agreement_bound"], sol["verdict"], ans.get("train_seconds", t_make),
                      t_solve))
-        print("seed {} | {} | {} | hidden {:.4f} | network {:.4f} | net acc {:.4f} | {} | make {:.0f} s | solve {:.0f} s"
+        print("seed {} | {} | {} | hidden {:.4f} | network {:.4f} | net acc {:.4f} | bound {:.4f} | {} | make {:.0f} s | "
+              "solve {:.0f} s"
               .format(*rows[-1]), flush=True)
     if rows:
-        print("\n| seed | hidden rule | recovered | agree hidden | agree network | network acc | verdict | train s | solve s |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n| seed | hidden rule | recovered | agree hidden | agree network | network acc | bound | verdict | train s "
+              "| solve s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            print("| {} | {} | {} | {:.4f} | {:.4f} | {:.4f} | {} | {:.0f} | {:.0f} |".format(*r))
+            print("| {} | {} | {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {} | {:.0f} | {:.0f} |".format(*r))
         ok = sum(r[3] >= 0.95 for r in rows)
         print(f"\nagreement with the hidden rule >= 0.95: {ok} of {len(rows)}; "
-              f"solved verdicts: {sum(r[6] == 'solved' for r in rows)}")
+              f"solved verdicts: {sum(r[7] == 'solved' for r in rows)}; train {sum(r[8] for r in rows):.0f} s, "
+              f"solve {sum(r[9] for r in rows):.0f} s")
     print(f"total {time.perf_counter() - t_all:.0f} s (load average {os.getloadavg()[0]:.1f})")
 
 
