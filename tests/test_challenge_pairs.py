@@ -97,11 +97,13 @@ def test_make_solve_score_reads_only_public(tmp_path):
     # even a 60-epoch small network carries the rule: far above the majority-class baseline
     hidden = pair_rule_table(answer["rule"])
     assert sc["agreement_hidden"] > max(hidden.mean(), 1 - hidden.mean()) + 0.1
-    bound = 1 - (1 - sol["agreement_network"]) - (1 - info["stated_test_accuracy"]) / 2
-    assert sol["hidden_agreement_bound"] == pytest.approx(bound)
-    assert sol["verdict"] == ("solved" if bound >= 0.95 else "unsolved")
-    if sol["verdict"] == "solved":  # the bound holds when the network fits its training half
-        assert sc["agreement_hidden"] >= 0.95
+    # the verdict's bound: agreement with the network minus the network's stated error on all pairs
+    assert sc["network_accuracy"] == pytest.approx(
+        (info["stated_train_accuracy"] * info["train_pairs"] + info["stated_test_accuracy"] * info["test_pairs"])
+        / 113**2)
+    assert sol["hidden_agreement_bound"] == pytest.approx(sol["agreement_network"] - (1 - sc["network_accuracy"]))
+    assert sc["agreement_hidden"] >= sol["hidden_agreement_bound"] - 1e-9
+    assert sol["verdict"] == ("solved" if sol["hidden_agreement_bound"] >= 0.95 else "unsolved")
 
 
 def test_solve_refuses_other_directories(tmp_path):
