@@ -214,3 +214,26 @@ def test_eap_with_exact_attention_tracks_query_and_key_edges_better():
     err_plain, err_exact = (plain - true)[qk].abs().sum(), (exact - true)[qk].abs().sum()
     assert err_exact < 0.5 * err_plain
     assert torch.equal(plain[~qk], exact[~qk])  # values, MLPs and logits keep the plain estimate
+
+
+def test_eap_is_the_slope_of_every_edge_patch_at_zero():
+    """Edges into queries, keys, values, MLPs and logits, through LayerNorm and attention: EAP's score is the
+    derivative of the patched metric (central differences of patch_curve, float64)."""
+    from interplab.interventions.circuits import patch_curve
+
+    m = _model().double()
+    clean, corrupt = _pair()
+    g = Graph.from_model(m)
+    corr = sender_outputs(m, g, corrupt)
+    scores = eap(m, g, clean, corr, _metric)
+    for name in ("a0.h1->a1.h0.q", "a0.h0->a1.h1.k", "embed->a1.h0.v", "embed->a0.h1.k", "a0.h1->m0", "m0->a1.h1.k",
+                 "a1.h0->m1", "m1->logits"):
+        edge = g.edge_set([name])
+        lo, hi = patch_curve(m, g, clean, corr, edge, _metric, [-1e-4, 1e-4])
+        slope = float(hi - lo) / 2e-4
+        assert abs(float(scores[edge]) - slope) < 1e-5 * max(1.0, abs(slope)), name
+    # a large patch is not its slope: the curve bends (attention, LayerNorm)
+    curve = patch_curve(m, g, clean, corr, g.edge_set(["a0.h0->a1.h1.k"]), _metric, [0.5, 1.0])
+    assert not torch.isclose(curve[1], 2 * curve[0], rtol=1e-3)
+    with pytest.raises(InterplabError):
+        patch_curve(m, g, clean, corr, torch.zeros_like(g.allowed), _metric)

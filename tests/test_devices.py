@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -228,7 +229,7 @@ def test_patching_and_attribution(device, dtype):
 
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_edge_circuits(device, dtype):
-    from interplab.interventions.circuits import acdc, eap, eap_ig, faithfulness
+    from interplab.interventions.circuits import acdc, eap, eap_ig, faithfulness, patch_curve, score_pr_curve
     from interplab.interventions.edges import Graph, sender_outputs
 
     m = _tiny_transformer(device, dtype, normalization="LN")
@@ -243,6 +244,10 @@ def test_edge_circuits(device, dtype):
     assert bool(torch.isfinite(torch.tensor(result.distance)))
     everything = torch.ones(len(g.receivers), len(g.senders), dtype=torch.bool)
     assert abs(faithfulness(m, g, clean, corr, everything, _metric) - 1) < 1e-2
+    curve = patch_curve(m, g, clean, corr, g.edge_set(["a0.h0->a1.h1.k"]), _metric, [0.5, 1.0])
+    assert curve.device.type == device and bool(torch.isfinite(curve.float()).all())
+    prec, rec = score_pr_curve(scores, g.edge_set(["a0.h0->a1.h1.k", "a1.h0->logits"]), g)[:2]
+    assert rec[0] == 1.0 and 0.0 <= float(prec.min()) <= 1.0
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -354,15 +359,169 @@ def test_sae_tms_study_trains_where_asked(device, dtype, tmp_path):
     assert saved["dtype"] == str(dtype).removeprefix("torch.") and saved["device"].startswith(device)
 
 
-def test_studies_that_train_offer_device_and_dtype():
+def test_every_study_offers_device_and_dtype():
     from typer.testing import CliRunner
 
-    from interplab.cli import _register, app
+    from interplab.cli import STUDIES, _register, app
 
     _register()
-    for name in ("grokking", "sae-tms"):
+    assert len(STUDIES) >= 12
+    for name in STUDIES:  # every study runs a model
         out = CliRunner().invoke(app, ["study", name, "--help"], terminal_width=200).output
         assert "--device" in out and "--dtype" in out, name
+
+
+@pytest.mark.skipif(cuda_available(), reason="this machine has a CUDA GPU")
+def test_cli_study_on_missing_cuda_exits_2_before_running(tmp_path, capsys):
+    from interplab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["study", "eis-transformer", "--labels", "builtin", "--device", "cuda", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and "CUDA" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+# each study's smallest setting on the CPU in float64 and (skipped visibly without one) on a CUDA GPU in
+# float32 and bfloat16: the run finishes, its numbers are finite, and results.json records where it ran
+STUDY_CASES = [
+    pytest.param("cpu", torch.float64, id="cpu-float64"),
+    pytest.param("cuda", torch.float32, id="cuda-float32",
+                 marks=pytest.mark.skipif(not cuda_available(), reason="no CUDA GPU on this machine")),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16",
+                 marks=pytest.mark.skipif(not cuda_available(), reason="no CUDA GPU on this machine")),
+]
+
+
+def _placed(results: dict, out, device: str, dtype: torch.dtype) -> None:
+    name = str(dtype).removeprefix("torch.")
+    assert results["device"].startswith(device) and results["dtype"] == name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["device"] == results["device"] and saved["dtype"] == name
+
+
+def _finite(*values: float) -> None:
+    assert all(math.isfinite(v) for v in values), values
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_eis_transformer_study_where_asked(device, dtype, tmp_path):
+    from interplab.studies import eis_transformer
+
+    r = eis_transformer.run(tmp_path, labels="builtin", n_draws=1, quiet=True, device=device,
+                            dtype=str(dtype).removeprefix("torch."), **eis_transformer.small_setup(epochs=5))
+    _placed(r, tmp_path, device, dtype)
+    _finite(r["acc_full"], r["two_dir_agree_fixed"], r["scrub_full_1_2_3a_3b"], r["effective_embed_max_err"])
+    assert r["epochs"] == 5 and 0 <= r["scrub_fixed_1_2_3a_3b"] <= 1
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_eis_cnn_study_where_asked(device, dtype, tmp_path, shared_data):
+    from interplab.studies import eis_cnn
+
+    if not (shared_data / "mnist" / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("the shared MNIST test set is not available")
+    r = eis_cnn.run(tmp_path, data_dir=shared_data, max_train=500, n_draws=1, featviz_steps=2, n_extreme=10,
+                    tolerances=(0.01,), quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    _placed(r, tmp_path, device, dtype)
+    _finite(r["rule_agree"], r["scrub_agree_at_1pct"], r["pca_var_explained_2"])
+    assert 0.5 <= r["rule_agree"] <= 1
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_tms_study_where_asked(device, dtype, tmp_path):
+    from interplab.studies import tms
+
+    tiny = tms.Settings(geometry_sparsity=(0.0, 0.9), geometry_restarts=1, geometry_steps=50, phase_grid=2,
+                        phase_restarts=1, phase_steps=50, dim_features=8, dim_hidden=2, dim_points=2, dim_steps=50,
+                        finite_features=6, finite_T=(3,), finite_steps=50, steps_per_epoch=25)
+    r = tms.run(tmp_path, settings=tiny, quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    _placed(r, tmp_path, device, dtype)
+    _finite(*r["dims_per_feature"], *r["finite_test_loss"])
+    assert len(r["phase_diagram"]["cells"]) == 2
+    config = json.loads((tmp_path / "runs" / "geometry" / "config.json").read_text())["placement"]
+    assert config["device"].startswith(device) and config["dtype"] == str(dtype).removeprefix("torch.")
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES + [pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16")])
+def test_sae_mlp_study_where_asked(device, dtype, tmp_path):
+    from interplab.studies import sae_mlp
+
+    r = sae_mlp.run(tmp_path, p=7, model_epochs=5, steps=20, batch_size=16, l1_values=(0.1,), recipes=("plain",),
+                    dashboards=1, quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    _placed(r, tmp_path, device, dtype)
+    _finite(*(v[1] for v in r["ito"].values()), r["clean_loss"])
+    assert sorted(r["ito"]) == ["encoder", "gp", "mp", "omp", "topk"]
+    assert (tmp_path / "dashboards" / "index.html").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_atp_study_where_asked(device, dtype, tmp_path):
+    from interplab.studies import atp
+
+    r = atp.run(tmp_path, n_prompts=4, quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    _placed(r, tmp_path, device, dtype)
+    _finite(r["atp_spearman"], r["atpstar_spearman"], r["saturated_mean_max_attention"])
+    assert 0 <= r["atpstar_recall10"] <= 1
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_fact_finding_study_where_asked(device, dtype, tmp_path):
+    from interplab.studies import fact_finding
+
+    tiny = fact_finding.Settings(n=8, mlp_hidden=(16,), mlp_epochs=20, n_first=6, n_last=6, n_names=20, d_model=16,
+                                 n_layers=1, d_mlp=16, max_epochs=20, n_splits=2, n_quads=50)
+    r = fact_finding.run(tmp_path, settings=tiny, quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    _placed(r, tmp_path, device, dtype)
+    _finite(r["transformer_clean_loss"], r["path_patching_total_effect"], *r["mlp_ablation_cost"].values())
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_embeddings_study_where_asked(device, dtype, tmp_path):
+    from interplab.studies import embeddings
+
+    tiny = embeddings.Settings(corpus_bytes=30_000, people=6, cities=3, countries=2, objects=4, vocab_size=300,
+                               n_ctx=32, d_model=16, n_layers=1, n_heads=2, d_mlp=32, epochs=1, rows_per_epoch=16,
+                               batch_size=8, n_splits=2, n_docs=200, n_eval_docs=20, eval_len=12, min_count=3)
+    r = embeddings.run(tmp_path, settings=tiny, quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    _placed(r, tmp_path, device, dtype)
+    _finite(r["cosine_mean_raw"]["trained"], *r["word_index_probe"].values())
+    placement = json.loads((tmp_path / "run" / "config.json").read_text())["placement"]
+    assert placement["dtype"] == str(dtype).removeprefix("torch.")
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_sae_lm_study_where_asked(device, dtype, tmp_path):
+    from interplab.studies import lm as lm_study
+    from interplab.studies import sae_lm
+
+    lm = dataclasses.replace(lm_study.Settings.quick(), corpus_bytes=60_000, people=6, cities=4, countries=2,
+                             objects=4, vocab_size=300, n_ctx=32, d_model=16, n_layers=1, n_heads=2, d_mlp=32,
+                             epochs=1, rows_per_epoch=32)
+    s = sae_lm.Settings(lm=lm, expansion=2, steps=10, batch_size=32, l1_coeffs=(1.0,), main_l1=1.0, store_rows=1000,
+                        shard_rows=512, buffer_size=256, eval_rows=12, ito_ks=(2,), steer_coefs=(0.0, 2.0),
+                        steer_samples=2, steer_tokens=3, autointerp_features=2)
+    r = sae_lm.run(tmp_path, settings=s, quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    _placed(r, tmp_path, device, dtype)
+    _finite(r["ce_clean"], r["ce_sae"], r["l0"])
+    saved = json.loads((tmp_path / "saes" / "ghost_l1_1" / "cfg.json").read_text())
+    assert saved["device"].startswith(device) and saved["dtype"] == str(dtype).removeprefix("torch.")
+    assert json.loads((tmp_path / "lm" / "run" / "config.json").read_text())["placement"]["dtype"] == saved["dtype"]
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_circuit_discovery_cases_where_asked(device, dtype):
+    from interplab.devices import Placement
+    from interplab.studies import circuit_discovery as cd
+
+    s = cd.Settings(n_prompts=6, ig_steps=2, sweep=(0.0, 1e9), grokking_p=7, grokking_epochs=5)
+    case = cd.ioi_case(s, True, Placement(device, str(dtype).removeprefix("torch.")))
+    _where(case.model, device, dtype)
+    assert case.clean.device.type == device
+    e = cd.evaluate_case(case, s, quiet=True)
+    for m in cd.METHODS:
+        assert 0.0 <= e["recall"][m] <= 1.0 and math.isfinite(e["faithfulness"][m]) and e["found"][m].device.type == "cpu"
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -32,6 +32,22 @@ def test_pipeline_finds_the_explanation_on_a_fresh_small_model(tmp_path):
     assert saved["scrub_full_1_2_3a_3b"] == res["scrub_full_1_2_3a_3b"]
     html = (tmp_path / "report.html").read_text()
     assert "Causal scrubbing" in html and "data:image/png;base64" in html
+    # the method variants are scored on the same model; refitting the filter thresholds starts from ours
+    variants = [k for k in res if k.startswith("variant_")]
+    assert len(variants) >= 11 and all(0.0 <= res[k] <= 1.0 for k in variants)
+    assert res["variant_filters_refit_agree_fixed"] >= res["filters_and_agree_fixed"]
+    assert "Which choices of the method move the numbers" in html
+
+
+def test_measured_runs_beside_the_published_figures():
+    from interplab.studies.eis_transformer import PUBLISHED, measured_runs
+
+    runs = measured_runs()
+    assert [r["epochs"] for r in runs] == [540, 5000]
+    for r in runs:
+        assert r["labels_source"] == "published" and r["command"].startswith("interplab study eis-transformer")
+        for key, _, _ in PUBLISHED:
+            assert 0.5 < r[key] <= 1.0, key
 
 
 @pytest.mark.parametrize("payload, words", [

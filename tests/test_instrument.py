@@ -206,3 +206,23 @@ def test_site_reads_and_writes_rows():
     assert Site("x").read(a).shape == (6, 4)
     with pytest.raises(InterplabError, match="no axis 1"):
         s.read(torch.zeros(2, 4))
+
+
+def test_site_values_several_sites_and_one_position_per_input_across_batches():
+    from interplab.instrument import gather_positions, site_values
+    from interplab.models import Transformer, TransformerConfig
+
+    m = Transformer(TransformerConfig(d_vocab=7, n_ctx=4, d_model=8, n_heads=2, d_mlp=16), seed=0)
+    x = torch.randint(7, (5, 4), generator=torch.Generator().manual_seed(0))
+    sites = ["blocks.0.hook_resid_post", "hook_embed"]
+    pos = torch.tensor([3, 0, 1, 2, -1])
+    several = site_values(m, x, sites, batch_size=2, position=pos)  # positions split with the batches
+    assert list(several) == sites
+    for s in sites:
+        full = site_values(m, x, s)
+        assert torch.equal(several[s], gather_positions(full, pos))
+    assert torch.equal(site_values(m, x, sites, position=-1)["hook_embed"], site_values(m, x, "hook_embed")[:, -1])
+    with pytest.raises(InterplabError, match="one position per input"):
+        site_values(m, x, sites, position=[0, 1])
+    with pytest.raises(InterplabError, match="Unknown activation site"):
+        site_values(m, x, ["hook_embed", "nope"])

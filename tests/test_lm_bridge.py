@@ -543,3 +543,83 @@ def test_trace_visits_each_bridge_hook_point_once_by_its_transformerlens_name(br
     with torch.no_grad():
         want = model.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_z", lambda a, hook: torch.zeros_like(a))])
     assert torch.allclose(tr.output, want, atol=1e-6)
+
+
+# -- the edge graph of circuit discovery on a bridge ------------------------------------------
+
+def _gpt2_edge_patched(hf, clean, corrupted, sender_head: int, receiver: str) -> torch.Tensor:
+    """Log-probabilities of the HF GPT-2 model on ``clean`` when one receiver of layer 1 (head 0's key, or
+    the MLP) sees layer-0 head ``sender_head``'s corrupted output in place of its clean one: torch hooks on
+    the HF modules, no TransformerLens involved."""
+    blk0, blk1 = hf.transformer.h[0], hf.transformer.h[1]
+    d = hf.config.hidden_size
+    dh = d // hf.config.num_attention_heads
+    rows = slice(sender_head * dh, (sender_head + 1) * dh)
+    saved: dict[str, torch.Tensor] = {}
+
+    def run(tokens, extra=()):
+        hs = [blk0.attn.c_proj.register_forward_pre_hook(lambda m, a: saved.__setitem__("z", a[0])),
+              blk1.ln_1.register_forward_pre_hook(lambda m, a: saved.__setitem__("pre", a[0])),
+              blk1.ln_2.register_forward_pre_hook(lambda m, a: saved.__setitem__("mid", a[0]))]
+        hs += [make() for make in extra]
+        with torch.no_grad():
+            out = hf(tokens).logits
+        for h in hs:
+            h.remove()
+        return out, dict(saved)
+
+    _, c = run(clean)
+    _, x = run(corrupted)
+    head = lambda z: z[..., rows] @ blk0.attn.c_proj.weight[rows]  # noqa: E731  the head's output (Conv1D: [in, out])
+    if receiver == "k":  # head 0's key from the residual stream with the sender's output swapped
+        with torch.no_grad():
+            key = blk1.attn.c_attn(blk1.ln_1(c["pre"] - head(c["z"]) + head(x["z"])))[..., d:d + dh]
+
+        def put(m, a, out):
+            out = out.clone()
+            out[..., d:d + dh] = key
+            return out
+
+        make = lambda: blk1.attn.c_attn.register_forward_hook(put)  # noqa: E731
+    else:  # the MLP's input only (the skip connection keeps the clean stream)
+        with torch.no_grad():
+            mlp_in = blk1.ln_2(c["mid"] - head(c["z"]) + head(x["z"]))
+        make = lambda: blk1.mlp.register_forward_pre_hook(lambda m, a: (mlp_in,))  # noqa: E731
+    return run(clean, [make])[0].log_softmax(-1)
+
+
+def test_edge_patching_on_a_bridge_matches_explicit_hf_patching(bridges, hf_models) -> None:
+    from interplab.interventions.circuits import eap
+    from interplab.interventions.edges import Graph, run_edges, sender_outputs
+
+    model, tok = bridges["gpt2"]
+    hf = hf_models["gpt2"]
+    clean, _ = pair(len(tok), batch=3)
+    corrupted = torch.randint(1, len(tok), clean.shape, generator=torch.Generator().manual_seed(5))
+    g = Graph.from_model(model)
+    assert g.n_edges == 12 * 1 + 5 + 12 * 6 + 10 + 11  # q/k/v and MLP inputs of layers 0 and 1, logits
+    corr = sender_outputs(model, g, corrupted)
+    with torch.no_grad():
+        clean_lp = model(clean).log_softmax(-1)
+        for sender, receiver, name in ((1, "k", "a0.h1->a1.h0.k"), (2, "mlp", "a0.h2->m1")):
+            got = run_edges(model, g, clean, corr, g.edge_set([name]).float()).log_softmax(-1)
+            want = _gpt2_edge_patched(hf, clean, corrupted, sender, receiver)
+            assert (want - clean_lp).abs().max() > 1e-2, name  # the edge matters
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(run_edges(model, g, clean, corr, g.mask(1.0)), model(corrupted), atol=1e-4, rtol=1e-4)
+    # EAP's gradients flow through the bridge's hooks: each score is the slope of the patched metric
+    scores = eap(model, g, clean, corr, metric)
+    with torch.no_grad():
+        for name in ("a0.h1->a1.h0.k", "embed->a0.h3.v", "a0.h2->m1", "m0->logits"):
+            mask = g.edge_set([name]).float()
+            slope = (metric(run_edges(model, g, clean, corr, 1e-2 * mask)) -
+                     metric(run_edges(model, g, clean, corr, -1e-2 * mask))) / 2e-2
+            assert abs(float(scores[mask.bool()]) - float(slope)) < 1e-2 * max(1.0, abs(float(slope))), name
+
+
+@pytest.mark.parametrize("family", ["neox", "llama"])
+def test_edge_graph_refuses_parallel_blocks_and_grouped_heads(bridges, family) -> None:
+    from interplab.interventions.edges import Graph
+
+    with pytest.raises(InterplabError, match="parallel|groups"):
+        Graph.from_model(bridges[family].model)

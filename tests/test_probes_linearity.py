@@ -5,7 +5,8 @@ import torch
 
 from interplab.analysis.linearity import (ablation_effect_correlation, linearity_break, nonlinear_excess,
                                           nonlinear_excess_table)
-from interplab.analysis.probes import gather_positions, probe, probe_sites, unit_auc
+from interplab.analysis.probes import probe, probe_sites, unit_auc
+from interplab.instrument import gather_positions
 from interplab.errors import InterplabError
 from interplab.models import Transformer, TransformerConfig
 

@@ -52,6 +52,9 @@ def test_sae_train_errors_are_one_sentence(run_dir, tmp_path):
     with pytest.raises(InterplabError, match="no activation site named 'blocks.9.mlp.hook_post'"):
         CliRunner().invoke(app, ["train", "--run", str(run_dir), "--site", "blocks.9.mlp.hook_post",
                                  "--out", str(tmp_path / "x")], catch_exceptions=False)
+    with pytest.raises(InterplabError, match="apply to language models only"):
+        CliRunner().invoke(app, ["train", "--run", str(run_dir), "--site", "blocks.0.mlp.hook_post", "--shards",
+                                 str(tmp_path / "s"), "--out", str(tmp_path / "z")], catch_exceptions=False)
     with pytest.raises(InterplabError, match="dead_fix must be one of"):
         CliRunner().invoke(app, ["train", "--run", str(run_dir), "--site", "blocks.0.mlp.hook_post", "--dead-fix",
                                  "ghost", "--out", str(tmp_path / "y")], catch_exceptions=False)

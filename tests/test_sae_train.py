@@ -143,3 +143,11 @@ def test_dead_fixes_act_on_dead_features():
     for fix in ("ghost-original", "ghost-scaled", "ghost-dead-only"):
         # dead features get no gradient from the main loss; the ghost term lifts them towards firing
         assert pre[fix] > pre["none"] + 0.1, (fix, pre)
+
+
+def test_jumprelu_loads_but_does_not_train():
+    cfg = SAETrainConfig(steps=2, batch_size=4, buffer_size=16)
+    buf = make_buffer(Identity(), Site("hook_x"), sample_rows(torch.randn(50, 4)), cfg)
+    sae = SAE(SAEConfig(d_in=4, d_sae=8, hook_name="hook_x", architecture="jumprelu"), seed=0)
+    with pytest.raises(InterplabError, match="JumpReLU SAEs can be loaded and used but not trained"):
+        train_sae(sae, buf, cfg, quiet=True)

@@ -66,3 +66,46 @@ def test_sae_views(model):
     # the original, with none it is the SAE's error term
     assert torch.allclose(views["projected"], views["original"], atol=1e-5)
     assert torch.allclose(few["projected"] - few["features"], few["original"] - few["recon_diff"], atol=1e-5)
+
+
+@torch.no_grad()
+def test_hook_changes_next_token_distribution_with_the_coefficient(model):
+    # the diagnosis of a flat P(success): does the added vector reach the logits, and more so when larger?
+    v = steering_vector(model, HOOK, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 2, 4]]))[-1]
+    x = torch.tensor([[1, 5, 6, 7]])
+    clean = model(x)[0, -1].log_softmax(-1)
+    kl = []
+    for c in (0.0, 1.0, 8.0):
+        steered = model.run_with_hooks(x, fwd_hooks=[steering_hook(HOOK, v, c)])[0, -1].log_softmax(-1)
+        kl.append(float((clean.exp() * (clean - steered)).sum()))
+    assert kl[0] == 0.0 and 0 < kl[1] < kl[2] and kl[2] > 0.05
+
+
+def test_prompt_sets_of_different_lengths_align_at_their_ends(model):
+    from interplab.instrument import cache
+
+    pos = [torch.tensor([1, 2, 3]), torch.tensor([1, 4, 2, 3])]
+    neg = [torch.tensor([1, 6, 7, 8, 9]), torch.tensor([1, 6, 9]), torch.tensor([1, 5, 5])]
+    v = steering_vector(model, HOOK, pos, neg)
+    assert v.shape == (3, 16)
+
+    def last3(t):
+        return cache(model, t[None], names=HOOK)[1][HOOK][0, -3:]
+
+    want = torch.stack([last3(t) for t in pos]).mean(0) - torch.stack([last3(t) for t in neg]).mean(0)
+    assert torch.allclose(v, want, atol=1e-5)
+    sae = SAE(SAEConfig(d_in=16, d_sae=32, hook_name=HOOK), seed=0)
+    views = sae_views(sae, model, pos, neg, k=32)
+    assert torch.allclose(views["original"], v) and torch.allclose(views["features"], views["recon_diff"], atol=1e-5)
+    with pytest.raises(InterplabError, match="no empty prompt"):
+        steering_vector(model, HOOK, [torch.tensor([1, 2])], [])
+
+
+def test_positions_select_where_the_vector_is_read(model):
+    pos, neg = [torch.tensor([1, 2, 3]), torch.tensor([1, 4, 2, 3])], [torch.tensor([1, 6, 7, 8])]
+    full = steering_vector(model, HOOK, pos, neg)
+    assert torch.equal(steering_vector(model, HOOK, pos, neg, positions=-1), full[-1:])
+    sae = SAE(SAEConfig(d_in=16, d_sae=32, hook_name=HOOK), seed=0)
+    views = sae_views(sae, model, pos, neg, k=4, positions=[-1])
+    assert all(v.shape == (1, 16) for name, v in views.items() if name != "feature_diff")
+    assert torch.allclose(views["original"], full[-1:])

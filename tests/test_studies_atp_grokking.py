@@ -58,3 +58,28 @@ def test_grokking_refuses_an_even_modulus_before_training(tmp_path):
     with pytest.raises(InterplabError, match="odd modulus"):
         grokking.run(tmp_path, p=10, quiet=True)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_grokking_cleanup_stop_survives_a_resume(tmp_path):
+    """The stop rule's state (first epoch at test acc 0.99) is rebuilt from the metrics up to the checkpoint,
+    so a run resumed after that epoch stops where an uninterrupted one does."""
+    import torch
+
+    from interplab.io import save_torch
+    from interplab.runs import state_path
+
+    rows = [{"epoch": e, "test_acc": 0.5 if e < 1000 else 0.995} for e in range(50, 3001, 50)]
+    whole = grokking._StopAfterCleanup()
+    stop_at = next(r["epoch"] for r in rows if whole(r))
+    assert stop_at == 1500  # first at 1000, then max(500, 150) epochs
+    # killed after the checkpoint of epoch 1200 (rows past it were logged but are not in the checkpoint)
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if r["epoch"] <= 1300)
+    save_torch(state_path(tmp_path), {"epoch": 1200, "model": {}, "optimizer": {}, "generator": torch.Generator().get_state()})
+    resumed = grokking._StopAfterCleanup.for_run(tmp_path)
+    assert resumed.first == 1000
+    assert next(r["epoch"] for r in rows if r["epoch"] > 1200 and resumed(r)) == stop_at
+    # a fresh rule (what a resume used before) would first see 0.99 at 1250 and stop later
+    fresh = grokking._StopAfterCleanup()
+    assert next(r["epoch"] for r in rows if r["epoch"] > 1200 and fresh(r)) == 1750
+    assert grokking._StopAfterCleanup.for_run(tmp_path / "none").first is None

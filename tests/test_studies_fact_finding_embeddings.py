@@ -16,10 +16,14 @@ def test_fact_finding_small(tmp_path):
     br = r["linearity_break_ratio"]
     assert br["hook_input"] == [0.0, 0.0]  # one-hot (a, b) is additive
     assert br["layers.1.hook_post"][0] > br["layers.1.hook_post"][1] + 0.1  # trained breaks more than random init
+    pre = r["linearity_break_ratio_pre"]
+    assert max(pre["layers.0.hook_pre"]) < 1e-6  # a linear map of one-hot (a, b): additive whatever the weights
+    assert pre["layers.1.hook_pre"][0] > pre["layers.1.hook_pre"][1] + 0.1  # the next layer reads the non-additive part
+    assert set(r["linearity_break_ratio_shuffled_weights"]) == set(br) | set(pre)
     mlp = r["probe_acc_by_layer"]["mlp"]
     assert mlp["hook_input"] < 0.7 and mlp["layers.1.hook_post"] > 0.9
     tf, chance = r["probe_acc_by_layer"]["transformer"], r["probe_chance"]["transformer"]
-    assert r["combine_layer"] == 0
+    assert r["combine_layer"] == 0 and r["probe_rises_after_combine"] is True
     assert tf["blocks.0.hook_resid_pre"] < chance + 0.15 and tf["blocks.1.hook_resid_post"] > chance + 0.3
     assert r["mlp_ablation_cost"]["0"] > 0.1
     assert set(r["path_patching"]) >= {"head 0.0", "mlp0"}
@@ -37,27 +41,47 @@ def test_studies_are_registered_in_the_cli():
         assert result.exit_code == 0 and "--out" in result.output
 
 
-def test_embeddings_refuses_an_hf_model_without_interplab_lm(tmp_path):
+TINY = embeddings.Settings(corpus_bytes=30_000, people=6, cities=3, countries=2, objects=4, vocab_size=300, n_ctx=32,
+                          d_model=16, n_layers=2, n_heads=2, d_mlp=32, epochs=2, rows_per_epoch=16, batch_size=8,
+                          n_splits=2, n_docs=200, n_eval_docs=20, eval_len=12, min_count=3)
+
+
+def test_embeddings_on_the_corpus_lm_and_reuse_of_its_run(tmp_path):
+    r = embeddings.run(tmp_path / "a", settings=TINY, quiet=True)
+    assert (tmp_path / "a" / "run" / "model.safetensors").is_file() and "corpus LM" in r["source"]
+    assert r["n_tokens_analysed"] >= 10 and {"capital", "leading_space", "length"} <= set(r["property_probe"])
+    assert "corpus category" in r["property_probe"] and {"person", "word"} <= set(r["category_classes"])
+    sites = {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
+    assert set(r["truncation_similarity"]) == sites and set(r["truncation_by_word_index"]) == sites
+    assert {"person", "word"} <= set(r["truncation_similarity"]["blocks.0.hook_resid_post"])
+    assert set(r["word_index_probe"]) == {"hook_embed"} | sites
+    assert set(r["relation_pairs"]) == {"city -> country", "object -> colour"}
+    # a run of the lm task (as `interplab train lm` writes it) is analysed as it is, not retrained
+    again = embeddings.run(tmp_path / "b", run_dir=tmp_path / "a" / "run", settings=TINY, quiet=True)
+    assert again["cosine_mean_raw"] == r["cosine_mean_raw"] and not (tmp_path / "b" / "run").exists()
+    assert "<img" in (tmp_path / "b" / "report.html").read_text()
+
+
+def test_embeddings_refuses_a_run_that_is_not_an_lm_run(tmp_path):
     import pytest
 
     from interplab.errors import InterplabError
 
-    try:
-        import interplab.lm  # noqa: F401
-        pytest.skip("interplab.lm exists in this build")
-    except ImportError:
-        pass
-    with pytest.raises(InterplabError, match="interplab.lm"):
-        embeddings.run(tmp_path, model_name="gpt2", quiet=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"task": {"name": "modular"}}))
+    with pytest.raises(InterplabError, match="not a run of the lm task"):
+        embeddings.run(tmp_path / "out", run_dir=tmp_path / "run", settings=TINY, quiet=True)
 
 
-def test_embeddings_tiny_standin_and_reuse(tmp_path):
-    tiny = embeddings.Settings(n_sentences=400, vocab_size=600, n_ctx=16, d_model=16, d_mlp=32, epochs=1,
-                               n_splits=2, n_eval_sequences=30)
-    r = embeddings.run(tmp_path / "a", settings=tiny, quiet=True)
-    assert r["n_tokens_analysed"] >= 10 and set(r["property_probe"]) >= {"capital", "leading_space", "length"}
-    assert set(r["truncation_similarity"]) == {"blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
+def test_embeddings_on_a_hugging_face_model(tmp_path):
+    from lm_fixtures import make_model, make_tokenizer
+
+    tok = make_tokenizer()
+    make_model("gpt2", len(tok)).save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    r = embeddings.run(tmp_path / "out", model_name=str(tmp_path / "gpt2"), settings=TINY, quiet=True)
+    assert r["source"].startswith("Hugging Face model") and r["d_model"] == 32
+    assert set(r["cosine_mean_raw"]) == {"trained"}  # no random-init twin of a loaded model
+    assert "country -> capital" in r["relation_pairs"]
     assert set(r["word_index_probe"]) == {"hook_embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"}
-    again = embeddings.run(tmp_path / "b", run_dir=tmp_path / "a" / "lm", settings=tiny, quiet=True)
-    assert again["cosine_mean_raw"] == r["cosine_mean_raw"] and again["property_probe"] == r["property_probe"]
-    assert "<img" in (tmp_path / "b" / "report.html").read_text()
+    assert "<img" in (tmp_path / "out" / "report.html").read_text()

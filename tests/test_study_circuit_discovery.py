@@ -22,7 +22,7 @@ def _case():
 
 
 def test_evaluate_case_scores_every_method():
-    s = cd.Settings(n_prompts=6, ig_steps=2, sweep=(0.0, 1e9))
+    s = cd.Settings(n_prompts=6, ig_steps=2, sweep=(0.0, 1e9), kl_sweep=(0.0, 1e9))
     case = _case()
     e = cd.evaluate_case(case, s, quiet=True)
     graph = Graph.from_model(case.model)
@@ -35,6 +35,14 @@ def test_evaluate_case_scores_every_method():
     (t0, n0, _, r0, f0), (t1, n1, _, r1, f1) = e["sweep"]
     assert n0 > 0 and f0 > 0.99 and n1 == 0 and r1 == 0.0
     assert e["faithfulness"]["known"] > 0.5
+    # the KL sweep, precision-recall curves over every score threshold, recall of the top |known| edges
+    assert [row[0] for row in e["sweep_kl"]] == [0.0, 1e9] and e["sweep_kl"][0][1] > 0 == e["sweep_kl"][1][1]
+    for m in ("eap", "eap_qk", "eap_ig", "single_edge"):
+        prec, rec = e["pr"][m]
+        assert rec[0] == 1.0 and rec[-1] == 0.0 and 0.0 <= float(prec.min()) <= 1.0
+        assert 0.0 <= e["recall_at_known_size"][m] <= 1.0 and 0.0 <= e["precision_at_recall_90"][m] <= 1.0
+    # the known circuit here is the top single-edge effects, so ranking by them recovers it exactly
+    assert e["recall_at_known_size"]["single_edge"] == 1.0 and e["precision_at_recall_90"]["single_edge"] == 1.0
     fig = cd.draw_circuit(graph, e["known"], eff)
     assert fig.axes
 

@@ -24,6 +24,8 @@ def test_sae_lm_study_contract(tmp_path):
     assert set(res["pareto"]) == {"plain", "resample", "ghost"} and all(len(v) == 2 for v in res["pareto"].values())
     assert set(res["steering"]) == {"original", "features", "single", "recon_diff", "projected"}
     assert all(len(row) == 3 and 0 <= row[1] <= 1 for rows in res["steering"].values() for row in rows)
+    assert 0 <= res["steering_prompted"] <= 1 and res["steering_vector_norm"] > 0 and res["steering_resid_norm"] > 0
+    assert res["steering_prompts"][0] >= 1 and sum(res["steering_prompts"]) == 8  # the 8 people's sport prompts
     assert res["attribute_feature_auc"] and all(0 <= v <= 1 for v in res["attribute_feature_auc"].values())
     assert res["ce_clean"] < res["ce_zero"] and res["l0"] > 0
     assert len(list((tmp_path / "acts").glob("shard_*.safetensors"))) >= 2

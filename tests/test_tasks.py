@@ -65,11 +65,13 @@ def test_published_table_loads_through_the_restricted_unpickler(shared_data) -> 
     agree = (t.extras["model_labels"] == t.labels).float().mean().item()
     assert 0.98 < agree < 0.99  # the challenge reports 98.6% for the original network
     assert t.inputs[113 * 5 + 7].tolist() == [5, 7, 113]
+    assert pair_label_task(labels="auto", data_dir=shared_data).describe()["labels"] == "published"
 
 
 def test_auto_labels_fall_back_to_builtin_without_data(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("INTERPLAB_DATA", str(tmp_path))
     assert pair_label_task().extras["source"] == "builtin"
+    assert pair_label_task().describe()["labels"] == "builtin"  # a run stores the source it used, never "auto"
     with pytest.raises(InterplabError, match="missing from the data directory"):
         pair_label_task(labels="published")
 

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +152,28 @@ def to_device(x: Any, device: torch.device) -> Any:
     return x.to(device) if isinstance(x, torch.Tensor) else x
 
 
+def to_host(x: Any) -> Any:
+    """``x`` with every tensor in it (also inside dicts, lists, tuples and dataclasses) on the CPU,
+    half-precision ones in float32 (numpy has no bfloat16): what numpy, plots and reports need from
+    results computed on any device.
+
+    Example:
+        >>> r = to_host({"effect": [torch.ones(2, dtype=torch.bfloat16)], "n": 3})
+        >>> r["effect"][0].dtype, r["n"]
+        (torch.float32, 3)
+    """
+    if isinstance(x, torch.Tensor):
+        half = x.dtype in (torch.bfloat16, torch.float16)
+        return x.detach().to(device="cpu", dtype=torch.float32 if half else x.dtype)
+    if isinstance(x, dict):
+        return {k: to_host(v) for k, v in x.items()}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):  # results such as a fitted PCA or rule
+        return dataclasses.replace(x, **{f.name: to_host(getattr(x, f.name)) for f in dataclasses.fields(x) if f.init})
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(to_host(v) for v in x)
+    return x
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a command runs its model: the ``--device`` and ``--dtype`` options of every command
@@ -194,4 +217,4 @@ class Placement:
 
 
 __all__ = ["DEVICES", "DTYPES", "Placement", "cuda_available", "mps_available", "resolve_device", "resolve_dtype",
-           "dtype_name", "model_device", "model_dtype", "to_model", "to_device"]
+           "dtype_name", "model_device", "model_dtype", "to_model", "to_device", "to_host"]

@@ -4,7 +4,8 @@
   site's value as rows ``[rows, d]`` and writes rows back (what an SAE reads and splices);
 - :func:`cache`: the activations at chosen sites in one forward pass (``run_with_cache`` with a
   name filter, extra hooks, optionally as gradient leaves);
-- :func:`site_values`: one site's activations over a dataset, in batches;
+- :func:`site_values`: the activations of one or several sites over a dataset, in batches,
+  optionally at one position per input (:func:`gather_positions`);
 - :func:`run_batches` / :func:`predict`: batched forward passes with hooks and per-input
   values written into sites, and a readout (predicted classes by default);
 - :func:`run_with_patches` / :func:`masked_patch`: overwrite sites with other values, only
@@ -272,27 +273,75 @@ def cache(model: HookedRootModule, *args: Any, names: NameFilter = None, fwd_hoo
     return out, acts
 
 
-@torch.no_grad()
-def site_values(model: HookedRootModule, inputs: Tensor, site: str, batch_size: int = 4096,
-                fwd_hooks: Hooks = (), **forward_kwargs: Any) -> Tensor:
-    """The activations ``[N, ...]`` of ``model`` at ``site`` on ``inputs`` (batched, detached).
+def gather_positions(acts: Tensor, positions: Tensor | Sequence[int] | int) -> Tensor:
+    """Pick one position per input: ``acts[i, positions[i]]`` from ``acts [N, pos, ...]``.
 
-    ``fwd_hooks`` act in every batch (the values are the edited ones where they edit ``site``);
-    ``forward_kwargs`` go to the model (e.g. ``positions=[-1]``).
+    ``positions``: one int for all inputs (negative allowed) or ``[N]`` ints, e.g. the last
+    token of each input's multi-token name. Returns ``[N, ...]``. Raises
+    :class:`InterplabError` when there is no position axis, the count is wrong or a position
+    is out of range.
+
+    Example:
+        >>> import torch
+        >>> a = torch.arange(12.0).reshape(2, 3, 2)
+        >>> gather_positions(a, [2, 0]).tolist(), gather_positions(a, -1).tolist()
+        ([[4.0, 5.0], [6.0, 7.0]], [[4.0, 5.0], [10.0, 11.0]])
+    """
+    check(acts.dim() >= 2, f"acts must have a position axis [N, pos, ...], got shape {tuple(acts.shape)}.")
+    n, p = acts.shape[:2]
+    pos = torch.as_tensor(positions, dtype=torch.long, device=acts.device)
+    pos = pos.expand(n) if pos.dim() == 0 else pos.reshape(-1)
+    check(len(pos) == n, f"positions must give one position per input ({n}), got {len(pos)}.")
+    check(bool(((pos >= -p) & (pos < p)).all()), f"positions must lie in -{p}..{p - 1}.")
+    return acts[torch.arange(n, device=acts.device), pos % p]
+
+
+@torch.no_grad()
+def site_values(model: HookedRootModule, inputs: Tensor, site: str | Sequence[str], batch_size: int = 4096,
+                fwd_hooks: Hooks = (), position: Tensor | Sequence[int] | int | None = None,
+                **forward_kwargs: Any) -> Tensor | dict[str, Tensor]:
+    """The activations of ``model`` at ``site`` on ``inputs`` (batched, detached).
+
+    ``site``: one name (returns ``[N, ...]``) or a list of names, all read in the same forward
+    passes (returns ``{name: [N, ...]}`` in the order given). ``position`` keeps one position
+    per input (an int for all, or ``[N]`` ints, see :func:`gather_positions`): ``[N, ...]``
+    without the position axis, gathered batch by batch. ``fwd_hooks`` act in every batch (the
+    values are the edited ones where they edit ``site``); ``forward_kwargs`` go to the model
+    (e.g. ``positions=[-1]``, which our ``Transformer`` reads out at). Raises
+    :class:`InterplabError` for an unknown site, empty inputs or a bad ``batch_size``.
 
     Example:
         >>> import torch
         >>> from interplab.models import Transformer, TransformerConfig
         >>> m = Transformer(TransformerConfig(d_vocab=5, n_ctx=3, d_model=8, n_heads=2, d_mlp=16))
-        >>> site_values(m, torch.tensor([[1, 2, 4]]), "blocks.0.hook_resid_mid", positions=[-1]).shape
-        torch.Size([1, 1, 8])
+        >>> x = torch.tensor([[1, 2, 4], [0, 3, 3]])
+        >>> site_values(m, x, "blocks.0.hook_resid_mid", positions=[-1]).shape
+        torch.Size([2, 1, 8])
+        >>> v = site_values(m, x, ["hook_embed", "blocks.0.hook_resid_post"], position=[2, 0])
+        >>> list(v), v["blocks.0.hook_resid_post"].shape
+        (['hook_embed', 'blocks.0.hook_resid_post'], torch.Size([2, 8]))
     """
-    check(site in model.hook_dict, f"Unknown activation site {site!r} for {type(model).__name__}.")
+    one = isinstance(site, str)
+    names = [site] if one else list(site)
+    check(len(names) > 0, "Name at least one activation site.")
+    for name in names:
+        check(isinstance(name, str), f"Site names must be strings, got {name!r}.")
+        check(name in model.hook_dict, f"Unknown activation site {name!r} for {type(model).__name__}.")
     check(len(inputs) > 0, "inputs are empty; pass at least one example.")
     check(batch_size >= 1, f"batch_size must be at least 1, got {batch_size}.")
-    out = [cache(model, chunk, names=site, fwd_hooks=fwd_hooks, **forward_kwargs)[1][site]
-           for chunk in inputs.split(batch_size)]
-    return torch.cat(out)
+    pos = None if position is None else torch.as_tensor(position, dtype=torch.long)
+    if pos is not None and pos.dim() > 0:
+        check(pos.numel() == len(inputs), f"position must give one position per input ({len(inputs)}), got {pos.numel()}.")
+    parts: dict[str, list[Tensor]] = {name: [] for name in names}
+    for start in range(0, len(inputs), batch_size):
+        acts = cache(model, inputs[start:start + batch_size], names=names, fwd_hooks=fwd_hooks, **forward_kwargs)[1]
+        for name in names:
+            a = acts[name]
+            if pos is not None:
+                a = gather_positions(a, pos if pos.dim() == 0 else pos.reshape(-1)[start:start + batch_size])
+            parts[name].append(a)
+    out = {name: torch.cat(v) for name, v in parts.items()}
+    return out[site] if one else out
 
 
 def default_readout(out: Tensor) -> Tensor:
@@ -578,6 +627,7 @@ def trace(model: HookedRootModule, *args: Any, names: NameFilter = None, **kwarg
     return Trace(model, _on_device(model, args), kwargs, names)
 
 
-__all__ = ["Site", "Hook", "units_index", "site_filter", "cache", "site_groups", "site_values", "default_readout",
+__all__ = ["Site", "Hook", "units_index", "site_filter", "cache", "site_groups", "site_values", "gather_positions",
+           "default_readout",
            "run_batches", "predict", "masked_patch", "patch_hooks", "write_hooks", "run_with_patches", "trace", "Trace",
            "TracedSite"]

@@ -4,13 +4,18 @@ Every training loop (:func:`interplab.train.train`, :func:`interplab.sae.train.t
 and every study runs inside ``with numerics():``, which sets two things for its duration:
 
 - **Subnormal floats are flushed to zero** (``torch.set_flush_denormal(True)``; on x86 the
-  FTZ/DAZ bits). Late in training, gradients and Adam's moments fall below 1.2e-38, the
-  smallest normal float32, and x86 CPUs handle such numbers through a slow microcode path:
-  the EIS VII challenge 2 training drops from 7.5 to 1.1 epochs/s once its loss is below
-  1e-4 (``bench/subnormals.py`` measures the ratio). Flushing changes only values below
-  1.2e-38 (they become 0); weights, losses and accuracies agree with the unflushed run to
-  every digit the studies report (``bench/subnormals.py`` prints the largest weight
-  difference too).
+  FTZ/DAZ bits). Late in training the model is so confident that the wrong class's
+  probability falls below 1.2e-38, the smallest normal float32 (log-probability below
+  -87.3), and the backward pass carries subnormal numbers: at epoch 1500 of the EIS VII
+  challenge 2 training (loss 5.7e-5) 2.3 million of them, 1.5% to 10% of the gradients at
+  each activation site, none in Adam's moments (``bench/subnormals.py`` counts them per
+  tensor). CPUs with a subnormal penalty (Intel x86) take a slow microcode path on them; the
+  issue that introduced flushing measured 7.5 -> 1.1 epochs/s there. CPUs without one (AMD
+  EPYC, the shared development machine) run them at full speed, so flushing changes nothing
+  in time (``bench/subnormals.py`` measures the ratio and times kernels on subnormal
+  operands). Flushing changes only values below 1.2e-38 (they become 0); weights, losses and
+  accuracies agree with the unflushed run to every digit the studies report (largest weight
+  difference after 20 epochs 3e-31, printed by ``bench/subnormals.py``).
 - **Deterministic algorithms** (``torch.use_deterministic_algorithms(True, warn_only=True)``).
   On the CPU with several threads, the backward pass of advanced indexing (``W_E[tokens]``,
   i.e. ``index_put_(..., accumulate=True)``) adds the rows of repeated indices in an order that
@@ -45,6 +50,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from interplab.errors import check
 
 FLUSH_ENV = "INTERPLAB_FLUSH_DENORMAL"
 DETERMINISTIC_ENV = "INTERPLAB_DETERMINISTIC"
@@ -119,4 +126,17 @@ def numerics(flush_denormal: bool | None = None, deterministic: bool | None = No
         torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
 
 
-__all__ = ["Numerics", "numerics", "current", "FLUSH_ENV", "DETERMINISTIC_ENV"]
+def count_subnormal(x: torch.Tensor) -> int:
+    """How many entries of a floating tensor are subnormal (nonzero, below ``finfo(dtype).tiny`` in
+    magnitude): the numbers x86 CPUs handle on their slow path unless flushed.
+
+    Example:
+        >>> count_subnormal(torch.tensor([1e-40, 1e-30, 0.0, -1e-39]))
+        2
+    """
+    check(x.is_floating_point(), f"count_subnormal needs a floating tensor, got {x.dtype}.")
+    tiny = torch.finfo(x.dtype).tiny
+    return int(((x != 0) & (x.abs() < tiny)).sum())
+
+
+__all__ = ["Numerics", "numerics", "current", "count_subnormal", "FLUSH_ENV", "DETERMINISTIC_ENV"]

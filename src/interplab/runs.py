@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from interplab.devices import resolve_device, resolve_dtype
+from interplab.devices import dtype_name, model_device, model_dtype, resolve_device, resolve_dtype
 from interplab.errors import check
 from interplab.io import (PathLike, atomic_write_bytes, atomic_write_json, jsonable, load_state_into, load_tensors,
                           load_torch, read_json, save_tensors, save_torch)
@@ -35,8 +35,9 @@ from interplab.models import model_config_dict, model_from_config_dict
 def save_model(run_dir: PathLike, model: torch.nn.Module, extra_config: dict[str, Any] | None = None) -> None:
     """Save ``model`` into ``run_dir``: weights to ``model.safetensors``, config to ``config.json``.
 
-    ``extra_config`` (task, training settings) is stored beside the model config. An existing
-    ``config.json`` keeps its other keys.
+    ``extra_config`` (task, training settings) is stored beside the model config, and ``placement``
+    (the model's device and dtype: :func:`load` restores the dtype). An existing ``config.json``
+    keeps its other keys.
 
     Example: see the module docstring.
     """
@@ -45,6 +46,7 @@ def save_model(run_dir: PathLike, model: torch.nn.Module, extra_config: dict[str
     cfg_path = run_dir / "config.json"
     config = read_json(cfg_path) if cfg_path.exists() else {}
     config["model"] = model_config_dict(model)
+    config["placement"] = {"device": str(model_device(model)), "dtype": dtype_name(model_dtype(model))}
     if extra_config:
         config.update(extra_config)
     atomic_write_json(cfg_path, config)

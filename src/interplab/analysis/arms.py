@@ -64,7 +64,7 @@ def fit_arms(points: Tensor, n_arms: int = 2, rest_quantile: float = 0.05, far_q
     off = x - origin
     length = off.norm(dim=1)
     far = length >= length.quantile(far_quantile)
-    unit = (off[far] / length[far, None].clamp(min=1e-12)).numpy()
+    unit = (off[far] / length[far, None].clamp(min=1e-12)).cpu().numpy()
     check(len(np.unique(unit.round(9), axis=0)) >= n_arms,
           f"The points leave their resting point in fewer than {n_arms} distinct directions, so {n_arms} arms "
           "cannot be fitted.")

@@ -158,6 +158,21 @@ def _refine(values: Tensor, y: Tensor, thresholds: Tensor, rounds: int = 3) -> T
     return t
 
 
+def refine_thresholds(values: Tensor, target: Tensor, thresholds: Tensor, rounds: int = 3) -> Tensor:
+    """Thresholds of an AND rule over fixed readouts ``values`` ``[N, m]``, improved by exact
+    coordinate-wise search (each threshold the best given the others), starting from ``thresholds`` ``[m]``.
+
+    Example:
+        >>> import torch
+        >>> v = torch.tensor([[0.2, 0.9], [0.8, 0.9], [0.8, 0.1], [0.9, 0.8]], dtype=torch.float64)
+        >>> refine_thresholds(v, torch.tensor([0, 1, 0, 1]), torch.tensor([0.0, 0.0], dtype=torch.float64)).tolist()
+        [0.5, 0.45]
+    """
+    check(values.dim() == 2 and len(values) == len(target.reshape(-1)) and values.shape[1] == len(thresholds),
+          "values must be [N, m] with one target per row and m thresholds.")
+    return _refine(values.double(), target.reshape(-1).bool(), thresholds.double(), rounds)
+
+
 def fit_threshold_rule(
     x: Tensor,
     target: Tensor,
@@ -371,5 +386,5 @@ def readout_basis(readouts: Tensor, x: Tensor | None = None) -> Tensor:
     return torch.linalg.inv(w.T)
 
 
-__all__ = ["OPS", "best_threshold", "ThresholdRule", "rule_agreement", "fit_threshold_rule", "lift_rule", "fit_rule_in_subspace", "logit_diff",
+__all__ = ["OPS", "best_threshold", "refine_thresholds", "ThresholdRule", "rule_agreement", "fit_threshold_rule", "lift_rule", "fit_rule_in_subspace", "logit_diff",
            "gradient_subspace", "subspace_r2", "readout_basis"]

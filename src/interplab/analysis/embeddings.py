@@ -12,7 +12,9 @@
   context and with the context removed (the token alone), per position; averaged by token
   category it shows which tokens need context (word continuations) and which do not;
 - :func:`index_in_word`: each token's index within its word, the target of a probe for
-  emergent positional information.
+  emergent positional information;
+- :func:`majority_category`: each token's most frequent category in annotated text (e.g. the
+  generated corpus), a property to probe and a way to group tokens.
 
 These follow the embedding puzzles and the detokenisation measurements of Nanda et al. (2023),
 "Fact Finding" (Alignment Forum), post 5 ("Do Early Layers Specialise in Local Processing?"),
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from interplab.analysis.probes import ProbeResult, probe
 from interplab.errors import check
-from interplab.instrument import cache
+from interplab.instrument import site_values
 
 
 def pairwise_cosines(E: Tensor, center: bool = False, max_tokens: int | None = None,
@@ -180,20 +182,12 @@ def truncation_similarity(model: Any, tokens: Tensor, site: str, prefix: Sequenc
     """
     check(tokens.dim() == 2, f"tokens must have shape [N, pos], got {tuple(tokens.shape)}.")
     k = len(prefix)
-    full_parts = []
-    for chunk in tokens.split(batch_size):
-        _, acts = cache(model, chunk, names=[site])
-        check(acts[site].dim() == 3, f"Site {site} has no [batch, pos, d] shape; pick a residual-stream site.")
-        full_parts.append(acts[site].detach())
-    full = torch.cat(full_parts)  # [N, P, d]
+    full = site_values(model, tokens, site, batch_size=batch_size)  # [N, P, d]
+    check(full.dim() == 3, f"Site {site} has no [batch, pos, d] shape; pick a residual-stream site.")
     uniq, inverse = torch.unique(tokens, return_inverse=True)
     alone_in = torch.cat([torch.tensor(list(prefix), dtype=tokens.dtype, device=tokens.device).expand(len(uniq), k),
                           uniq[:, None]], 1)
-    alone_parts = []
-    for chunk in alone_in.split(batch_size):
-        _, acts = cache(model, chunk, names=[site])
-        alone_parts.append(acts[site][:, -1].detach())
-    alone = torch.cat(alone_parts)[inverse]  # [N, P, d]
+    alone = site_values(model, alone_in, site, batch_size=batch_size, position=-1)[inverse]  # [N, P, d]
     cos = torch.nn.functional.cosine_similarity(full.double(), alone.double(), dim=-1)
     cos[:, :k + 1] = float("nan")
     return cos.to(full.dtype)
@@ -220,6 +214,29 @@ def index_in_word(strings: Sequence[str], space_markers: str = " \u0120\u2581") 
     return out
 
 
+def majority_category(ids: Sequence[Sequence[int]], categories: Sequence[Sequence[str]], d_vocab: int
+                      ) -> list[str | None]:
+    """Each token's most frequent category in annotated text (None for a token never seen).
+
+    ``ids`` and ``categories``: sequences of token ids and, aligned with them, each token's
+    category (e.g. :class:`interplab.lm.corpus.AnnotatedDoc` ``.ids`` and ``.categories``).
+    Ties go to the category first seen. Returns a list of ``d_vocab`` entries. Raises if a
+    sequence of ids and its categories differ in length or an id is outside the vocabulary.
+
+    Example:
+        >>> majority_category([[1, 2, 1], [1]], [["name", "word", "word"], ["name"]], 4)
+        [None, 'name', 'word', None]
+    """
+    check(len(ids) == len(categories), f"{len(ids)} id sequences but {len(categories)} category sequences.")
+    counts: list[dict[str, int]] = [{} for _ in range(d_vocab)]
+    for seq, cats in zip(ids, categories):
+        check(len(seq) == len(cats), f"Each token needs a category: {len(seq)} ids, {len(cats)} categories.")
+        for t, c in zip(seq, cats):
+            check(0 <= t < d_vocab, f"Token id {t} is outside the vocabulary of {d_vocab}.")
+            counts[t][c] = counts[t].get(c, 0) + 1
+    return [max(c, key=c.__getitem__) if c else None for c in counts]
+
+
 def centred_norm_ratio(E: Tensor) -> float:
     """Norm of the mean embedding over the mean norm of the centred embeddings (how large the
     shared direction is). 0 for embeddings centred at the origin.
@@ -235,5 +252,5 @@ def centred_norm_ratio(E: Tensor) -> float:
 
 
 __all__ = ["pairwise_cosines", "token_properties", "property_probes", "relation_consistency",
-           "truncation_similarity", "index_in_word", "centred_norm_ratio"]
+           "truncation_similarity", "index_in_word", "majority_category", "centred_norm_ratio"]
 

@@ -68,10 +68,10 @@ def group_units(
     dead = dead_units(acts, eps)
     alive = (~dead).nonzero().reshape(-1)
     check(len(alive) >= n_groups, f"Only {len(alive)} units are ever active; cannot form {n_groups} groups.")
-    prof = activation_profiles(acts[:, alive]).numpy()
+    prof = activation_profiles(acts[:, alive]).double().cpu().numpy()
     prof = prof / np.sqrt(prof.shape[1])  # each row has unit norm (or zero)
     if features is not None:
-        f = torch.as_tensor(features, dtype=torch.float64)[alive].numpy()
+        f = torch.as_tensor(features, dtype=torch.float64).cpu()[alive.cpu()].numpy()
         f = f.reshape(len(alive), -1)
         f = (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1.0)
         f = f * feature_weight / np.sqrt(f.shape[1])
@@ -86,7 +86,7 @@ def group_units(
     rank = np.empty(n_groups, dtype=np.int64)
     rank[order] = np.arange(n_groups)
     out = torch.full((acts.shape[1],), -1, dtype=torch.long)
-    out[alive] = torch.as_tensor(rank[raw], dtype=torch.long)
+    out[alive.cpu()] = torch.as_tensor(rank[raw], dtype=torch.long)
     return out
 
 

@@ -6,7 +6,7 @@ for numbers (scored by test R^2). One fit says little, so :func:`probe` repeats 
 random train/test splits (one seed for all of them) and reports the mean and spread of the
 test score. :func:`probe_sites` does that at every site of a model, e.g. per layer, reading
 one position of each sequence (or a different position per input, such as the last token of
-a multi-token name: :func:`gather_positions`). :func:`unit_auc` scores each single unit (or
+a multi-token name: :func:`interplab.instrument.gather_positions`). :func:`unit_auc` scores each single unit (or
 feature) as a one-dimensional probe by its ROC AUC.
 
 Probes as a method: Alain & Bengio (2016), "Understanding intermediate layers using linear
@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interplab.errors import check
-from interplab.instrument import cache
+from interplab.instrument import site_values
 
 KINDS = ("logistic", "ridge")
 
@@ -166,56 +166,6 @@ def _cv_quiet_options(cls: Any) -> dict[str, Any]:
     return {k: v for k, v in (("l1_ratios", (0.0,)), ("use_legacy_attributes", False)) if k in params}
 
 
-def gather_positions(acts: Tensor, positions: Tensor | Sequence[int] | int) -> Tensor:
-    """Pick one position per input: ``acts[i, positions[i]]`` from ``acts [N, pos, ...]``.
-
-    ``positions``: one int for all inputs (negative allowed) or ``[N]`` ints, e.g. the last
-    token of each input's multi-token name. Returns ``[N, ...]``.
-
-    Example:
-        >>> import torch
-        >>> a = torch.arange(12.0).reshape(2, 3, 2)
-        >>> gather_positions(a, [2, 0]).tolist(), gather_positions(a, -1).tolist()
-        ([[4.0, 5.0], [6.0, 7.0]], [[4.0, 5.0], [10.0, 11.0]])
-    """
-    check(acts.dim() >= 2, f"acts must have a position axis [N, pos, ...], got shape {tuple(acts.shape)}.")
-    n, p = acts.shape[:2]
-    pos = torch.as_tensor(positions, dtype=torch.long, device=acts.device)
-    pos = pos.expand(n) if pos.dim() == 0 else pos.reshape(-1)
-    check(len(pos) == n, f"positions must give one position per input ({n}), got {len(pos)}.")
-    check(bool(((pos >= -p) & (pos < p)).all()), f"positions must lie in -{p}..{p - 1}.")
-    return acts[torch.arange(n, device=acts.device), pos % p]
-
-
-def site_activations(model: Any, inputs: Tensor, sites: Sequence[str], position: Tensor | Sequence[int] | int | None
-                     = -1, batch_size: int = 1024, **model_kwargs: Any) -> dict[str, Tensor]:
-    """Activations of ``model`` at ``sites`` on ``inputs``, at ``position`` (see :func:`gather_positions`).
-
-    ``position=None`` keeps every axis (for models without a position axis, such as an MLP).
-    Returns ``{site: [N, ...]}`` (detached).
-
-    Example:
-        >>> import torch
-        >>> from interplab.models import Transformer, TransformerConfig
-        >>> m = Transformer(TransformerConfig(d_vocab=5, n_ctx=3, d_model=8, n_heads=2, d_mlp=16))
-        >>> acts = site_activations(m, torch.tensor([[1, 2, 4], [0, 3, 3]]), ["blocks.0.hook_resid_post"])
-        >>> acts["blocks.0.hook_resid_post"].shape
-        torch.Size([2, 8])
-    """
-    parts: dict[str, list[Tensor]] = {s: [] for s in sites}
-    pos = None if position is None else torch.as_tensor(position, dtype=torch.long)
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch_size):
-            chunk = inputs[start:start + batch_size]
-            _, acts = cache(model, chunk, names=list(sites), **model_kwargs)
-            for s in sites:
-                a = acts[s].detach()
-                if pos is not None:
-                    a = gather_positions(a, pos if pos.dim() == 0 else pos[start:start + batch_size])
-                parts[s].append(a)
-    return {s: torch.cat(v) for s, v in parts.items()}
-
-
 def probe_sites(model: Any, inputs: Tensor, y: Tensor | np.ndarray, sites: Sequence[str],
                 position: Tensor | Sequence[int] | int | None = -1, kind: str = "logistic", quiet: bool = True,
                 model_kwargs: dict[str, Any] | None = None, **probe_kwargs: Any) -> dict[str, ProbeResult]:
@@ -235,7 +185,7 @@ def probe_sites(model: Any, inputs: Tensor, y: Tensor | np.ndarray, sites: Seque
         >>> res["hook_input"].mean > 0.8
         True
     """
-    acts = site_activations(model, inputs, sites, position, **(model_kwargs or {}))
+    acts = site_values(model, inputs, list(sites), position=position, **(model_kwargs or {}))
     out = {}
     for s in tqdm(sites, disable=quiet, desc="probes", unit="site"):
         out[s] = probe(acts[s], y, kind=kind, **probe_kwargs)
@@ -267,4 +217,4 @@ def unit_auc(acts: Tensor, labels: Tensor | np.ndarray) -> Tensor:
     return torch.tensor([roc_auc_score(yb, a[:, j]) for j in range(a.shape[1])], dtype=torch.float64)
 
 
-__all__ = ["KINDS", "ProbeResult", "probe", "gather_positions", "site_activations", "probe_sites", "unit_auc"]
+__all__ = ["KINDS", "ProbeResult", "probe", "probe_sites", "unit_auc"]

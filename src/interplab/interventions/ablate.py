@@ -43,10 +43,12 @@ Units = int | Sequence[int] | Tensor | None
 
 
 def _dual(basis: Tensor) -> Tensor:
-    """``[d, k]`` matrix ``D`` with ``coordinates = x @ D`` (least squares)."""
-    gram = basis.T @ basis
+    """``[d, k]`` matrix ``D`` with ``coordinates = x @ D`` (least squares), in ``basis``'s dtype (solved in at
+    least float32: linalg has no bfloat16)."""
+    wide = basis.to(torch.promote_types(basis.dtype, torch.float32))
+    gram = wide.T @ wide
     check(bool(torch.linalg.matrix_rank(gram.double()) == basis.shape[1]), "basis columns must be linearly independent.")
-    return basis @ torch.linalg.inv(gram)
+    return (wide @ torch.linalg.inv(gram)).to(basis.dtype)
 
 
 def coordinates(x: Tensor, units: Units = None, basis: Tensor | None = None) -> Tensor:

@@ -366,7 +366,7 @@ def agreement(true: Tensor | dict[str, Tensor], estimate: Tensor | dict[str, Ten
     if t_const or e_const:  # a rank correlation with a constant side is undefined
         rho = 1.0 if t_const and e_const else 0.0
     else:
-        rho = spearmanr(t.numpy(), e.numpy()).statistic
+        rho = spearmanr(t.cpu().numpy(), e.cpu().numpy()).statistic
     cost = verification_cost(t, e, threshold)
     return {
         "spearman": float(rho),

@@ -271,6 +271,65 @@ def eap_ig(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted_tokens
     return total / steps * graph.allowed.to(total.device)
 
 
+def patch_curve(model: torch.nn.Module, graph: Graph, clean: Tensor, corrupted: Tensor, edges: Tensor,
+                metric: Metric, alphas: Sequence[float] = (0.25, 0.5, 0.75, 1.0)) -> Tensor:
+    """The metric as the ``edges`` are patched by a growing fraction: ``metric(alpha) - metric(0)``, ``[len(alphas)]``.
+
+    ``edges``: bool ``[n_receivers, n_senders]``; each receiver sees ``alpha (corrupted_s -
+    clean_s)`` added for each of its senders there (``alpha = 1``: the edges patched). EAP's
+    score of a single edge is this curve's slope at 0, so the curve shows where the
+    first-order estimate fails: a curve flat at 0 and steep towards 1 (e.g. through a
+    saturated attention softmax) is an edge EAP scores near zero although patching it matters.
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> from interplab.interventions.edges import Graph, sender_outputs
+        >>> m = Transformer(TransformerConfig(d_vocab=6, n_ctx=4, d_model=8, n_layers=1, n_heads=2, d_mlp=None,
+        ...                                   normalization="none", bias=False))
+        >>> g = Graph.from_model(m)
+        >>> x, y = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 4, 5, 3]])
+        >>> corr, metric = sender_outputs(m, g, y), (lambda logits: logits[:, -1, 2].mean())
+        >>> edge = g.edge_set(["a0.h1->logits"])   # the logits are linear in it: the curve is a line
+        >>> c = patch_curve(m, g, x, corr, edge, metric, [0.5, 1.0])
+        >>> bool(torch.isclose(c[1], 2 * c[0], atol=1e-5))
+        True
+    """
+    check(bool((edges.bool() & graph.allowed.to(edges.device)).any()), "patch_curve needs at least one edge.")
+    mask = (edges.bool() & graph.allowed.to(edges.device)).float().to(corrupted.device)
+    with torch.no_grad():
+        base = metric(run_edges(model, graph, clean, corrupted, graph.mask(0.0)))
+        out = [metric(run_edges(model, graph, clean, corrupted, a * mask)) - base for a in alphas]
+    return torch.stack(out).detach()
+
+
+def score_pr_curve(scores: Tensor, known: Tensor, graph: Graph) -> tuple[Tensor, Tensor, Tensor]:
+    """Precision and recall of the circuits ``|scores| >= t`` over every threshold ``t``, against ``known``.
+
+    Returns ``(precision, recall, thresholds)`` as scikit-learn's ``precision_recall_curve``
+    gives them (over the graph's edges only; the last point is precision 1, recall 0, without a
+    threshold). ``scores``: any per-edge score ``[n_receivers, n_senders]`` (EAP, EAP-IG,
+    single-edge effects); ``known``: bool mask of the known circuit.
+
+    Example:
+        >>> import torch
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> g = Graph.from_model(Transformer(TransformerConfig(d_vocab=4, n_ctx=3, d_model=8, n_layers=1,
+        ...                                                    n_heads=1, d_mlp=None)))
+        >>> s = g.mask(0.0); s[g.receiver_index("logits"), 1] = -2.0; s[g.receiver_index("a0.h0.v"), 0] = 1.0
+        >>> p, r, t = score_pr_curve(s, g.edge_set(["a0.h0->logits"]), g)
+        >>> [round(float(x), 2) for x in p], [round(float(x), 2) for x in r]
+        ([0.2, 0.5, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0])
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    allowed = graph.allowed.cpu()
+    y, score = known.bool().cpu()[allowed].numpy(), scores.detach().abs().float().cpu()[allowed].numpy()
+    check(bool(y.any()), "The known circuit has no edge in the graph.")
+    p, r, t = precision_recall_curve(y, score)
+    return torch.tensor(p.copy()), torch.tensor(r.copy()), torch.tensor(t.copy())
+
+
 def top_edges(scores: Tensor, graph: Graph, threshold: float) -> Tensor:
     """The circuit of edges whose score magnitude is at least ``threshold``: bool ``[n_receivers, n_senders]``.
 
@@ -444,5 +503,6 @@ def draw_circuit(graph: Graph, keep: Tensor, weights: Tensor | None = None, titl
     return fig
 
 
-__all__ = ["kl_divergence", "ACDCResult", "acdc", "acdc_sweep", "eap", "eap_ig", "top_edges", "faithfulness",
+__all__ = ["kl_divergence", "ACDCResult", "acdc", "acdc_sweep", "eap", "eap_ig", "patch_curve", "score_pr_curve",
+           "top_edges", "faithfulness",
            "precision_recall", "node_edges", "component_edges", "draw_circuit"]

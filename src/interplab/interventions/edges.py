@@ -16,10 +16,15 @@ pre-activation is recomputed from that input through the layer's own norm and we
 edges are patched at once by a mask ``[n_receivers, n_senders]`` (1 = patched), which may
 also be fractional and carry gradients: its gradient at zero is edge attribution patching.
 
-The graph is written against TransformerLens hook names (``hook_embed``, ``hook_pos_embed``,
+The graph is written against TransformerLens hook names (``hook_embed``,
 ``blocks.{l}.hook_resid_pre``, ``attn.hook_q/k/v/z``, ``hook_resid_mid``, ``mlp.hook_pre``,
 ``hook_mlp_out``, ``hook_resid_post``) and the TL weight names (``ln1``, ``ln2``, ``W_Q``,
-``b_Q``, ..., ``W_O``, ``W_in``, ``b_in``).
+``b_Q``, ..., ``W_O``, ``W_in``, ``b_in``), so it runs unchanged on our ``Transformer`` and on
+a TransformerBridge model in compatibility mode (:func:`interplab.lm.load`; checked against
+explicit patching of the Hugging Face GPT-2 model in ``tests/test_lm_bridge.py``). The
+``embed`` sender is the residual stream entering block 0 (token plus positional embedding, or
+the token embedding alone with rotary positions). Models whose MLP runs in parallel with
+attention, or whose key/value heads are grouped, are refused.
 
 Example:
     >>> import torch
@@ -74,6 +79,13 @@ class Graph:
         """
         cfg = model.cfg
         L, H = int(cfg.n_layers), int(cfg.n_heads)
+        check(not getattr(cfg, "parallel_attn_mlp", False),
+              "The edge graph needs sequential blocks (each MLP reads its layer's attention output); this model "
+              "runs attention and MLP in parallel.")
+        n_kv = getattr(cfg, "n_key_value_heads", None)
+        check(n_kv is None or int(n_kv) == H,
+              f"The edge graph needs one key and value per head; this model groups {H} query heads over {n_kv} "
+              f"key/value heads.")
         has_mlp = not bool(getattr(cfg, "attn_only", False)) and getattr(cfg, "d_mlp", None) is not None
         senders, receivers, reach = ["embed"], [], []  # reach: senders visible to each receiver
         for layer in range(L):
@@ -180,22 +192,24 @@ class _EdgeRun:
         g, model = self.g, self.model
         hooks: list[tuple[str, Callable[..., Any]]] = []
 
+        # reading hooks return the tensor they keep: a bridge hands hooks views, and the pass (and
+        # its gradients) must go through the very tensor recorded here
         def embed(act: Tensor, hook: Any) -> Tensor:
-            if self.embed_override is not None:
-                act = self.embed_override
-            self.token_embed = act
+            return act if self.embed_override is None else self.embed_override.to(act.dtype)
+
+        def embed_out(act: Tensor, hook: Any) -> Tensor:  # token (+ positional) embedding: the first sender
+            self.outs.append(act)
+            self.resid = act
             return act
 
-        def pos_embed(act: Tensor, hook: Any) -> None:
-            self.outs.append(self.token_embed + act)
-
-        hooks += [("hook_embed", embed), ("hook_pos_embed", pos_embed)]
+        hooks += [("hook_embed", embed), ("blocks.0.hook_resid_pre", embed_out)]
         for layer in range(g.n_layers):
             block = model.blocks[layer]
             attn = block.attn
 
-            def save_resid(act: Tensor, hook: Any) -> None:
+            def save_resid(act: Tensor, hook: Any) -> Tensor:
                 self.resid = act
+                return act
 
             def qkv(act: Tensor, hook: Any, layer: int = layer, kind: str = "q") -> Tensor:
                 rows = [self.row[f"a{layer}.h{h}.{kind}"] for h in range(g.n_heads)]
@@ -208,11 +222,13 @@ class _EdgeRun:
                 out = torch.einsum("bphd,hde->bphe", x, W)
                 return out + b if b is not None else out
 
-            def z(act: Tensor, hook: Any, attn: Any = attn) -> None:
+            def z(act: Tensor, hook: Any, attn: Any = attn) -> Tensor:
                 heads = torch.einsum("bphe,hed->bphd", act, attn.W_O)  # each head's output
                 self.outs.extend(heads.unbind(2))
+                return act
 
-            hooks.append((f"blocks.{layer}.hook_resid_pre", save_resid))
+            if layer > 0:
+                hooks.append((f"blocks.{layer}.hook_resid_pre", save_resid))
             for kind in INPUTS:
                 hooks.append((f"blocks.{layer}.attn.hook_{kind}",
                               lambda act, hook, layer=layer, kind=kind: qkv(act, hook, layer, kind)))
@@ -227,8 +243,9 @@ class _EdgeRun:
                     b = getattr(mlp, "b_in", None)
                     return pre + b if b is not None else pre
 
-                def mlp_out(act: Tensor, hook: Any) -> None:
+                def mlp_out(act: Tensor, hook: Any) -> Tensor:
                     self.outs.append(act)
+                    return act
 
                 hooks += [(f"blocks.{layer}.hook_resid_mid", save_resid), (f"blocks.{layer}.mlp.hook_pre", mlp_in),
                           (f"blocks.{layer}.hook_mlp_out", mlp_out)]

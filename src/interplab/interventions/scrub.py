@@ -271,6 +271,8 @@ def scrub_many(
     for h in hypotheses:
         check(h.site in model.hook_dict, f"Unknown activation site {h.site!r} for {type(model).__name__}.")
     clean_pred = predict(model, inputs, fwd_hooks, readout, batch_size, **forward_kwargs)
+    if labels is not None:
+        labels = labels.to(clean_pred.device)  # labels may come from the CPU, whatever the model's device
     clean_by_site: dict[str, Tensor] = {}
     results = []
     for i, hypothesis in enumerate(hypotheses):

@@ -2,8 +2,12 @@
 
 A steering vector (activation addition, Turner et al. 2023, "Steering Language Models With
 Activation Engineering") is the difference of a site's activations between a positive and a
-negative prompt, per position (:func:`steering_vector`); added with coefficient ``c`` to
-another forward pass at the same site (:func:`steering_hook`) it moves the model's behaviour.
+negative prompt, per position, or between the mean activations of two prompt sets aligned at
+their ends (:func:`steering_vector`); added with coefficient ``c`` to another forward pass at
+the same site (:func:`steering_hook`) it moves the model's behaviour. Where it is read matters:
+at a prompt's last token the residual stream says what that token *is* as well as what comes
+next, so a vector meant to make the model *write* a word is best read at the positions that
+predict it (e.g. ``"... plays the sport of"`` for people who play it against people who do not).
 Given an SAE at that site, four views of the vector (the SAE steering comparisons of the GDM
 mech-interp team's progress update, 2024):
 
@@ -38,7 +42,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import Tensor
@@ -46,26 +50,83 @@ from tqdm.auto import tqdm
 
 from interplab.errors import check
 from interplab.instrument import cache
+from interplab.models.base import Positions, readout_positions
 
 Hook = tuple[str, Callable[..., Tensor]]
 
 
-@torch.no_grad()
-def steering_vector(model: torch.nn.Module, hook_name: str, positive: Tensor, negative: Tensor) -> Tensor:
-    """Mean over prompt pairs of the activation difference ``positive - negative`` at ``hook_name``.
+Prompts = Union[Tensor, Sequence[Tensor]]
+"""Prompts: a token tensor ``[n, P]`` (or ``[P]``), or a sequence of 1-D token tensors of any lengths."""
 
-    ``positive`` and ``negative`` are token tensors ``[pairs, P]`` (or ``[P]``) of equal length
-    (pad the shorter prompt of a pair, e.g. with spaces, as ActAdd does). Returns ``[P, d]``.
-    Raises :class:`InterplabError` when the shapes differ.
+
+@torch.no_grad()
+def end_aligned_acts(model: torch.nn.Module, hook_name: str, prompts: Prompts) -> Tensor:
+    """``hook_name``'s activations on ``prompts``, aligned at the prompts' ends: ``[n, P, d]``.
+
+    A tensor ``[n, P]`` runs as one batch. A sequence of 1-D token tensors may mix lengths:
+    prompts of one length run together, and each keeps its last ``P`` positions, ``P`` the
+    shortest prompt's length (position ``-1`` is every prompt's last token). Tokens go to the
+    model's device. Raises :class:`InterplabError` for no prompts or an empty one.
+
+    Example:
+        >>> from interplab.models import Transformer, TransformerConfig
+        >>> m = Transformer(TransformerConfig(d_vocab=9, n_ctx=8, d_model=16, n_heads=2, d_mlp=32), seed=0)
+        >>> a = end_aligned_acts(m, "blocks.0.hook_resid_pre", [torch.tensor([1, 2, 3]), torch.tensor([4, 3])])
+        >>> a.shape
+        torch.Size([2, 2, 16])
+    """
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    if isinstance(prompts, Tensor):
+        check(prompts.numel() > 0, "There are no prompt tokens.")
+        rows = prompts.reshape(-1, prompts.shape[-1]).to(device)
+        return cache(model, rows, names=hook_name)[1][hook_name]
+    seqs = [torch.as_tensor(p).reshape(-1) for p in prompts]
+    check(len(seqs) > 0 and all(len(p) > 0 for p in seqs), "Steering needs at least one prompt, and no empty prompt.")
+    P = min(len(p) for p in seqs)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(seqs):
+        by_length.setdefault(len(p), []).append(i)
+    out: list[Tensor | None] = [None] * len(seqs)
+    for length, idx in by_length.items():
+        acts = cache(model, torch.stack([seqs[i] for i in idx]).to(device), names=hook_name)[1][hook_name]
+        for j, i in enumerate(idx):
+            out[i] = acts[j, length - P:]
+    return torch.stack([a for a in out if a is not None])
+
+
+@torch.no_grad()
+def steering_vector(model: torch.nn.Module, hook_name: str, positive: Prompts, negative: Prompts,
+                    positions: Positions = None) -> Tensor:
+    """The activation difference ``positive - negative`` at ``hook_name``, averaged over prompts: ``[P, d]``.
+
+    ``positive`` and ``negative`` as tensors ``[pairs, P]`` (or ``[P]``) of equal shape are prompt
+    pairs (pad the shorter prompt of a pair, e.g. with spaces, as ActAdd does); the vector is
+    the mean of the pairs' differences. As sequences of 1-D token tensors they may differ in
+    number and length: the vector is the difference of the two sets' mean activations aligned
+    at the prompts' ends (:func:`end_aligned_acts`), over the last ``P`` positions, ``P`` the
+    shortest prompt's length (mean-difference steering, as in contrastive activation addition,
+    Rimsky et al. 2023). ``positions`` keeps only those of the ``P`` positions (any form
+    :func:`interplab.models.base.readout_positions` reads; ``-1``: the last token, giving
+    ``[1, d]``). Raises :class:`InterplabError` when paired tensors differ in shape.
 
     Example: see the module docstring.
     """
-    positive, negative = positive.reshape(-1, positive.shape[-1]), negative.reshape(-1, negative.shape[-1])
-    check(positive.shape == negative.shape, f"Positive and negative prompts must have the same shape, got "
-          f"{tuple(positive.shape)} and {tuple(negative.shape)}; pad the shorter one.")
-    a_pos = cache(model, positive, names=hook_name)[1][hook_name]
-    a_neg = cache(model, negative, names=hook_name)[1][hook_name]
-    return (a_pos - a_neg).mean(0)
+    if isinstance(positive, Tensor) and isinstance(negative, Tensor):
+        positive, negative = positive.reshape(-1, positive.shape[-1]), negative.reshape(-1, negative.shape[-1])
+        check(positive.shape == negative.shape, f"Positive and negative prompts must have the same shape, got "
+              f"{tuple(positive.shape)} and {tuple(negative.shape)}; pad the shorter one.")
+    a_pos, a_neg = _paired_acts(model, hook_name, positive, negative, positions)
+    return a_pos.mean(0) - a_neg.mean(0)
+
+
+def _paired_acts(model: torch.nn.Module, hook_name: str, positive: Prompts, negative: Prompts,
+                 positions: Positions = None) -> tuple[Tensor, Tensor]:
+    """Both prompt sets' activations ``[n, P, d]`` over the same last ``P`` positions (then ``positions`` of them)."""
+    a_pos, a_neg = end_aligned_acts(model, hook_name, positive), end_aligned_acts(model, hook_name, negative)
+    P = min(a_pos.shape[1], a_neg.shape[1])
+    a_pos, a_neg = a_pos[:, a_pos.shape[1] - P:], a_neg[:, a_neg.shape[1] - P:]
+    index = readout_positions(positions, P)
+    return (a_pos, a_neg) if index is None else (a_pos[:, index.to(a_pos.device)], a_neg[:, index.to(a_neg.device)])
 
 
 def steering_hook(hook_name: str, vector: Tensor, coef: float, start: int = 0) -> Hook:
@@ -117,11 +178,12 @@ def sample_continuations(model: torch.nn.Module, prompt: Tensor, n: int, max_new
 
 
 @torch.no_grad()
-def sae_views(sae: Any, model: torch.nn.Module, positive: Tensor, negative: Tensor, k: int = 4,
-              feature: int | None = None) -> dict[str, Tensor]:
+def sae_views(sae: Any, model: torch.nn.Module, positive: Prompts, negative: Prompts, k: int = 4,
+              feature: int | None = None, positions: Positions = None) -> dict[str, Tensor]:
     """The original steering vector and its SAE views (see the module docstring), each ``[P, d]``.
 
-    ``sae`` reads ``sae.cfg.hook_name`` (raw activations, see
+    ``positive``, ``negative`` and ``positions`` as in :func:`steering_vector` (the features are
+    chosen by their differences at those positions only). ``sae`` reads ``sae.cfg.hook_name`` (raw activations, see
     :meth:`interplab.sae.model.SAE.features`); ``k`` features make the sparse view and decide
     which features count as relevant; ``feature`` fixes the single feature. Also returns
     ``feature_diff [P, d_sae]`` (the decomposition) under that key.
@@ -136,10 +198,8 @@ def sae_views(sae: Any, model: torch.nn.Module, positive: Tensor, negative: Tens
         ['feature_diff', 'features', 'original', 'projected', 'recon_diff', 'single']
     """
     hook = sae.cfg.hook_name
-    positive, negative = positive.reshape(-1, positive.shape[-1]), negative.reshape(-1, negative.shape[-1])
-    original = steering_vector(model, hook, positive, negative)
-    a_pos = cache(model, positive, names=hook)[1][hook]
-    a_neg = cache(model, negative, names=hook)[1][hook]
+    a_pos, a_neg = _paired_acts(model, hook, positive, negative, positions)
+    original = a_pos.mean(0) - a_neg.mean(0)
     f_pos, f_neg = sae.features(a_pos).mean(0), sae.features(a_neg).mean(0)  # [P, d_sae]
     diff = f_pos - f_neg
     W = sae.W_dec.detach() / sae.cfg.act_scale  # decoder rows in the raw activation scale
@@ -147,7 +207,7 @@ def sae_views(sae: Any, model: torch.nn.Module, positive: Tensor, negative: Tens
     top = score.topk(min(k, len(score))).indices
     sparse = torch.zeros_like(diff)
     sparse[:, top] = diff[:, top]
-    recon_diff = (sae.reconstruct(a_pos) - sae.reconstruct(a_neg)).mean(0)
+    recon_diff = sae.reconstruct(a_pos).mean(0) - sae.reconstruct(a_neg).mean(0)
     i = int(feature) if feature is not None else int(diff.sum(0).argmax())
     single = W[i].expand_as(original) * (original.norm(dim=-1, keepdim=True) / W[i].norm().clamp_min(1e-12))
     projected = original - (diff - sparse) @ W
@@ -232,5 +292,5 @@ def pareto_plot(sweep: Mapping[str, Sequence[Sequence[float]]], clean_loss: floa
     return fig
 
 
-__all__ = ["steering_vector", "steering_hook", "sample_continuations", "sae_views", "coefficient_sweep",
+__all__ = ["end_aligned_acts", "steering_vector", "steering_hook", "sample_continuations", "sae_views", "coefficient_sweep",
            "pareto_front", "pareto_plot"]

@@ -118,7 +118,7 @@ class ConvNet(HookedModel):
             f"ConvNet input must have shape [batch, 28, 28] or [batch, 1, 28, 28], got {tuple(images.shape)}.",
         )
         check_nonempty(images, "ConvNet inputs")
-        x = self.hook_input(images.to(self.fc1.weight.dtype))  # in the model's dtype
+        x = self.hook_input(images.to(self.fc1.weight.device, self.fc1.weight.dtype))  # on the model's device, in its dtype
         x = self.hook_pool1(F.max_pool2d(self.conv1(x), 2))
         x = self.hook_pool2(F.max_pool2d(self.conv2(x), 2))
         x = self.fc1(x.flatten(1))

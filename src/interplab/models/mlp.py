@@ -87,7 +87,7 @@ class MLP(HookedModel):
             f"MLP input must have shape [batch, {self.cfg.d_in}], got {tuple(x.shape)}.",
         )
         check_nonempty(x, "MLP inputs")
-        x = self.hook_input(x.to(self.W_U.dtype))  # integer or float inputs, in the model's dtype
+        x = self.hook_input(x.to(self.W_U.device, self.W_U.dtype))  # integer or float inputs, on the model's device and dtype
         for layer in self.layers:
             x = layer(x)
         logits = x @ self.W_U

@@ -305,6 +305,7 @@ class Transformer(HookedModel):
             int(tokens.min()) >= 0 and int(tokens.max()) < self.cfg.d_vocab,
             f"tokens must lie in 0..{self.cfg.d_vocab - 1}.",
         )
+        tokens = tokens.to(self.W_E.device)  # tokens may come from the CPU, whatever the model's device
         q_pos = self.positions_index(positions, n)
         resid = self.hook_embed(F.embedding(tokens.long(), self.W_E)) + self.hook_pos_embed(self.W_pos[:n])[None]
         last = len(self.blocks) - 1

@@ -106,7 +106,7 @@ def feature_dashboard(
             [[i + 1, describe(inputs[j]), a[j].item(), name(int(p))] for i, (j, p) in enumerate(zip(order.tolist(), preds.tolist()))])
     r.section("Activation histogram")
     fig, ax = plt.subplots(figsize=(5, 2.6))
-    ax.hist(a[a > 0].numpy(), bins=30)
+    ax.hist(a[a > 0].float().cpu().numpy(), bins=30)
     ax.set_xlabel("activation (nonzero only)")
     ax.set_ylabel("inputs")
     r.figure(fig, caption=f"{int((a > 0).sum())} of {len(a)} inputs activate the feature.")
@@ -116,7 +116,7 @@ def feature_dashboard(
         idx = torch.cat([effect.argsort(descending=True)[:8], effect.argsort()[:8]]).unique(sorted=False)
         idx = idx[effect[idx].argsort(descending=True)]
         fig, ax = plt.subplots(figsize=(6, 2.8))
-        ax.bar([name(int(i)) for i in idx], effect[idx].numpy(), color=["tab:blue" if v > 0 else "tab:red" for v in effect[idx]])
+        ax.bar([name(int(i)) for i in idx], effect[idx].float().cpu().numpy(), color=["tab:blue" if v > 0 else "tab:red" for v in effect[idx]])
         ax.set_ylabel("logit change")
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
         r.figure(fig, caption="Mean logit change on the top inputs caused by the feature (clean minus feature "

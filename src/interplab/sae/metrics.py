@@ -114,8 +114,8 @@ def density_histogram(densities: dict[str, Tensor], n_rows: int | None = None) -
         if floor is None:
             logd = logd[d > 0]
         else:
-            logd = torch.where(d > 0, logd, torch.tensor(floor))
-        ax.hist(logd.numpy(), bins=40, alpha=0.55, label=name)
+            logd = torch.where(d > 0, logd, torch.tensor(floor, dtype=logd.dtype, device=logd.device))
+        ax.hist(logd.float().cpu().numpy(), bins=40, alpha=0.55, label=name)
     ax.set_xlabel("log10 feature density" + ("" if floor is None else " (dead at the far left)"))
     ax.set_ylabel("features")
     ax.legend(fontsize=8)

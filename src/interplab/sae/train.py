@@ -277,8 +277,12 @@ def train_sae(
 
     The buffer's generator is reseeded from ``cfg.seed``. ``resume=True`` continues from
     ``out_dir/checkpoints/state.pt`` and ends bitwise-equal to an uninterrupted run; without
-    it an ``out_dir`` that already holds a checkpoint is refused.
+    it an ``out_dir`` that already holds a checkpoint is refused. A JumpReLU SAE is refused:
+    it loads and runs here (:mod:`interplab.sae.saelens`) but is not trainable (its threshold
+    would need the straight-through estimator of Rajamanoharan et al. 2024, not implemented).
     """
+    check(sae.cfg.architecture != "jumprelu", "JumpReLU SAEs can be loaded and used but not trained here; train "
+          "a standard or topk SAE.")
     check(buffer.size >= 2 * cfg.batch_size, f"The buffer ({buffer.size} rows) must hold at least twice "
           f"batch_size ({cfg.batch_size}).")
     with numerics():

@@ -31,6 +31,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import torch
 
+from interplab.devices import Placement, to_host
 from interplab.options import setting, study_command
 from interplab.analysis.heads import corrupted_first_copy, heads_above, induction_scores, previous_token_scores, repeated_tokens
 from interplab.interventions.attribution import compare_attribution
@@ -59,13 +60,14 @@ FULL = Settings()
 QUICK = Settings(n_prompts=16)
 
 
-def _train(task: Task, model_cfg: Any, cfg: TrainConfig, seed: int, quiet: bool) -> Transformer:
-    model = Transformer(model_cfg, seed=seed)
+def _train(task: Task, model_cfg: Any, cfg: TrainConfig, seed: int, quiet: bool, placement: Placement) -> Transformer:
+    model = placement.apply(Transformer(model_cfg, seed=seed))
     train(model, task, cfg, None, quiet=quiet)
     return model
 
 
-def _induction_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _induction_case(seed: int, n_prompts: int, quiet: bool,
+                    placement: Placement) -> tuple[dict[str, Any], dict[str, Any]]:
     n_values, length = 20, 8  # the probe and the patched prompts: [BOS, r, r] with r of 8 tokens
     # training: periods 3..10 and prefixes 0..5 vary per sequence, and the second part asks for the
     # successors of the first copy's tokens in random order, so only a previous-token head feeding
@@ -73,12 +75,13 @@ def _induction_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     task = induction_task(n_values=n_values, length=10, n_examples=10000, seed=seed, min_length=3, max_prefix=5)
     model = _train(task, task.default_model_config(),
                    TrainConfig(epochs=3, lr=3e-3, weight_decay=0.01, batch_size=128, seed=seed, log_every=1),
-                   seed, quiet)
+                   seed, quiet, placement)
     acc = task.evaluate(model)["test_acc"]
     probe = repeated_tokens(n_values, length, 200, bos=n_values, seed=seed + 1)
     ind, prev = induction_scores(model, probe, length), previous_token_scores(model, probe)
     clean, corrupted = corrupted_first_copy(n_values, length, n_prompts, bos=n_values, seed=seed + 2)
-    positions = torch.arange(length + 1, 2 * length)  # second copy: r_1..r_{L-1} predict r_2..r_L
+    clean, corrupted = clean.to(placement.torch_device), corrupted.to(placement.torch_device)
+    positions = torch.arange(length + 1, 2 * length, device=clean.device)  # second copy: r_1..r_{L-1} predict r_2..r_L
     labels = clean[:, 2:length + 1]
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
@@ -93,18 +96,20 @@ def _induction_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
     result = compare_attribution(model, clean, corrupted, metric, KINDS, quiet=quiet)
     info["diagnostic"] = missed_effects(model, clean, corrupted, metric, result["true"], result["atpstar"], KINDS,
                                         seed, quiet)
-    return info, result
+    return to_host(info), to_host(result)
 
 
-def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _saturated_case(seed: int, n_prompts: int, quiet: bool,
+                    placement: Placement) -> tuple[dict[str, Any], dict[str, Any]]:
     n_values = 20
     task = min_max_task(n_values=n_values, seed=seed)
     cfg = dataclasses.replace(task.default_model_config(), d_mlp=None, d_model=32, normalization="none")
     model = _train(task, cfg, TrainConfig(epochs=60, lr=3e-3, weight_decay=0.01, batch_size=128, seed=seed,
-                                          log_every=20), seed, quiet)
+                                          log_every=20), seed, quiet, placement)
     acc = task.evaluate(model)["test_acc"]
-    clean, corrupted, answer, wrong = min_max_prompt_pairs(n_values, n_prompts, seed=seed + 4)
-    rows = torch.arange(len(clean))
+    clean, corrupted, answer, wrong = (t.to(placement.torch_device)
+                                       for t in min_max_prompt_pairs(n_values, n_prompts, seed=seed + 4))
+    rows = torch.arange(len(clean), device=clean.device)
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         last = logits[:, -1]
@@ -116,17 +121,23 @@ def _saturated_case(seed: int, n_prompts: int, quiet: bool) -> tuple[dict[str, A
         clean_m, corr_m = metric(model(clean)).item(), metric(model(corrupted)).item()
     info = {"test_acc": acc, "max_attention": pattern.max(-1).values.mean(0), "metric_clean": clean_m,
             "metric_corrupted": corr_m}
-    return info, compare_attribution(model, clean, corrupted, metric, KINDS, quiet=quiet)
+    return to_host(info), to_host(compare_attribution(model, clean, corrupted, metric, KINDS, quiet=quiet))
 
 
 @numerics()
-def run(out_dir: str | Path, seed: int = FULL.seed, n_prompts: int = FULL.n_prompts, quiet: bool = False) -> dict[str, Any]:
-    """Train both models, compare AtP and AtP* with exhaustive patching, write results and report."""
+def run(out_dir: str | Path, seed: int = FULL.seed, n_prompts: int = FULL.n_prompts, quiet: bool = False,
+        device: str = "auto", dtype: str = "float32") -> dict[str, Any]:
+    """Train both models, compare AtP and AtP* with exhaustive patching, write results and report.
+
+    The models train and are patched on ``device`` in ``dtype`` (recorded in results.json).
+    """
     t0 = time.perf_counter()
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ind_info, ind = _induction_case(seed, n_prompts, quiet)
-    sat_info, sat = _saturated_case(seed, n_prompts, quiet)
+    ind_info, ind = _induction_case(seed, n_prompts, quiet, placement)
+    sat_info, sat = _saturated_case(seed, n_prompts, quiet, placement)
     results: dict[str, Any] = {
         # headline: recall, correlation and speed on the induction model; false negatives on the
         # saturated-attention model (the case AtP* was designed for)
@@ -154,6 +165,7 @@ def run(out_dir: str | Path, seed: int = FULL.seed, n_prompts: int = FULL.n_prom
     for key, value in ind_info["diagnostic"].items():
         results[f"induction_subsampling_{key}"] = value
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results.update(placement.record())
     write_results(out, results)
     path = _report(results, ind_info, ind, sat_info, sat).save(out / "report.html")
     announce([f"induction model: recall@10 AtP {results['atp_recall10']:.2f}, AtP* {results['atpstar_recall10']:.2f}; "

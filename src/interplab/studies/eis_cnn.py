@@ -47,6 +47,7 @@ from interplab.analysis.logit_attribution import (direct_logit_attribution, logi
 from interplab.analysis.pca import pca
 from interplab.analysis.rules import Rule, fit_score_rule, search_rules, source_agreement
 from interplab.analysis.templates import decode_rendered_digit, load_image, to_template
+from interplab.devices import Placement, to_host
 from interplab.instrument import site_values
 from interplab.interventions.ablate import ablate_by_region
 from interplab.interventions.scrub import Hypothesis, grouped_hypothesis, scrub_many
@@ -83,7 +84,7 @@ QUICK = Settings(n_draws=2)
 
 @torch.no_grad()
 def _labels(net: ConvNet, images: np.ndarray) -> np.ndarray:
-    return net(pixels_to_input(images)).argmax(-1).numpy()
+    return net(pixels_to_input(images)).argmax(-1).cpu().numpy()
 
 
 def _mechanism(groups: dict[str, torch.Tensor], acts: torch.Tensor, rh: torch.Tensor, v: torch.Tensor,
@@ -155,7 +156,7 @@ def _results(*, rule: Rule, source: str, rule_agree: float, test_vs_rule: float,
         "dla_reconstruction_max_error": dla_error,
         "pca_var_explained_1": p.explained(1),
         "pca_var_explained_2": p.explained(2),
-        "arm_logit_diff_weights": (arms.directions.float() @ v).tolist(),
+        "arm_logit_diff_weights": (arms.directions.to(v.dtype) @ v).tolist(),
         "n_units_group_a": len(groups["a"]),
         "n_units_group_b": len(groups["b"]),
         "n_units_other": len(groups["other"]),
@@ -351,6 +352,8 @@ def run(
     max_train: int = FULL.max_train,
     tolerances: tuple[float, ...] = TOLERANCES,
     quiet: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Run the study; writes ``out_dir/results.json`` and ``out_dir/report.html``; returns the results.
 
@@ -358,8 +361,12 @@ def run(
     the feature visualizations; ``n_extreme``: inputs averaged into an arm's extreme template;
     ``max_train``: at most this many MNIST training images are used when the data directory
     has the training set (the rule is then fitted on them and checked on the test set).
+    The network runs (forward passes, feature visualisation, ablations, scrubbing) on ``device`` in
+    ``dtype``; activations are analysed on the host (both recorded in results.json).
     """
     t_start = time.perf_counter()
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     say = (lambda *a: None) if quiet else print
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -367,7 +374,7 @@ def run(
 
     # -- inputs ----------------------------------------------------------------------------
     model_file = Path(model_path) if model_path is not None else data.data_file(MODEL_FILE, data_dir)
-    net = ConvNet.from_file(model_file)
+    net = placement.apply(ConvNet.from_file(model_file))
     hint_file = Path(hint_path) if hint_path is not None else data.data_file(HINT_FILE, data_dir)
     rendered = load_image(hint_file)
     hint = decode_rendered_digit(rendered)
@@ -388,25 +395,25 @@ def run(
     pool2 = site_values(net, X, "hook_pool2")
     head = net.head()
     with torch.no_grad():
-        logits = head(pool2)
+        logits = to_host(head(pool2))
     labels = logits.argmax(-1)
     labels_np = labels.numpy()
     test_labels = labels_np if fit_x is test_x else _labels(net, test_x)
-    acts = site_values(head, pool2, SITE)
+    acts = to_host(site_values(head, pool2, SITE))
     d_fc = acts.shape[1]
     timings = {"load": time.perf_counter() - t_start}
 
     # -- input scale check: [0, 1] vs MNIST-normalized -------------------------------------
     with torch.no_grad():
         probs = logits.softmax(-1)
-        probs_norm = net(mnist.normalize(X)).softmax(-1)
+        probs_norm = to_host(net(mnist.normalize(X))).softmax(-1)
 
     # -- logit difference and direct logit attribution ---------------------------------------
-    W = net.fc2.weight.detach().T  # [d_fc, 2]
+    W = to_host(net.fc2.weight).T  # [d_fc, 2]
     v = logit_diff_direction(W, pos=1, neg=0)
     dla = direct_logit_attribution(acts, v)
     ld = logit_diff(logits)
-    dla_error = float((dla.sum(1) + logit_diff_bias(net.fc2.bias.detach()) - ld).abs().max())
+    dla_error = float((dla.sum(1) + logit_diff_bias(to_host(net.fc2.bias)) - ld).abs().max())
 
     # -- PCA and arms ------------------------------------------------------------------------
     p = pca(acts)
@@ -417,10 +424,10 @@ def run(
 
     # -- feature visualization: every unit and each arm direction ----------------------------
     # units through their pre-activation (a ReLU unit that is off at the start has no gradient)
-    fv_units = visualize(net, PRE_SITE, unit_directions(d_fc), steps=featviz_steps, n_starts=1, seed=seed,
-                         quiet=quiet).numpy()
-    fv_arms = visualize(net, SITE, arms.directions.float(), steps=featviz_steps, n_starts=2, seed=seed,
-                        quiet=quiet).numpy()
+    fv_units = to_host(visualize(net, PRE_SITE, unit_directions(d_fc), steps=featviz_steps, n_starts=1, seed=seed,
+                                 quiet=quiet)).numpy()
+    fv_arms = to_host(visualize(net, SITE, arms.directions.float(), steps=featviz_steps, n_starts=2, seed=seed,
+                                quiet=quiet)).numpy()
     timings["featviz"] = time.perf_counter() - t_start - sum(timings.values())
 
     # -- candidate templates and the rule search --------------------------------------------
@@ -484,6 +491,7 @@ def run(
                 n_extreme=n_extreme, tolerances=tolerances, hyps=hyps, scrubbed=scrubbed, n_draws=n_draws)
     timings["total"] = time.perf_counter() - t_start
     results["wall_time_s"] = timings["total"]
+    results.update(placement.record())
     r.text("Wall time per stage (s): " + ", ".join(f"{k} {v_:.1f}" for k, v_ in timings.items()))
     report_path = r.save(out / "report.html")
     write_results(out, results)

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -38,10 +39,12 @@ import torch
 
 from interplab.options import parameter, setting, study_command
 from interplab.analysis.directions import (
-    ThresholdRule, fit_rule_in_subspace, fit_threshold_rule, gradient_subspace, readout_basis, subspace_r2,
+    ThresholdRule, fit_rule_in_subspace, fit_threshold_rule, gradient_subspace, readout_basis, refine_thresholds,
+    subspace_r2,
 )
 from interplab.analysis.filters import best_rule, binary_filter, combine, effective_embeddings, filter_image, near_threshold
 from interplab.analysis.pca import pca
+from interplab.devices import Placement, to_host
 from interplab.errors import check
 from interplab.instrument import predict, site_values
 from interplab.interventions.fixed_attention import fixed_attention_hooks, mean_patterns, perturbation_scan
@@ -145,12 +148,13 @@ def check_labels(labels: str | None, data_dir: PathLike | None) -> tuple[str, st
 
 
 def _model_and_training(task: Task, out: Path, run_dir: PathLike | None, model_config: TransformerConfig | None,
-                        train_config: TrainConfig, seed: int, quiet: bool) -> tuple[Transformer, dict[str, Any]]:
+                        train_config: TrainConfig, seed: int, quiet: bool,
+                        placement: Placement) -> tuple[Transformer, dict[str, Any]]:
     import interplab
 
     info: dict[str, Any] = {}
     if run_dir is not None:
-        model = interplab.load(run_dir)
+        model = interplab.load(run_dir, device=placement.torch_device, dtype=placement.torch_dtype)
         check(isinstance(model, Transformer), f"The run in {run_dir} is not a transformer.")
         cfg = model.cfg
         check(cfg.n_layers == 1 and cfg.normalization == "none" and cfg.n_ctx == 3 and cfg.d_vocab == P + 1
@@ -159,13 +163,11 @@ def _model_and_training(task: Task, out: Path, run_dir: PathLike | None, model_c
         if metrics.is_file():
             lines = [ln for ln in metrics.read_text().splitlines() if ln.strip()]
             if lines:
-                import json
-
                 info["epochs"] = int(json.loads(lines[-1]).get("epoch", 0))
         config = read_json(Path(run_dir) / "config.json")
         info["trained_labels"] = str(config.get("task", {}).get("labels", "unknown"))
         return model, info
-    model = Transformer(model_config or challenge2_config(), seed=seed)
+    model = placement.apply(Transformer(model_config or challenge2_config(), seed=seed))
     run = out / "run"
     resume = state_path(run).is_file()
     t0 = time.perf_counter()
@@ -242,6 +244,8 @@ def run(
     model_config: TransformerConfig | None = None,
     train_config: TrainConfig | None = None,
     quiet: bool = False,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Run the whole study; writes ``results.json`` and ``report.html`` in ``out_dir``; returns the results.
 
@@ -250,11 +254,14 @@ def run(
     ``labels`` table. ``run_dir``: reuse a trained run instead of training.
     ``full``: train the published 5000 epochs instead of stopping on the training loss (see
     :func:`published_train_config`). ``model_config``/``train_config`` override the published
-    setting (e.g. :func:`small_setup`). Runs under :func:`interplab.numerics.numerics`.
+    setting (e.g. :func:`small_setup`). The model trains (or is loaded) and is analysed on ``device``
+    in ``dtype`` (both recorded in results.json). Runs under :func:`interplab.numerics.numerics`.
 
     Example: see the module docstring.
     """
     t_start = time.perf_counter()
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     spec, source = check_labels(labels, data_dir)
     check(n_draws >= 1, f"n_draws must be at least 1, got {n_draws}.")
     out = Path(out_dir)
@@ -264,13 +271,14 @@ def run(
     task = pair_label_task(labels=spec, seed=seed, data_dir=data_dir)
     tcfg = train_config if train_config is not None else published_train_config(seed, full)
     with torch.enable_grad():
-        model, train_info = _model_and_training(task, out, run_dir, model_config, tcfg, seed, quiet)
+        model, train_info = _model_and_training(task, out, run_dir, model_config, tcfg, seed, quiet, placement)
     model.eval()
-    inputs, truth = task.inputs, task.labels
+    task_here = task.to(placement.torch_device)  # the data where the model is (task stays on the host for the report)
+    inputs, truth = task_here.inputs, task_here.labels
     fwd = {"positions": [-1]}
     res: dict[str, Any] = {"labels_source": "builtin" if source == "builtin" else
                            ("published" if source.startswith("published") else "file"),
-                           "seed": seed, "epochs": train_info.get("epochs", 0)}
+                           "seed": seed, "epochs": train_info.get("epochs", 0), **placement.record()}
     if "epochs_per_second" in train_info:
         res["epochs_per_second"] = train_info["epochs_per_second"]
         res["train_seconds"] = train_info["train_seconds"]
@@ -281,10 +289,10 @@ def run(
     # -- the model and its fixed-attention version -------------------------------------------------
     pred = predict(model, inputs, **fwd)
     res["acc_full"] = _frac(pred == truth)
-    res["acc_train"] = _frac(pred[task.train_idx] == truth[task.train_idx])
-    res["acc_test"] = _frac(pred[task.test_idx] == truth[task.test_idx])
-    if "model_labels" in task.extras:
-        res["agree_original"] = _frac(pred == task.extras["model_labels"])
+    res["acc_train"] = _frac(pred[task_here.train_idx] == truth[task_here.train_idx])
+    res["acc_test"] = _frac(pred[task_here.test_idx] == truth[task_here.test_idx])
+    if "model_labels" in task_here.extras:
+        res["agree_original"] = _frac(pred == task_here.extras["model_labels"])
     means = mean_patterns(model, inputs, **fwd)
     hooks = fixed_attention_hooks(means)
     pred_fixed = predict(model, inputs, hooks, **fwd)
@@ -343,6 +351,10 @@ def run(
             res[f"scrub_{variant}_{r.name}_agree"] = r.agree
     res["scrub_draws"] = n_draws
 
+    # -- which method choices move the numbers (issue 18): the same model, other choices ---------------
+    res.update(_method_variants(model, task, pred, pred_fixed, means, full, fixed, hooks, eff, images, thresholds,
+                                n_draws, seed, quiet, fwd))
+
     # -- the MLP before/after --------------------------------------------------------------------------
     post = site_values(model, inputs, "blocks.0.hook_resid_post", **fwd)[:, -1].double()
     p_post = pca(post)
@@ -350,13 +362,56 @@ def run(
     res["seconds"] = time.perf_counter() - t_start
 
     write_results(out, res)
-    report = _report(res, source, train_info, task, pred, pred_fixed, p_mid, mid, rule_full, images, thresholds,
-                     binaries, scrubs, scan, p_post, post)
+    report = _report(res, source, train_info, task, *to_host((pred, pred_fixed, p_mid, mid, rule_full, images)),
+                     thresholds, *to_host((binaries, scrubs, scan, p_post, post)))
     path = report.save(out / "report.html")
     res["seconds"] = time.perf_counter() - t_start
     write_results(out, res)
     announce(_headline(res), path)
     return res
+
+
+def _method_variants(model: Any, task: Task, pred: torch.Tensor, pred_fixed: torch.Tensor, means: dict[str, torch.Tensor],
+                     full: _Readout, fixed: _Readout, hooks: Any, eff: Any, images: list[torch.Tensor],
+                     thresholds: list[float], n_draws: int, seed: int, quiet: bool,
+                     fwd: dict[str, Any]) -> dict[str, Any]:
+    """Re-score the saved model with the choices a published-style analysis might make instead of ours
+    (no retraining): fixed attention from the training half's mean or a uniform pattern; the two
+    directions fitted inside the top-2 PCA plane of resid_mid (the published scrubbing kept the first two
+    directions of a PCA basis); filter thresholds refitted on the filter images; scrubbing 1+2+3a+3b in the
+    PCA-plane rule's basis and in the basis of the rule fitted on all of resid_mid."""
+    inputs, truth = task.inputs, task.labels
+    out: dict[str, Any] = {}
+    test = task.test_idx
+    out["variant_fixed_attn_agree_test_half"] = _frac(pred_fixed[test] == pred[test])
+    train_means = mean_patterns(model, inputs[task.train_idx], **fwd)
+    out["variant_fixed_attn_train_mean_agree"] = _frac(predict(model, inputs, fixed_attention_hooks(train_means),
+                                                               **fwd) == pred)
+    uniform = {k: torch.tril(torch.ones_like(v)) / torch.tril(torch.ones_like(v)).sum(-1, keepdim=True)
+               for k, v in means.items()}  # each query attends equally to the positions it can see
+    out["variant_fixed_attn_uniform_agree"] = _frac(predict(model, inputs, fixed_attention_hooks(uniform), **fwd) == pred)
+    pca_rules = {}
+    for variant, v, target in (("full", full, pred), ("fixed", fixed, pred_fixed)):
+        rule = fit_rule_in_subspace(v.mid, target.bool(), v.pca.components[:2].T, seed=seed)
+        pca_rules[variant] = rule
+        out[f"variant_two_dir_pca2_agree_{variant}"] = rule.agreement(v.mid, target)
+    # filters: thresholds refitted on the images; and the filters of the PCA-plane rule's directions
+    vals = torch.stack([img.reshape(-1) for img in images], 1)
+    refit = refine_thresholds(vals, pred_fixed, torch.tensor(thresholds, dtype=torch.float64))
+    out["variant_filters_refit_agree_fixed"] = _frac((vals > refit).all(1) == pred_fixed.bool())
+    pr = pca_rules["fixed"]
+    pimg = torch.stack([filter_image(eff, pr.directions[i], n_values=P).reshape(-1) for i in range(2)], 1)
+    out["variant_filters_pca2_agree_fixed"] = _frac((pimg > pr.thresholds).all(1) == pred_fixed.bool())
+    # scrubbing 1+2+3a+3b with other readout bases
+    for name, rules in (("pca2", pca_rules), ("fitted", {"full": full.rule, "fixed": fixed.rule})):
+        for variant, v, extra in (("full", full, ()), ("fixed", fixed, hooks)):
+            rule = rules[variant]
+            basis = readout_basis(rule.directions.T, v.mid).float()
+            hyp = [h for h in _hypotheses(rule, basis) if h.name == "1_2_3a_3b"]
+            (r,) = scrub_many(model, hyp, inputs, truth, n_draws=n_draws, seed=seed, fwd_hooks=extra, quiet=quiet, **fwd)
+            out[f"variant_scrub_{name}_{variant}_1_2_3a_3b"] = r.acc
+            out[f"variant_scrub_{name}_{variant}_1_2_3a_3b_agree"] = r.agree
+    return out
 
 
 def _frac(mask: torch.Tensor) -> float:
@@ -412,10 +467,7 @@ def _report(res: dict[str, Any], source: str, train_info: dict[str, Any], task: 
     if "agree_original" in res:
         rows.append(["agreement with the published model's labels", res["agree_original"]])
     r.table(["", "accuracy"], rows)
-    r.text("Beside the published write-up (its figures are for the published label table and 5000 epochs; "
-           "--full trains those):")
-    r.table(["quantity", "this run", "published"],
-            [[name, f"{res[key]:.2%}" if key in res else "-", published] for key, name, published in PUBLISHED])
+    _published_table(r, res)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     _label_image(axes[0], task.labels.reshape(P, P), "ground truth")
     _label_image(axes[1], pred.reshape(P, P), f"model (acc {res['acc_full']:.3f})")
@@ -517,7 +569,112 @@ def _report(res: dict[str, Any], source: str, train_info: dict[str, Any], task: 
                      x.acc, f"{x.acc_ci[0]:.4f}-{x.acc_ci[1]:.4f}", x.agree])
     r.table(["setting", "what is resampled", "full: acc", "95% CI", "agree", "fixed: acc", "95% CI", "agree"], rows,
             caption=f"clean accuracy: full {scrubs['full'][0].clean_acc:.4f}, fixed {scrubs['fixed'][0].clean_acc:.4f}")
+    _variants_section(r, res)
     return r
+
+
+def measured_runs() -> list[dict[str, Any]]:
+    """Our measured runs of this study on the published labels (``studies/measured/eis_transformer.json``,
+    written by ``tools/eis_measured.py`` from the runs' ``results.json``): each with ``name``, ``command``,
+    ``date``, ``epochs`` and the results keys. The report shows them beside the published figures.
+
+    Example:
+        >>> [r["epochs"] for r in measured_runs()]
+        [540, 5000]
+    """
+    from importlib.resources import files
+
+    return json.loads(files("interplab.studies").joinpath("measured/eis_transformer.json").read_text())["runs"]
+
+
+def _published_table(r: Report, res: dict[str, Any]) -> None:
+    runs = measured_runs() if res.get("labels_source") == "published" else []
+    r.text("Beside the published write-up (its figures are for the published network: published label table, "
+           "5000 epochs) and our measured runs on the published labels (default early stop, and --full: the "
+           "published 5000 epochs; command and date under the table):")
+    header = ["quantity", "published"] + [f"{m['name']} ({m['epochs']} epochs)" for m in runs] + ["this run"]
+    rows = [[name, published] + [f"{m[key]:.2%}" if key in m else "-" for m in runs]
+            + [f"{res[key]:.2%}" if key in res else "-"] for key, name, published in PUBLISHED]
+    r.table(header, rows, caption="; ".join(f"{m['name']}: {m['command']}, {m['date']}" for m in runs))
+
+
+# (results key, the choice changed) of :func:`_method_variants`, beside the key of our choice
+VARIANTS = (
+    ("fixed_attn_agree", "variant_fixed_attn_train_mean_agree", "fixed attention: mean pattern of the training half"),
+    ("fixed_attn_agree", "variant_fixed_attn_uniform_agree", "fixed attention: uniform pattern"),
+    ("fixed_attn_agree", "variant_fixed_attn_agree_test_half", "fixed attention: scored on the test half only"),
+    ("two_dir_agree_fixed", "variant_two_dir_pca2_agree_fixed", "two directions fitted in the top-2 PCA plane"),
+    ("filters_and_agree_fixed", "variant_filters_refit_agree_fixed", "filter thresholds refitted on the images"),
+    ("filters_and_agree_fixed", "variant_filters_pca2_agree_fixed", "filters of the PCA-plane directions"),
+    ("scrub_full_1_2_3a_3b", "variant_scrub_pca2_full_1_2_3a_3b", "scrubbing, full: PCA-plane rule basis"),
+    ("scrub_full_1_2_3a_3b", "variant_scrub_fitted_full_1_2_3a_3b", "scrubbing, full: basis of the rule fitted on "
+     "all of resid_mid"),
+    ("scrub_fixed_1_2_3a_3b", "variant_scrub_pca2_fixed_1_2_3a_3b", "scrubbing, fixed: PCA-plane rule basis"),
+    ("scrub_fixed_1_2_3a_3b", "variant_scrub_fitted_fixed_1_2_3a_3b", "scrubbing, fixed: basis of the rule fitted "
+     "on all of resid_mid"),
+)
+
+
+def _variants_section(r: Report, res: dict[str, Any]) -> None:
+    if not any(v in res for _, v, _ in VARIANTS):
+        return
+    r.section("Which choices of the method move the numbers")
+    r.text("The same trained model scored with other choices a published-style analysis could have made (no "
+           "retraining). Published figures: fixed attention about 93%, two directions and filter AND about 98%, "
+           "scrubbing 1+2+3a+3b 94% (full) / 89% (fixed).")
+    rows = [[what, res[ours], res[v], res[v] - res[ours]] for ours, v, what in VARIANTS if v in res and ours in res]
+    r.table(["choice changed", "ours", "variant", "difference"], rows)
+    runs = [m for m in measured_runs() if any(v in m for _, v, _ in VARIANTS)] \
+        if res.get("labels_source") == "published" else []
+    if runs:
+        r.table(["choice changed"] + [f"{m['name']} ({m['epochs']} epochs): {c}" for m in runs for c in ("ours", "variant")],
+                [[what] + [m.get(k, "-") for m in runs for k in (ours, v)] for ours, v, what in VARIANTS],
+                caption="The same variants on our measured runs (studies/measured/eis_transformer.json): training "
+                        "length against method.")
+    r.text(_variants_finding(res))
+
+
+def _variants_finding(res: dict[str, Any]) -> str:
+    """The finding in words, from the numbers of this run (and of our measured runs, for training length)."""
+    diffs = [(res[v] - res[ours], what, ours) for ours, v, what in VARIANTS if v in res and ours in res]
+    big = [d for d in diffs if d[0] >= 0.01]
+    if big:
+        text = "Variants that raise a number by 1% or more: " + "; ".join(
+            f"{what} raises {ours} by {gain:.1%}" for gain, what, ours in big) + ". "
+    elif diffs:
+        gain, what, ours = max(diffs)
+        text = (f"No variant raises any of the four numbers by 1% or more (the largest change: {what}, "
+                f"{gain:+.1%} on {ours}): the gap to the published figures is not in these choices. ")
+    else:
+        return ""
+    if "variant_two_dir_pca2_agree_fixed" in res:
+        apart = res["variant_two_dir_pca2_agree_fixed"] < res["two_dir_agree_fixed"] - 0.02
+        text += (f"The two decision directions of this network {'are not' if apart else 'lie close to'} its top "
+                 f"two principal components: a rule confined to the top-2 PCA plane of resid_mid agrees with "
+                 f"{res['variant_two_dir_pca2_agree_fixed']:.1%} of the fixed-attention model "
+                 f"(ours {res['two_dir_agree_fixed']:.1%}), and scrubbing in that basis keeps "
+                 f"{res['variant_scrub_pca2_full_1_2_3a_3b']:.1%} (full) / "
+                 f"{res['variant_scrub_pca2_fixed_1_2_3a_3b']:.1%} (fixed) accuracy. ")
+    runs = measured_runs() if res.get("labels_source") == "published" else []
+    if len(runs) == 2:
+        a, b = runs
+        keys = ("fixed_attn_agree", "two_dir_agree_fixed", "scrub_full_1_2_3a_3b", "scrub_fixed_1_2_3a_3b")
+        moves = [b[k] - a[k] for k in keys]
+        text += (f"Training length: from {a['epochs']} to {b['epochs']} epochs (our measured runs) these numbers move "
+                 f"by " + ", ".join(f"{m:+.1%}" for m in moves) + " (fixed attention, two directions, scrubbing full, "
+                 "fixed)" + (": away from the published ones, so shorter training is not the cause. "
+                             if all(m <= 0 for m in moves) else ". "))
+    if "agree_original" in res:
+        pca_note = ""
+        if "variant_two_dir_pca2_agree_fixed" in res:
+            apart = res["variant_two_dir_pca2_agree_fixed"] < res["two_dir_agree_fixed"] - 0.02
+            pca_note = (" the published analysis kept the first two directions of a PCA basis, which in this network "
+                        + ("carry much less of the decision;" if apart else "carry most of it too;"))
+        text += (f"The likely remainder is the network itself (seed, initialisation): ours agrees with the published "
+                 f"network's labels on {res['agree_original']:.1%} of the pairs;{pca_note} the published figures "
+                 f"describe that one network, and networks trained by the same protocol with other seeds differ by "
+                 f"several percent in these numbers (docs/DEVELOPING.md).")
+    return text
 
 
 def _explanation(res: dict[str, Any]) -> str:
@@ -544,5 +701,5 @@ cli = study_command(
 
 
 
-__all__ = ["run", "cli", "Settings", "FULL", "QUICK", "check_labels", "published_train_config", "small_setup", "SETTINGS", "STOP_LOSS",
+__all__ = ["run", "cli", "Settings", "FULL", "QUICK", "check_labels", "measured_runs", "published_train_config", "small_setup", "SETTINGS", "STOP_LOSS",
            "STOP_PATIENCE"]

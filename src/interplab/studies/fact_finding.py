@@ -36,17 +36,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-import typer
 
 from interplab.analysis.linearity import (ablation_effect_correlation, interaction_fraction, linearity_break,
                                           nonlinear_excess_table)
-from interplab.analysis.probes import probe, site_activations
+from interplab.analysis.probes import probe
+from interplab.devices import Placement, to_host
 from interplab.errors import check
 from interplab.instrument import site_values
 from interplab.interventions.ablate import ablate
 from interplab.interventions.patching import path_patching
 from interplab.models import MLP, Transformer
-from interplab.report import Report
+from interplab.report import Report, announce
 from interplab.options import setting, study_command
 from interplab.io import write_results
 from interplab.runs import save_model
@@ -84,7 +84,7 @@ QUICK = Settings(n=20, mlp_epochs=400, n_first=30, n_last=30, n_names=300, n_lay
 def _probe_summary(acts: dict[str, torch.Tensor], y: torch.Tensor, s: Settings) -> dict[str, dict[str, float]]:
     out = {}
     for site, a in acts.items():
-        r = probe(a, y, n_splits=s.n_splits, seed=s.seed)
+        r = probe(to_host(a), to_host(y), n_splits=s.n_splits, seed=s.seed)
         out[site] = {"mean": r.mean, "std": r.std, "chance": r.chance}
     return out
 
@@ -105,46 +105,68 @@ def _top_excess(table: torch.Tensor, k: int) -> dict[str, Any]:
             "interaction_share": share.tolist(), "mean_interaction_share": float(share.mean())}
 
 
-def memorization_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
-    """(a): train the MLP lookup table, probe, non-linear excess and linearity breaking per layer."""
+def _shuffled_weights(model: MLP, seed: int) -> MLP:
+    """A random network at the trained network's scale: each trained weight matrix and bias with its entries
+    permuted (the same values, no learned structure)."""
+    out = MLP(model.cfg, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p, q in zip(out.parameters(), model.parameters()):
+            p.copy_(q.flatten()[torch.randperm(q.numel(), generator=g)].reshape(q.shape))
+    return out.eval()
+
+
+def memorization_part(s: Settings, out: Path, quiet: bool, placement: Placement | None = None) -> dict[str, Any]:
+    """(a): train the MLP lookup table, probe, non-linear excess and linearity breaking per layer
+    (the networks on ``placement``'s device and dtype; the measures on the CPU)."""
+    placement = placement if placement is not None else Placement("cpu")
     task = memorization_task(n=s.n, n_classes=2, seed=s.seed, d_hidden=s.mlp_hidden)
-    model = MLP(task.default_model_config(), seed=s.seed)
-    init = MLP(task.default_model_config(), seed=s.seed)  # the same network before training
+    model = placement.apply(MLP(task.default_model_config(), seed=s.seed))
+    init = placement.apply(MLP(task.default_model_config(), seed=s.seed))  # the same network before training
     res = train(model, task, TrainConfig(epochs=s.mlp_epochs, lr=1e-3, weight_decay=0.0, seed=s.seed,
                                          log_every=50), None, quiet=quiet)
     model.eval()
     save_model(out / "memorization-mlp", model, {"task": task.describe()})
-    sites = ["hook_input"] + [f"layers.{i}.hook_post" for i in range(len(s.mlp_hidden))] + ["hook_logits"]
-    acts = site_activations(model, task.inputs, sites, position=None)
-    acts0 = site_activations(init, task.inputs, sites, position=None)
+    n_hidden = len(s.mlp_hidden)
+    sites = ["hook_input"] + [f"layers.{i}.hook_post" for i in range(n_hidden)] + ["hook_logits"]
+    pre = [f"layers.{i}.hook_pre" for i in range(n_hidden)]
+    nets = {"trained": model, "random": init, "shuffled": placement.apply(_shuffled_weights(model, s.seed + 1))}
+    acts = {k: to_host(site_values(m, task.inputs, sites + pre)) for k, m in nets.items()}
     g = torch.Generator().manual_seed(s.seed)
-    breaks = {site: [linearity_break(acts[site].reshape(s.n, s.n, -1), s.n_quads, g)["ratio"],
-                     linearity_break(acts0[site].reshape(s.n, s.n, -1), s.n_quads, g)["ratio"]] for site in sites}
+    ratio = {site: {k: linearity_break(a[site].reshape(s.n, s.n, -1), s.n_quads, g)["ratio"] for k, a in acts.items()}
+             for site in sites + pre}
     hidden = [x for x in sites if x.startswith("layers.")]
-    excess = {site: {"trained": _top_excess(acts[site].reshape(s.n, s.n, -1), s.top_k),
-                     "random": _top_excess(acts0[site].reshape(s.n, s.n, -1), s.top_k)} for site in hidden}
+    excess = {site: {"trained": _top_excess(acts["trained"][site].reshape(s.n, s.n, -1), s.top_k),
+                     "random": _top_excess(acts["random"][site].reshape(s.n, s.n, -1), s.top_k)} for site in hidden}
     return {"train_acc": res.final.get("train_acc"), "sites": sites,
-            "probe": _probe_summary(acts, task.labels, s), "probe_random": _probe_summary(acts0, task.labels, s),
-            "linearity_break_ratio": breaks, "excess": excess}
+            "probe": _probe_summary({x: acts["trained"][x] for x in sites}, task.labels, s),
+            "probe_random": _probe_summary({x: acts["random"][x] for x in sites}, task.labels, s),
+            "linearity_break_ratio": {x: [ratio[x]["trained"], ratio[x]["random"]] for x in sites},
+            "linearity_break_pre": {x: [ratio[x]["trained"], ratio[x]["random"]] for x in pre},
+            "linearity_break_shuffled": {x: ratio[x]["shuffled"] for x in sites + pre},
+            "active_fraction": {x: [float((acts[k][x] > 0).double().mean()) for k in ("trained", "random")] for x in pre},
+            "excess": excess}
 
 
 def _log_prob_metric(y: torch.Tensor):
     def metric(logits: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(logits[:, -1].float(), -1)[torch.arange(len(y)), y].mean()
+        return F.log_softmax(logits[:, -1].float(), -1)[torch.arange(len(y), device=y.device), y].mean()
     return metric
 
 
-def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
-    """(b): train the two-token-names transformer; combine layer, probes, MLP ablations, path patching."""
+def names_part(s: Settings, out: Path, quiet: bool, placement: Placement | None = None) -> dict[str, Any]:
+    """(b): train the two-token-names transformer; combine layer, probes, MLP ablations, path patching
+    (on ``placement``'s device and dtype)."""
+    placement = placement if placement is not None else Placement("cpu")
     task = two_token_names_task(n_first=s.n_first, n_last=s.n_last, n_names=s.n_names, n_attributes=s.n_attributes,
                                 seed=s.seed, d_model=s.d_model, n_layers=s.n_layers, d_mlp=s.d_mlp)
-    model = Transformer(task.default_model_config(), seed=s.seed)
-    init = Transformer(task.default_model_config(), seed=s.seed)
+    model = placement.apply(Transformer(task.default_model_config(), seed=s.seed))
+    init = placement.apply(Transformer(task.default_model_config(), seed=s.seed))
     res = train(model, task, TrainConfig(epochs=s.max_epochs, lr=3e-3, weight_decay=0.1, seed=s.seed, log_every=25),
                 None, quiet=quiet, stop=lambda row: row["train_acc"] == 1.0 and row["train_loss"] < 1e-3)
     model.eval()
     save_model(out / "names-transformer", model, {"task": task.describe()})
-    x, y = task.inputs, task.labels
+    x, y = task.inputs.to(placement.torch_device), task.labels.to(placement.torch_device)
     L = s.n_layers
 
     # where the name tokens are combined: attention from the last position to the first name
@@ -153,8 +175,8 @@ def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
     combine_layer = next((l for l, a in enumerate(attn_first) if a > 0.1), None)
 
     sites = ["blocks.0.hook_resid_pre"] + [f"blocks.{l}.hook_{k}" for l in range(L) for k in ("resid_mid", "resid_post")]
-    probes = _probe_summary(site_activations(model, x, sites, position=-1), y, s)
-    probes0 = _probe_summary(site_activations(init, x, sites, position=-1), y, s)
+    probes = _probe_summary(site_values(model, x, sites, position=-1), y, s)
+    probes0 = _probe_summary(site_values(init, x, sites, position=-1), y, s)
     rise = next((site for site in sites if probes[site]["mean"] > probes[site]["chance"] + 0.1
                  and probes[site]["mean"] > probes[site]["chance"] + 3 * probes[site]["std"]), None)
 
@@ -171,7 +193,7 @@ def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
     # path patching: corrupt the first name, restore layer-0 heads' outputs along single paths
     g = torch.Generator().manual_seed(s.seed + 1)
     corrupt = x.clone()
-    corrupt[:, 0] = (x[:, 0] + torch.randint(1, s.n_first, (len(x),), generator=g)) % s.n_first
+    corrupt[:, 0] = (x[:, 0] + torch.randint(1, s.n_first, (len(x),), generator=g).to(x.device)) % s.n_first
     metric = _log_prob_metric(y)
     with torch.no_grad():
         total = (metric(model(x)) - metric(model(corrupt))).item()
@@ -196,10 +218,11 @@ def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
     site = "blocks.0.mlp.hook_post"
     with torch.no_grad():
         ref = site_values(model, x, site, positions=[-1])
-        base_lp = F.log_softmax(model(x, positions=[-1])[:, 0], -1)[torch.arange(len(y)), y]
+        rows = torch.arange(len(y), device=y.device)
+        base_lp = F.log_softmax(model(x, positions=[-1])[:, 0], -1)[rows, y]
         effects = torch.stack([
             F.log_softmax(ablate(model, x, site, "mean", units=[i], reference=ref, positions=[-1])[:, 0], -1)
-            [torch.arange(len(y)), y] - base_lp for i in range(s.d_mlp)])
+            [rows, y] - base_lp for i in range(s.d_mlp)])
     alive = effects.abs().amax(1) > 1e-6
     corr = ablation_effect_correlation(effects[alive]) if int(alive.sum()) >= 2 else None
     return {"train_acc": res.final.get("train_acc"), "epochs": res.epochs_run, "sites": sites,
@@ -211,12 +234,13 @@ def names_part(s: Settings, out: Path, quiet: bool) -> dict[str, Any]:
                 "independent_abs": math.sqrt(2 / (math.pi * int(alive.sum()))), "n_neurons": int(alive.sum())}}
 
 
-def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = None, quiet: bool = False
-        ) -> dict[str, Any]:
+def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = None, quiet: bool = False,
+        device: str = "auto", dtype: str = "float32") -> dict[str, Any]:
     """Run both parts into ``out_dir``; writes results.json and report.html, returns the results.
 
     ``run(out, quick=True)`` takes under a minute on 2 cores; ``settings`` overrides the presets
-    (``tests/test_studies_fact_finding_embeddings.py`` runs a smaller one).
+    (``tests/test_studies_fact_finding_embeddings.py`` runs a smaller one). The networks train and are
+    probed, ablated and patched on ``device`` in ``dtype`` (recorded in results.json).
 
     Example:
         >>> QUICK.n_layers, FULL.n_layers, dataclasses.replace(QUICK, seed=3).seed
@@ -225,10 +249,12 @@ def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = No
     t0 = time.perf_counter()
     s = settings if settings is not None else (QUICK if quick else FULL)
     check(s.n >= 3 and s.n_names >= 10, "The study needs n >= 3 and n_names >= 10.")
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    a = memorization_part(s, out, quiet)
-    b = names_part(s, out, quiet)
+    a = memorization_part(s, out, quiet, placement)
+    b = names_part(s, out, quiet, placement)
     results: dict[str, Any] = {
         "settings": dataclasses.asdict(s),
         "probe_acc_by_layer": {"mlp": {k: v["mean"] for k, v in a["probe"].items()},
@@ -244,10 +270,14 @@ def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = No
         "interaction_share": {site: [e["trained"]["mean_interaction_share"], e["random"]["mean_interaction_share"]]
                               for site, e in a["excess"].items()},
         "linearity_break_ratio": a["linearity_break_ratio"],
+        "linearity_break_ratio_pre": a["linearity_break_pre"],
+        "linearity_break_ratio_shuffled_weights": a["linearity_break_shuffled"],
+        "active_fraction": a["active_fraction"],
         "mlp_ablation_cost": b["mlp_ablation_cost"],
         "combine_layer": b["combine_layer"],
         "attn_to_first_name": b["attn_to_first_name"],
         "probe_rise_site": b["probe_rise_site"],
+        "probe_rises_after_combine": _rises_after(b),
         "path_patching": b["path_patching"],
         "mean_ablated_path_cost": b["mean_ablated_paths"],
         "path_patching_total_effect": b["total_effect"],
@@ -255,18 +285,30 @@ def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = No
         "mlp_train_acc": a["train_acc"], "transformer_train_acc": b["train_acc"],
         "transformer_clean_loss": b["clean_loss"],
         "seconds": round(time.perf_counter() - t0, 1),
+        **placement.record(),
     }
     write_results(out, results)
     path = _report(results, a, b).save(out / "report.html")
     hid = [k for k in a["linearity_break_ratio"] if k.startswith("layers.")]
-    print("fact-finding: (a) probe acc " + ", ".join(f"{k} {v:.2f}" for k, v in results["probe_acc_by_layer"]["mlp"].items())
-          + "; linearity break [trained, random] " + ", ".join(
-              f"{k} [{a['linearity_break_ratio'][k][0]:.2f}, {a['linearity_break_ratio'][k][1]:.2f}]" for k in hid)
-          + f"; (b) names combined at layer {b['combine_layer']}, attribute probe rises at {b['probe_rise_site']} ("
-          + ", ".join(f"{k.replace('blocks.', '').replace('hook_', '')} {v['mean']:.2f}" for k, v in b["probe"].items())
-          + f", chance {results['probe_chance']['transformer']:.2f}); MLP ablation cost "
-          + ", ".join(f"{k}: {v:.3f}" for k, v in b["mlp_ablation_cost"].items()) + f"; report: {path}")
+    announce([
+        "fact-finding (a) MLP lookup table: probe acc " + ", ".join(
+            f"{_short(k)} {v:.2f}" for k, v in results["probe_acc_by_layer"]["mlp"].items())
+        + "; linearity break [trained, random init] " + ", ".join(
+            f"{_short(k)} [{a['linearity_break_ratio'][k][0]:.2f}, {a['linearity_break_ratio'][k][1]:.2f}]" for k in hid),
+        f"(b) names transformer: name tokens combined by the attention of layer {b['combine_layer']}; attribute probe "
+        f"rises above chance at {_short(str(b['probe_rise_site']))} ("
+        + ", ".join(f"{_short(k)} {v['mean']:.2f}" for k, v in b["probe"].items())
+        + f"; chance {results['probe_chance']['transformer']:.2f}); MLP ablation cost "
+        + ", ".join(f"{k}: {v:.3f}" for k, v in b["mlp_ablation_cost"].items())], path)
     return results
+
+
+def _rises_after(b: dict[str, Any]) -> bool | None:
+    """Whether the attribute probe first rises above chance at or after the first site that has seen the
+    combining attention layer (``blocks.{combine}.hook_resid_mid``); None when either is missing."""
+    if b["combine_layer"] is None or b["probe_rise_site"] is None:
+        return None
+    return b["sites"].index(b["probe_rise_site"]) >= b["sites"].index(f"blocks.{b['combine_layer']}.hook_resid_mid")
 
 
 def _short(site: str) -> str:
@@ -301,14 +343,22 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
     axes[0].set_ylabel("probe test accuracy")
     axes[0].legend(fontsize=8)
     br = a["linearity_break_ratio"]
-    axes[1].bar(xs - 0.2, [br[k][0] for k in sites], 0.4, label="trained")
-    axes[1].bar(xs + 0.2, [br[k][1] for k in sites], 0.4, label="random init")
-    axes[1].set_xticks(xs, [_short(k) for k in sites], rotation=20)
+    allbr = {**br, **a["linearity_break_pre"]}
+    order = ["hook_input"] + [x for i in range(len(s["mlp_hidden"])) for x in (f"layers.{i}.hook_pre", f"layers.{i}.hook_post")] \
+        + ["hook_logits"]
+    xo = np.arange(len(order))
+    axes[1].bar(xo - 0.27, [allbr[k][0] for k in order], 0.27, label="trained")
+    axes[1].bar(xo, [allbr[k][1] for k in order], 0.27, label="random init")
+    axes[1].bar(xo + 0.27, [a["linearity_break_shuffled"][k] for k in order], 0.27, label="trained weights shuffled",
+                color="gray")
+    axes[1].set_xticks(xo, [_short(k) for k in order], rotation=20)
     axes[1].set_ylabel("linearity break ratio")
     axes[1].legend(fontsize=8)
     r.figure(fig, caption="Left: label probe accuracy per layer (mean and spread over splits). Right: distance between "
                           "the midpoints of f(A1B1), f(A2B2) and of f(A1B2), f(A2B1), over the same for random pairs "
-                          "(0: the layer keeps the additive structure of the input; 1: none left).")
+                          "(0: the layer keeps the additive structure of the input; 1: none left), at each layer's "
+                          "pre-activation and after its ReLU, for the trained network, the same network at "
+                          "initialisation, and a network with the trained weights' values shuffled within each matrix.")
     r.table(["site", "probe acc (trained)", "std", "probe acc (random init)", "break ratio (trained)",
              "break ratio (random init)"],
             [[k, a["probe"][k]["mean"], a["probe"][k]["std"], a["probe_random"][k]["mean"], br[k][0], br[k][1]]
@@ -333,14 +383,28 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
                           "a function of a and a function of b (0: additive; a pure AND of one a and one b in an n x n table: (n-1)/(n+1)).")
     first, last = hidden[0], hidden[-1]
     br, share = a["linearity_break_ratio"], results["interaction_share"]
+    pre, shuf, act = a["linearity_break_pre"], a["linearity_break_shuffled"], a["active_fraction"]
+    pre0, pre_last = "layers.0.hook_pre", last.replace("hook_post", "hook_pre")
+    more = [k for k in hidden if br[k][0] > br[k][1]]
     r.text("Mean non-additive share per layer [trained, random init]: " + ", ".join(
         f"{_short(k)} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in share.items()) + ". "
-        f"The first hidden layer is a ReLU of a sum u(a) + v(b) whatever its weights, so it can break the additive "
-        f"structure only where the ReLU cuts: its break ratio ({br[first][0]:.2f} trained, {br[first][1]:.2f} at "
-        f"initialisation) barely moves with training, although the label has become linearly readable there (probe "
-        f"{a['probe'][first]['mean']:.2f}, against {a['probe_random'][first]['mean']:.2f} at initialisation): a few "
-        f"directions carry the label while most of the layer's geometry stays as initialised. The next layer breaks "
-        f"the structure far more than at initialisation ({_short(last)}: {br[last][0]:.2f} against {br[last][1]:.2f}).")
+        f"Trained layers that break the linear structure more than the same layer at initialisation: "
+        f"{', '.join(_short(k) for k in more) or 'none'}; of the hidden layers, "
+        f"{', '.join(_short(k) for k in hidden if k not in more) or 'none'} do not.")
+    r.text(f"Why the first hidden layer does not: its pre-activation is u(a) + v(b) whatever the weights (one-hot "
+           f"inputs; break ratio {pre[pre0][0]:.2f}), so it can break the additive structure only where the ReLU cuts. "
+           f"At initialisation the biases are zero and the ReLU cuts half of the units' values on any input "
+           f"(active fraction {act[pre0][1]:.2f}); after training it is {act[pre0][0]:.2f}: the ReLU still cuts about as "
+           f"much as at initialisation, and the break ratio is {br[first][0]:.2f} against {br[first][1]:.2f} at "
+           f"initialisation and {shuf[first]:.2f} for a network with the trained weights' own values shuffled "
+           f"(a random network at the trained scale). The ratio is a property of the whole layer's geometry, which "
+           f"training barely changes here, although the label has become linearly readable there (probe "
+           f"{a['probe'][first]['mean']:.2f}, against {a['probe_random'][first]['mean']:.2f} at initialisation). What the "
+           f"next layer reads from it is far less additive: at its pre-activation, a linear map of the first layer, the "
+           f"ratio is {pre[pre_last][0]:.2f} trained against {pre[pre_last][1]:.2f} at initialisation, and after its ReLU "
+           f"{br[last][0]:.2f} against {br[last][1]:.2f}" + (f" (its ReLU barely cuts: active fraction {act[pre_last][0]:.2f})"
+           if pre_last != pre0 else "") + ". The trained weights pick out the non-additive part of the first layer; "
+           "the per-site ratio, weighting every direction by its variance, does not see that.")
     r.table(["site", "neuron", "pair (a, b)", "excess / layer RMS", "random init top"],
             [[site, n, str(tuple(p)), v, vr] for site in hidden
              for n, p, v, vr in zip(a["excess"][site]["trained"]["neurons"], a["excess"][site]["trained"]["pairs"],
@@ -361,7 +425,12 @@ def _report(results: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> Re
            + ", ".join(f"layer {l} {w:.2f}" for l, w in enumerate(b["attn_to_first_name"])) + "). "
            f"The attribute probe is at chance before that ({_short(first_site)}: {b['probe'][first_site]['mean']:.2f}, "
            f"chance {results['probe_chance']['transformer']:.2f}) and first rises above chance at "
-           f"{_short(str(rise))}" + (f" ({b['probe'][rise]['mean']:.2f})" if rise else "") + ".")
+           f"{_short(str(rise))}" + (f" ({b['probe'][rise]['mean']:.2f})" if rise else "") + ". "
+           + {True: "That is after the combining layer's attention: the attribute becomes readable only once the "
+                    "name tokens have been brought together.",
+              False: "That is before the combining layer's attention: the probe reads something other than the "
+                     "combined name.",
+              None: "One of the two is missing, so the order cannot be stated."}[results["probe_rises_after_combine"]])
     sites = b["sites"]
     xs = np.arange(len(sites))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))

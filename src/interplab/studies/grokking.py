@@ -34,7 +34,7 @@ from interplab.io import read_json, write_results
 from interplab.models import Transformer
 from interplab.report import Report, announce
 from interplab.numerics import numerics
-from interplab.runs import state_path
+from interplab.runs import load_checkpoint, read_metrics, state_path
 from interplab.tasks.modular import modular_task
 from interplab.train import TrainConfig, train_or_resume
 
@@ -56,14 +56,32 @@ QUICK = Settings(p=53, frac_train=0.6, max_epochs=5000, checkpoint_every=100)
 
 
 class _StopAfterCleanup:
-    """Stop once test accuracy has been >= 0.99 for ``max(500, 15%)`` of the epochs it took."""
+    """Stop once test accuracy has been >= 0.99 for ``max(500, 15%)`` of the epochs it took.
+
+    Its state (the first logged epoch at 0.99) is not in the training checkpoint: :meth:`for_run`
+    rebuilds it from the run's metrics up to the checkpoint, so a resumed run stops at the same
+    epoch as one trained without interruption.
+    """
 
     def __init__(self) -> None:
         self.first: int | None = None
 
-    def __call__(self, row: dict[str, Any]) -> bool:
+    @classmethod
+    def for_run(cls, out: Path) -> "_StopAfterCleanup":
+        """The rule as it stood at the checkpoint in ``out`` (a fresh one when there is none)."""
+        stopper = cls()
+        if state_path(out).is_file():
+            upto = int(load_checkpoint(state_path(out))["epoch"])
+            for row in read_metrics(out / "metrics.jsonl", upto):
+                stopper.see(row)
+        return stopper
+
+    def see(self, row: dict[str, Any]) -> None:
         if self.first is None and row.get("test_acc", 0.0) >= 0.99:
             self.first = row["epoch"]
+
+    def __call__(self, row: dict[str, Any]) -> bool:
+        self.see(row)
         return self.first is not None and row["epoch"] >= self.first + max(500, int(0.15 * self.first))
 
 
@@ -89,7 +107,7 @@ def run(out_dir: str | Path, p: int | None = None, max_epochs: int | None = None
     cfg = TrainConfig(epochs=max_epochs, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), seed=seed, log_every=50,
                       checkpoint_every=checkpoint_every, keep_history=True)
     resume = state_path(out).exists()
-    result = train_or_resume(model, task, cfg, out, quiet=quiet, stop=_StopAfterCleanup())
+    result = train_or_resume(model, task, cfg, out, quiet=quiet, stop=_StopAfterCleanup.for_run(out))
     metrics = result.metrics
     train_time = metrics[-1]["time"] if metrics else 0.0
     model.to(device="cpu", dtype=torch.float32)

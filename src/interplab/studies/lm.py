@@ -37,6 +37,7 @@ from interplab.analysis.circuits import composition_scores
 from interplab.analysis.heads import (attention_patterns, duplicate_token_scores, heads_above, induction_scores,
                                       previous_token_scores, repeated_tokens, text_induction_scores)
 from interplab.analysis.lens import answer_ranks, logit_lens
+from interplab.devices import Placement, dtype_name, model_device, model_dtype
 from interplab.options import number
 from interplab.errors import check
 from interplab.lm.corpus import fact_prompts, load_corpus, make_corpus
@@ -101,10 +102,13 @@ def _corpus(out: Path, s: Settings, quiet: bool) -> Path:
     return d
 
 
-def _train(out: Path, corpus: Path, s: Settings, quiet: bool) -> tuple[Transformer, LMTask, list[dict[str, Any]]]:
+def _train(out: Path, corpus: Path, s: Settings, quiet: bool,
+           placement: Placement | None = None) -> tuple[Transformer, LMTask, list[dict[str, Any]]]:
     task = LMTask(corpus, n_ctx=s.n_ctx, seed=s.seed, rows_per_epoch=s.rows_per_epoch)
     model = Transformer(task.default_model_config(d_model=s.d_model, n_layers=s.n_layers, n_heads=s.n_heads,
                                                   d_mlp=s.d_mlp), seed=s.seed)
+    if placement is not None:  # on the device and in the dtype asked for (train() records them in config.json)
+        placement.apply(model)
     cfg = TrainConfig(epochs=s.epochs, lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95),
                       batch_size=s.batch_size, schedule="cosine", warmup_epochs=max(1, s.epochs // 20), seed=s.seed,
                       log_every=max(1, s.epochs // 8), checkpoint_every=max(1, s.epochs // 8), keep_history=False)
@@ -181,17 +185,24 @@ def _story(corpus: Path, tokenizer: Any, n_ctx: int) -> tuple[torch.Tensor, list
 
 def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = False, model: str | None = None,
         device: str = "auto", dtype: str = "float32", quiet: bool = False) -> dict[str, Any]:
-    """Make the corpus, train (or reuse, or load ``model``), analyse; write results.json and report.html."""
+    """Make the corpus, train (or reuse, or load ``model``), analyse; write results.json and report.html.
+
+    The model trains (or ``model`` is loaded) and is analysed on ``device`` in ``dtype`` (recorded in
+    results.json); float16 is for a loaded ``model`` only.
+    """
     t0 = time.perf_counter()
     s = settings if settings is not None else (Settings.quick() if quick else Settings())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if model is not None:  # load first: a model that cannot be loaded should not cost a corpus
         lm, tok = load_option(model, device=device, dtype=dtype)
+    else:  # a device this machine lacks is refused before the corpus is made
+        placement = Placement(device, dtype)
+        placement.torch_device  # noqa: B018
     corpus = _corpus(out, s, quiet)
     metrics: list[dict[str, Any]] = []
     if model is None:
-        lm, task, metrics = _train(out, corpus, s, quiet)
+        lm, task, metrics = _train(out, corpus, s, quiet, placement)
         tok, eval_tokens = task.tokenizer, TokenDataset(corpus / "tokens.bin", s.n_ctx + 1)
         name = "interplab Transformer trained here"
     else:
@@ -221,6 +232,7 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         "train_seconds": round(metrics[-1]["time"] if metrics else t_train, 1),
     }
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results.update(device=str(model_device(lm)), dtype=dtype_name(model_dtype(lm)))
     write_results(out, results)
     path = _report(results, a, metrics, lm, tok, corpus, s, model is None).save(out / "report.html")
     lines: list[str] = []
@@ -323,8 +335,8 @@ def cli(
     quick: bool = typer.Option(False, "--quick", help="Smaller corpus and model: about two CPU-minutes."),
     model: Optional[str] = model_option(help="Analyse this pretrained causal LM (a local Hugging Face directory, "
                                         "or a hub name) instead of training one."),
-    device: str = typer.Option("auto", help="Device for --model: auto, cpu, cuda or mps."),
-    dtype: str = typer.Option("float32", help="Dtype for --model: float32, float64, bfloat16 or float16."),
+    device: str = typer.Option("auto", help="Device of the model: auto (CUDA when present, else CPU), cpu, cuda or mps."),
+    dtype: str = typer.Option("float32", help="Dtype of the model: float32, float64 or bfloat16 (float16: --model only)."),
     seed: int = number(0, "--seed", kind=int, ge=0, help="Seed of the corpus, initialisation and training."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:

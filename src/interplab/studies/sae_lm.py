@@ -13,10 +13,13 @@ of the open replications of Anthropic's "Towards Monosemanticity":
 - for each known attribute of the corpus (sport, team, home city, country, colour), the best
   single feature's ROC AUC as a detector of the tokens that state that attribute;
 - inference-time optimisation of the main SAE's dictionary against a random one (MP, OMP, GP);
-- steering stories towards a sport: the steering vector from a prompt pair against its SAE
-  views (sparse feature decomposition, single feature, reconstruction difference, irrelevant
-  features taken out), each scaled to the original's norm, P(a sampled story mentions the sport) against the steered loss on
-  ordinary text, with Pareto frontiers;
+- steering stories towards a sport: the mean-difference vector where the model predicts a
+  sport (the last position of ``"<person> plays the sport of"``, players of the target against
+  the rest) against its SAE views (sparse feature decomposition, single feature, reconstruction
+  difference, irrelevant features taken out), each scaled to the original's norm; P(a story
+  sampled after ``"One day,"`` mentions the sport) against the steered loss on ordinary text,
+  with Pareto frontiers, and as references the unsteered rate (coefficient 0) and the rate when
+  the prompt names a player of that sport;
 - auto-interp scores of the most active features with the offline rule explainer over the
   corpus's token categories, entities' attributes and token identities;
 - LM feature dashboards of the best attribute detectors.
@@ -26,7 +29,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -35,10 +40,13 @@ import matplotlib.pyplot as plt
 import torch
 import typer
 
+from interplab.devices import Placement, to_host
 from interplab.options import number
 from interplab.errors import check
-from interplab.interventions.steering import coefficient_sweep, pareto_front, pareto_plot, sae_views
-from interplab.lm.corpus import SPORTS, annotated_documents, load_corpus
+from interplab.instrument import cache
+from interplab.interventions.steering import (coefficient_sweep, pareto_front, pareto_plot, sae_views,
+                                              sample_continuations)
+from interplab.lm.corpus import SPORTS, annotated_documents, fact_prompts, load_corpus
 from interplab.lm.load import model_option
 from interplab.lm.tokenizer import bos_id, decode, encode, token_strings
 from interplab.lm.tokens import TokenDataset, write_token_file
@@ -83,8 +91,8 @@ class Settings:
     def quick(cls) -> "Settings":
         """The ``--quick`` preset: a few CPU-minutes in all."""
         return cls(lm=lm_study.Settings.quick(), expansion=4, steps=500, l1_coeffs=(1.0, 4.0), main_l1=1.0, store_rows=60_000,
-                   shard_rows=16384, buffer_size=8192, eval_rows=120, ito_ks=(4, 16), steer_coefs=(0.0, 0.5, 1.0, 2.0),
-                   steer_samples=12, steer_tokens=12, autointerp_features=12)
+                   shard_rows=16384, buffer_size=8192, eval_rows=120, ito_ks=(4, 16), steer_coefs=(0.0, 0.25, 0.5, 1.0, 2.0),
+                   steer_samples=16, steer_tokens=20, autointerp_features=12)
 
 
 def _token_labels(doc: Any, tok: Any) -> list[set[str]]:
@@ -118,53 +126,72 @@ def _eval_set(corpus: Path, tok: Any, n_rows: int, n_ctx: int) -> tuple[torch.Te
             [[set(), *labels[i * L:(i + 1) * L]] for i in range(n)], [[None, *attrs[i * L:(i + 1) * L]] for i in range(n)])
 
 
-def _steering(lm: torch.nn.Module, tok: Any, sae: SAE, text: torch.Tensor, s: Settings, quiet: bool
-              ) -> tuple[dict[str, list[list[float]]], str]:
-    target = SPORTS[0]
+def _steering(lm: torch.nn.Module, tok: Any, sae: SAE, text: torch.Tensor, corpus: Path, s: Settings, quiet: bool
+              ) -> dict[str, Any]:
+    """Steer stories towards one sport: the vector and its SAE views over coefficients, plus references.
 
-    def sentence(sport: str) -> torch.Tensor:
-        return torch.tensor([[bos_id(tok), *encode(tok, f"She loves {sport}")]])
-
-    pos = sentence(target)
-    # the negative: another sport whose sentence has as many tokens, so the prompts align position by position
-    other = next((o for o in SPORTS[1:] if sentence(o).shape == pos.shape), SPORTS[1])
-    neg = sentence(other)
-    if pos.shape != neg.shape:  # no sport of the same length: pad the shorter with its last token
-        n = max(pos.shape[1], neg.shape[1])
-        pos, neg = (torch.cat([t, t[:, -1:].expand(1, n - t.shape[1])], 1) for t in (pos, neg))
+    The vector is read where the model *predicts* a sport: the last position of the fact prompts
+    ``"<person> plays the sport of"``, people who play the target against everyone else (mean
+    difference). Read at the sport word itself it would say which token is there, not what comes
+    next, and adding it makes the model write *after* the sport rather than the sport (tried: P(success)
+    falls with the coefficient). Every view is scaled to the original's norm, so the coefficient is in
+    units of that norm (``steering_vector_norm``; ``steering_resid_norm`` is the site's mean row norm).
+    """
+    facts = fact_prompts(load_corpus(corpus), ("sport",))
+    plays = Counter(p.answer.strip() for p in facts)
+    check(len(plays) >= 2, "Steering needs people who play at least two different sports in the corpus.")
+    target = SPORTS[0] if plays[SPORTS[0]] else plays.most_common(1)[0][0]
     device = next(lm.parameters()).device
-    views = sae_views(sae, lm, pos.to(device), neg.to(device), k=s.steer_k)
+    bos = bos_id(tok)
+
+    def ids(words: str) -> torch.Tensor:
+        return torch.tensor([bos, *encode(tok, words)], device=device)
+
+    positive = [ids(p.prompt) for p in facts if p.answer.strip() == target]
+    negative = [ids(p.prompt) for p in facts if p.answer.strip() != target]
+    views = sae_views(sae, lm, positive, negative, k=s.steer_k, positions=-1)
     norm = views["original"][-1].norm()
-    # the vector at the prompts' last position, added at every position; each view scaled to the
-    # original's norm so that one coefficient range suits all of them
     vectors = {name: views[name][-1] * (norm / views[name][-1].norm().clamp_min(1e-12))
                for name in ("original", "features", "single", "recon_diff", "projected")}
-    prompt = torch.tensor([bos_id(tok), *encode(tok, "One day,")], device=device)
+    word = re.compile(rf"\b{re.escape(target)}\b")
 
     def mentions(cont: torch.Tensor) -> bool:
-        return target in decode(tok, cont.tolist())
+        return word.search(decode(tok, cont.tolist())) is not None
 
+    prompt = ids("One day,")
     sweep = coefficient_sweep(lm, sae.cfg.hook_name, vectors, s.steer_coefs, prompt, mentions, text[:16].to(device),
                               n_samples=s.steer_samples, max_new_tokens=s.steer_tokens, seed=s.seed, quiet=quiet)
-    return sweep, target
+    # reference: no vector, but a person who plays the target named in the prompt (can the LM write it at all?)
+    player = next(p.entity for p in facts if p.answer.strip() == target)
+    named = sample_continuations(lm, ids(f"One day, {player}"), s.steer_samples, s.steer_tokens, seed=s.seed)
+    resid = cache(lm, text[:16].to(device), names=sae.cfg.hook_name)[1][sae.cfg.hook_name][:, 1:]
+    return {"steering": sweep, "steering_target": target, "steering_prompted": sum(map(mentions, named)) / len(named),
+            "steering_vector_norm": float(norm), "steering_resid_norm": float(resid.norm(dim=-1).mean()),
+            "steering_prompts": [len(positive), len(negative)]}
 
 
 def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = False, model: str | None = None,
-        device: str = "auto", quiet: bool = False) -> dict[str, Any]:
-    """Train or load the LM, run every measurement; write results.json and report.html."""
+        device: str = "auto", quiet: bool = False, dtype: str = "float32") -> dict[str, Any]:
+    """Train or load the LM, run every measurement; write results.json and report.html.
+
+    The LM (trained or loaded), its activation shards' SAEs and every measurement run on ``device`` in
+    ``dtype`` (recorded in results.json).
+    """
     t0 = time.perf_counter()
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     s = settings if settings is not None else (Settings.quick() if quick else Settings())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus = lm_study._corpus(out / "lm", s.lm, quiet)
     if model is None:
-        lm, task, _ = lm_study._train(out / "lm", corpus, s.lm, quiet)
+        lm, task, _ = lm_study._train(out / "lm", corpus, s.lm, quiet, placement)
         tok, tokens = task.tokenizer, TokenDataset(corpus / "tokens.bin", s.lm.n_ctx)
         name = "interplab Transformer trained here"
     else:
         from interplab.lm.load import load
 
-        loaded = load(model, device=device)
+        loaded = load(model, device=placement.torch_device, dtype=placement.torch_dtype)
         lm, tok = loaded.model, loaded.tokenizer
         path = write_token_file(load_corpus(corpus).documents(), tok, out / "model_tokens.bin", quiet=quiet)
         tokens = TokenDataset(path, min(int(lm.cfg.n_ctx), s.lm.n_ctx + 1))
@@ -193,7 +220,8 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
                                  resample_every=max(100, s.steps // 4), seed=s.seed, log_every=max(1, s.steps // 5),
                                  ghost_all_steps=s.steps // 10 if variant == "ghost" else 0,
                                  checkpoint_every=s.steps)
-            sae = SAE(SAEConfig(d_in=d, d_sae=s.expansion * d, hook_name=hook, act_scale=store.scale), seed=s.seed)
+            sae = placement.apply(SAE(SAEConfig(d_in=d, d_sae=s.expansion * d, hook_name=hook, act_scale=store.scale),
+                                      seed=s.seed))
             run_dir = out / "saes" / f"{variant}_l1_{l1:g}"
             resume = (run_dir / "checkpoints" / "state.pt").exists()
             if resume:  # reuse only a run of these very settings (same LM and activations: same act_scale)
@@ -209,7 +237,7 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
             saes[(variant, l1)] = sae
     main = saes[("ghost", s.main_l1)]
     main_lr = lm_loss_recovered(lm, text, main)
-    acts = feature_activations(main, lm, eval_tokens, exclude_bos=True)  # [N, T, d_sae]
+    acts = to_host(feature_activations(main, lm, eval_tokens, exclude_bos=True))  # [N, T, d_sae], on the host
     flat = acts[:, 1:].reshape(-1, main.cfg.d_sae)
     l0 = (flat > 0).float().sum(-1).mean().item()
 
@@ -226,7 +254,8 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
     ito = ito_loss_recovered(lm, text, main, list(s.ito_ks), seed=s.seed, quiet=quiet)
 
     # 4. steering
-    steering, target = _steering(lm, tok, main, text, s, quiet)
+    steer = _steering(lm, tok, main, text, corpus, s, quiet)
+    steering, target = steer["steering"], steer["steering_target"]
 
     # 5. auto-interp with the offline rule explainer, most frequently active features
     density = (flat > 0).float().mean(0)
@@ -247,20 +276,22 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         "dead_fraction": float((density == 0).float().mean()),
         "attribute_feature_auc": attribute_auc, "attribute_best_feature": best_feature,
         "attributes_auc_above_0_9": sum(v >= 0.9 for v in attribute_auc.values()) / max(1, len(attribute_auc)),
-        "ito": ito, "steering": steering, "steering_target": target,
+        "ito": ito, **steer,
         "autointerp_score_mean": sum(scores) / len(scores) if scores else float("nan"),
         "autointerp": {str(i): v for i, v in interp.items()},
         "lm_seconds": round(t_lm, 1),
     }
     results["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    results.update(placement.record())
     write_results(out, results)
     path = _report(results, index).save(out / "report.html")
     lines: list[str] = []
     lines.append(f"{name}, SAE on {hook} ({d} -> {main.cfg.d_sae}): L0 {l0:.1f}, loss recovered "
                f"{results['loss_recovered']:.3f} (zero ablation), {results['loss_recovered_mean']:.3f} (mean)")
     lines.append("best feature ROC AUC per attribute: " + ", ".join(f"{k} {v:.3f}" for k, v in attribute_auc.items()))
-    best = {m: max(r[1] for r in rows) for m, rows in steering.items()}
-    lines.append(f"steering towards {target!r}, best P(success): " + ", ".join(f"{m} {v:.2f}" for m, v in best.items()))
+    first, last = steering["original"][0], steering["original"][-1]
+    lines.append(f"steering towards {target!r}, P(success) at coefficient {first[0]:g}: {first[1]:.2f}; at {last[0]:g}: " + ", ".join(f"{m} {rows[-1][1]:.2f}" for m, rows in steering.items())
+                 + f" (prompt naming a player: {results['steering_prompted']:.2f})")
     lines.append(f"auto-interp (rules) mean score {results['autointerp_score_mean']:.3f} over {len(scores)} features")
     lines.append(f"{results['wall_seconds']:.0f} s")
     announce(lines, path)
@@ -305,6 +336,14 @@ def _report(results: dict[str, Any], dashboards: Path) -> Report:
                      "loss is better). The dotted line is the unsteered loss.")
     r.table(["method", "coefficient", "P(success)", "steered loss"],
             [[m, *row] for m, rows in results["steering"].items() for row in rows])
+    r.text(f"The vector is the mean difference of the residual stream at the last token of "
+           f"\"&lt;person&gt; plays the sport of\" between the {results['steering_prompts'][0]} people who play "
+           f"{results['steering_target']} and the {results['steering_prompts'][1]} who do not; its norm is "
+           f"{results['steering_vector_norm']:.2f} against a mean residual norm of {results['steering_resid_norm']:.2f} "
+           f"at this site, and the coefficient is in units of that norm (every view is scaled to it). At coefficient "
+           f"{results['steering']['original'][0][0]:g}, {results['steering']['original'][0][1]:.2f} of the stories "
+           f"sampled after \"One day,\" mention the sport; with no vector but a player of it named in the prompt, "
+           f"{results['steering_prompted']:.2f}.")
     r.text("Frontier points per method: " + "; ".join(
         f"{m}: {len(pareto_front(rows))}" for m, rows in results["steering"].items()))
     r.section("Auto-interp (offline rule explainer)")
@@ -319,11 +358,13 @@ def cli(
     out: Path = typer.Option(..., "--out", help="Study directory (lm/, acts/, saes/, dashboards/, results.json, report.html)."),
     quick: bool = typer.Option(False, "--quick", help="Smaller LM, fewer and shorter SAE runs: a few CPU-minutes."),
     model: Optional[str] = model_option(),
-    device: str = typer.Option("auto", help="Device for --model: auto, cpu, cuda or mps."),
+    device: str = typer.Option("auto", help="Device of the LM and the SAEs: auto (CUDA when present, else CPU), cpu, "
+                               "cuda or mps."),
+    dtype: str = typer.Option("float32", help="Dtype of the LM and the SAEs: float32, float64 or bfloat16."),
     seed: int = number(0, "--seed", kind=int, ge=0, help="Seed of the corpus, LM and SAEs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """SAEs on a language model: variants, loss recovered, attribute detectors, steering, auto-interp."""
     s = Settings.quick() if quick else Settings()
     run(out, settings=dataclasses.replace(s, seed=seed, lm=dataclasses.replace(s.lm, seed=seed)), model=model,
-        device=device, quiet=quiet)
+        device=device, dtype=dtype, quiet=quiet)

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import torch
 
+from interplab.devices import Placement
 from interplab.options import parameter, setting, study_command
 from interplab.errors import check
 from interplab.instrument import Site
@@ -64,7 +65,7 @@ QUICK = Settings(model_epochs=600, steps=400, dashboards=2)
 
 
 def _model_and_task(out: Path, run_dir: Optional[PathLike], p: int, frac_train: float, epochs: int, seed: int,
-                    quiet: bool, data_dir: Any) -> tuple[torch.nn.Module, Any, Path]:
+                    quiet: bool, data_dir: Any, placement: Placement) -> tuple[torch.nn.Module, Any, Path]:
     from interplab.models import Transformer
     from interplab.runs import load
     from interplab.tasks import make_task
@@ -73,13 +74,13 @@ def _model_and_task(out: Path, run_dir: Optional[PathLike], p: int, frac_train: 
 
     if run_dir is not None:
         run_dir = Path(run_dir)
-        model = load(run_dir)
+        model = load(run_dir, device=placement.torch_device, dtype=placement.torch_dtype)
         task = make_task(read_json(run_dir / "config.json")["task"], data_dir=data_dir)
         check(task.positions is not None and SITE in model.mod_dict,
               f"Run {run_dir} is not a transformer with an MLP in block 0 trained on a token task.")
         return model, task, run_dir
     task = modular_task(p=p, frac_train=frac_train, seed=seed)
-    model = Transformer(task.default_model_config(), seed=seed)
+    model = placement.apply(Transformer(task.default_model_config(), seed=seed))
     model_dir = out / "model"
     cfg = TrainConfig(epochs=epochs, lr=1e-3, weight_decay=1.0, seed=seed, log_every=100, checkpoint_every=500,
                       keep_history=False)
@@ -104,8 +105,12 @@ def run(
     seed: int = FULL.seed,
     quiet: bool = False,
     data_dir: Any = None,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict[str, Any]:
     """Run the study into ``out_dir``; returns the results dict (see the module docstring).
+
+    The model, its task and the SAEs live on ``device`` in ``dtype`` (recorded in results.json).
 
     Example (tiny; the real defaults take minutes):
         >>> import tempfile
@@ -119,10 +124,14 @@ def run(
         check(name in RECIPES, f"Unknown recipe {name!r}; choose from {', '.join(RECIPES)}.")
     check(ito_recipe in recipes, f"ito_recipe {ito_recipe!r} must be one of the recipes trained.")
     check(len(l1_values) >= 1 and all(v > 0 for v in l1_values), "l1_values must be positive numbers.")
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, task, model_dir = _model_and_task(out, run_dir, p, frac_train, model_epochs, seed, quiet, data_dir)
+    model, task, model_dir = _model_and_task(out, run_dir, p, frac_train, model_epochs, seed, quiet, data_dir,
+                                             placement)
     model.eval()
+    task = task.to(placement.torch_device)
     site = Site(SITE, position=task.positions[0])
     inputs = task.inputs
     with torch.no_grad():  # the model's own answers: loss recovered then measures faithfulness to the model
@@ -146,7 +155,8 @@ def run(
             cfg = SAETrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, l1_coeff=c * rms, dead_fix=RECIPES[name],
                                  dead_window=100, resample_every=max(1, steps // 4), buffer_size=max(2 * batch_size, 8192),
                                  model_batch=1024, seed=seed, log_every=100, checkpoint_every=steps)
-            sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=SITE, position=site.position), seed=seed)
+            sae = placement.apply(SAE(SAEConfig(d_in=d_in, d_sae=d_sae, hook_name=SITE, position=site.position),
+                                      seed=seed))
             sae_dir = out / "saes" / f"{RECIPES[name]}_l1_{c:g}"
             train_sae_or_resume(sae, make_buffer(model, site, sample_rows(inputs), cfg), cfg, sae_dir, quiet=quiet,
                                 model_name=str(model_dir))
@@ -182,7 +192,7 @@ def run(
         "pareto": pareto, "ito": ito, "ito_k": k, "ito_dictionary": f"{ito_recipe}, l1 {mid:g}",
         "dead": dead, "l1_values": list(l1_values), "activation_rms": rms, "d_sae": d_sae, "d_in": d_in,
         "clean_loss": clean["clean"], "zero_ablation_loss": clean["zero"], "mean_ablation_loss": clean["mean"],
-        "train_acc": train_acc, "test_acc": test_acc, "gp_by_dictionary": gp_by_dict, **geometry,
+        "train_acc": train_acc, "test_acc": test_acc, "gp_by_dictionary": gp_by_dict, **geometry, **placement.record(),
     }
     write_results(out, results)
     report_path = _report(out, results, rows, saes, acts, l1_values, recipes, mid, model, chosen, inputs, site,

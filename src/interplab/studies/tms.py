@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from interplab.analysis import superposition as sp
+from interplab.devices import Placement
 from interplab.errors import check
 from interplab.io import read_json, write_results
 from interplab.models import TMSConfig, ToyModelOfSuperposition
@@ -90,9 +91,14 @@ def _key(sparsity: float) -> str:
 
 
 def _fit(model: ToyModelOfSuperposition, objective: SparseFeatures, cfg: TrainConfig, run_dir: Path,
-         quiet: bool) -> TrainResult:
-    """Train into ``run_dir``, or reuse (and finish) a run there made with the same settings."""
-    return train_or_resume(model, objective, cfg, run_dir, quiet=quiet)
+         quiet: bool, placement: Placement | None = None) -> TrainResult:
+    """Train into ``run_dir`` on ``placement``'s device and dtype (or reuse and finish a run there made with
+    the same settings); the model comes back on the CPU in float32 for the analysis."""
+    if placement is not None:
+        placement.apply(model)
+    result = train_or_resume(model, objective, cfg, run_dir, quiet=quiet)
+    model.to(device="cpu", dtype=torch.float32)
+    return result
 
 
 def _config(steps: int, s: Settings, lr: float, seed: int, batch: int, weight_decay: float = 0.0) -> TrainConfig:
@@ -103,14 +109,15 @@ def _config(steps: int, s: Settings, lr: float, seed: int, batch: int, weight_de
 
 
 # -- 1. five features in two dimensions ----------------------------------------------------------
-def geometry_by_sparsity(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, Any]:
+def geometry_by_sparsity(s: Settings, runs: Path, seed: int, quiet: bool,
+                         placement: Placement | None = None) -> dict[str, Any]:
     """Train n=5, m=2 at each sparsity (with restarts); name the best instance's geometry."""
     R, n = s.geometry_restarts, 5
     sparsity = [v for v in s.geometry_sparsity for _ in range(R)]
     obj = SparseFeatures(len(sparsity), n, sparsity=sparsity, importance=[0.9**i for i in range(n)],
                          eval_batch=8192, steps_per_epoch=s.steps_per_epoch, seed=seed)
     model = ToyModelOfSuperposition(TMSConfig(len(sparsity), n, 2), seed=seed)
-    _fit(model, obj, _config(s.geometry_steps, s, 1e-2, seed, s.geometry_batch), runs / "geometry", quiet)
+    _fit(model, obj, _config(s.geometry_steps, s, 1e-2, seed, s.geometry_batch), runs / "geometry", quiet, placement)
     W = model.W.detach()
     best = obj.best_instances(model, R)
     names = sp.classify_geometry(W)
@@ -119,7 +126,8 @@ def geometry_by_sparsity(s: Settings, runs: Path, seed: int, quiet: bool) -> dic
     lin_obj = SparseFeatures(len(lin_sparsity), n, sparsity=lin_sparsity, importance=[0.9**i for i in range(n)],
                              eval_batch=8192, steps_per_epoch=s.steps_per_epoch, seed=seed)
     linear = ToyModelOfSuperposition(TMSConfig(len(lin_sparsity), n, 2, relu_output=False), seed=seed)
-    _fit(linear, lin_obj, _config(s.geometry_steps, s, 1e-2, seed, s.geometry_batch), runs / "geometry_linear", quiet)
+    _fit(linear, lin_obj, _config(s.geometry_steps, s, 1e-2, seed, s.geometry_batch), runs / "geometry_linear", quiet,
+         placement)
     W_lin = linear.W.detach()[lin_obj.best_instances(linear, 2)]
     return {"sparsity": list(s.geometry_sparsity), "W": W[best], "names": [names[i] for i in best],
             "all_names": [names[k * R:(k + 1) * R] for k in range(len(s.geometry_sparsity))],
@@ -128,7 +136,8 @@ def geometry_by_sparsity(s: Settings, runs: Path, seed: int, quiet: bool) -> dic
 
 
 # -- 2. phase diagram --------------------------------------------------------------------------------
-def phase_diagram(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, Any]:
+def phase_diagram(s: Settings, runs: Path, seed: int, quiet: bool,
+                  placement: Placement | None = None) -> dict[str, Any]:
     """n=2, m=1 over density x relative importance of feature 2; classify feature 2 per cell."""
     G, R = s.phase_grid, s.phase_restarts
     density = torch.logspace(0, torch.log10(torch.tensor(s.phase_min_density)).item(), G)
@@ -139,7 +148,7 @@ def phase_diagram(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, 
     obj = SparseFeatures(len(cell_s), 2, sparsity=cell_s, importance=cell_i, eval_batch=4096,
                          steps_per_epoch=s.steps_per_epoch, seed=seed)
     model = ToyModelOfSuperposition(TMSConfig(len(cell_s), 2, 1), seed=seed)
-    _fit(model, obj, _config(s.phase_steps, s, 1e-2, seed, s.phase_batch), runs / "phase", quiet)
+    _fit(model, obj, _config(s.phase_steps, s, 1e-2, seed, s.phase_batch), runs / "phase", quiet, placement)
     best = obj.best_instances(model, R)
     phases = sp.classify_phase(model.W.detach()[best])
     cells = [phases[i * G:(i + 1) * G] for i in range(G)]
@@ -148,14 +157,15 @@ def phase_diagram(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, 
 
 
 # -- 3. dimensionality -------------------------------------------------------------------------------
-def dimensionality(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, Any]:
+def dimensionality(s: Settings, runs: Path, seed: int, quiet: bool,
+                   placement: Placement | None = None) -> dict[str, Any]:
     """Uniform importance, many features: dimensions per feature and D_i against 1/(1-S)."""
     inv_density = torch.logspace(0, torch.log10(torch.tensor(s.dim_max_inv_density)).item(), s.dim_points)
     sparsity = (1 - 1 / inv_density).clamp_min(0).tolist()
     obj = SparseFeatures(s.dim_points, s.dim_features, sparsity=sparsity, importance=1.0, eval_batch=512,
                          steps_per_epoch=s.steps_per_epoch, seed=seed)
     model = ToyModelOfSuperposition(TMSConfig(s.dim_points, s.dim_features, s.dim_hidden), seed=seed)
-    _fit(model, obj, _config(s.dim_steps, s, s.dim_lr, seed, s.dim_batch), runs / "dimensionality", quiet)
+    _fit(model, obj, _config(s.dim_steps, s, s.dim_lr, seed, s.dim_batch), runs / "dimensionality", quiet, placement)
     W = model.W.detach()
     dpf = sp.dimensions_per_feature(W)
     return {"inv_density": inv_density.tolist(), "dims_per_feature": dpf.tolist(),
@@ -163,14 +173,15 @@ def dimensionality(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str,
 
 
 # -- 4. finite datasets --------------------------------------------------------------------------------
-def finite_data(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, Any]:
+def finite_data(s: Settings, runs: Path, seed: int, quiet: bool,
+                placement: Placement | None = None) -> dict[str, Any]:
     """One instance per dataset size T: hidden vectors of features and of the training points."""
     T = list(s.finite_T)
     obj = SparseFeatures(len(T), s.finite_features, sparsity=s.finite_sparsity, importance=1.0, n_samples=T,
                          normalize=True, eval_batch=1024, steps_per_epoch=s.steps_per_epoch, seed=seed)
     model = ToyModelOfSuperposition(TMSConfig(len(T), s.finite_features, 2), seed=seed)
     cfg = _config(s.finite_steps, s, 1e-2, seed, s.finite_batch, weight_decay=s.finite_weight_decay)
-    _fit(model, obj, cfg, runs / "finite", quiet)
+    _fit(model, obj, cfg, runs / "finite", quiet, placement)
     W = model.W.detach()
     H = [sp.hidden_vectors(W[k], obj.dataset(k)) for k in range(len(T))]
     feature_D = sp.feature_dimensionality(W)
@@ -183,9 +194,15 @@ def finite_data(s: Settings, runs: Path, seed: int, quiet: bool) -> dict[str, An
 # -- the study -------------------------------------------------------------------------------------------
 @numerics()
 def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = False,
-        settings: Settings | None = None) -> dict[str, Any]:
-    """Run the four experiments, write ``results.json`` and ``report.html``; return the results."""
+        settings: Settings | None = None, device: str = "auto", dtype: str = "float32") -> dict[str, Any]:
+    """Run the four experiments, write ``results.json`` and ``report.html``; return the results.
+
+    The toy models train on ``device`` in ``dtype`` (recorded in results.json); the analysis of the
+    trained weights runs on the CPU in float32.
+    """
     s = settings or (QUICK if quick else FULL)
+    placement = Placement(device, dtype)
+    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     runs = out / "runs"
     t0 = time.perf_counter()
@@ -195,10 +212,10 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        geo = geometry_by_sparsity(s, runs, seed, quiet)
-        phase = phase_diagram(s, runs, seed, quiet)
-        dim = dimensionality(s, runs, seed, quiet)
-        fin = finite_data(s, runs, seed, quiet)
+        geo = geometry_by_sparsity(s, runs, seed, quiet, placement)
+        phase = phase_diagram(s, runs, seed, quiet, placement)
+        dim = dimensionality(s, runs, seed, quiet, placement)
+        fin = finite_data(s, runs, seed, quiet, placement)
     finally:
         torch.set_num_threads(threads)
     results: dict[str, Any] = {_key(v): name for v, name in zip(geo["sparsity"], geo["names"])}
@@ -215,6 +232,7 @@ def run(out_dir: str | Path, quick: bool = False, seed: int = 0, quiet: bool = F
     results["finite_datapoint_dim_max"] = [round(float(d.max()), 4) for d in fin["data_D"]]
     results["finite_test_loss"] = [round(v, 6) for v in fin["test_loss"]]
     results["seconds"] = round(time.perf_counter() - t0, 1)
+    results.update(placement.record())
     write_results(out, results)
     path = _report(out, s, quick, seed, results, geo, phase, dim, fin)
     counts = {p: sum(row.count(p) for row in phase["cells"]) for p in sp.PHASES}

@@ -16,6 +16,8 @@ Example:
     >>> t = pair_label_task(labels="builtin", seed=0)
     >>> t.inputs.shape, t.extras["source"], round(t.labels.float().mean().item(), 3)
     (torch.Size([12769, 3]), 'builtin', 0.444)
+    >>> pair_label_task(labels="auto", data_dir=None).describe()["labels"] in ("published", "builtin")
+    True
 """
 
 from __future__ import annotations
@@ -257,10 +259,12 @@ def pair_label_task(labels: str = "auto", frac_train: float = 0.5, seed: int = 0
                               "default_model": lambda: challenge2_config(p)}
     if "model_labels" in table:
         extras["model_labels"] = torch.as_tensor(table["model_labels"].reshape(-1))
+    # the resolved source, never "auto": a stored run says which table it was trained on
+    resolved = ("published" if source.startswith("published") else source) if labels == "auto" else labels
     return Task(
         name="pair-labels", inputs=inputs, labels=torch.as_tensor(truth.reshape(-1)), train_idx=train_idx,
         test_idx=test_idx, n_classes=2, positions=[-1],
-        params={"labels": labels, "frac_train": frac_train, "seed": seed}, extras=extras,
+        params={"labels": resolved, "frac_train": frac_train, "seed": seed}, extras=extras,
     )
 
 
