@@ -76,9 +76,17 @@ def make(seed: int, out: PathLike, *, quick: bool = False, data_dir: PathLike | 
     ``out/answer.json``, and keeps the training run (with the label table) in ``out/train/``.
     An existing run with other settings is refused with one sentence.
 
-    Example (a small network, a few epochs)::
-
-        make(0, "challenges/pairs-0", quick=True)
+    Example (a small network trained for one epoch; then an all-zero rule scored against it):
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from interplab.studies.eis_transformer import small_setup
+        >>> s, d = small_setup(epochs=1), Path(tempfile.mkdtemp())
+        >>> c = make(1, d / "c", model_config=s["model_config"], train_config=s["train_config"], quiet=True)
+        >>> sorted(x.name for x in (c / "public").iterdir()), json.loads((c / "answer.json").read_text())["rule_form"]
+        (['challenge.json', 'network'], 'linear AND curved-bands')
+        >>> _ = (d / "s.json").write_text(json.dumps({"table": ["0" * 113] * 113}))
+        >>> round(score(c, d / "s.json")["agreement_hidden"], 4)  # share of pairs labeled 0
+        0.5454
     """
     check(int(seed) >= 0, f"seed must be non-negative, got {seed}.")
     out = Path(out)
