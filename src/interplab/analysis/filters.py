@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from interplab.analysis.directions import OPS
+from interplab.analysis.directions import OPS, best_threshold
 from interplab.errors import check
 
 
@@ -160,6 +160,112 @@ def best_rule(filters: list[Tensor], labels: Tensor) -> tuple[str, tuple[bool, .
     return best
 
 
+def additive_filter(image: Tensor) -> tuple[Tensor, Tensor]:
+    """The separable image ``g[a] + h[b]`` closest to ``image`` ``[p, q]`` in least squares.
+
+    ``g`` are the row means minus the grand mean, ``h`` the column means: the additive part of
+    a two-way table. A filter image of a fixed-attention model is exactly separable; the
+    readout of a full model along a direction is separable up to what attention adds.
+    Returns ``(g [p], h [q])``.
+
+    Example:
+        >>> import torch
+        >>> g, h = additive_filter(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        >>> g.tolist(), h.tolist(), (g[:, None] + h[None, :]).tolist()
+        ([-1.0, 1.0], [2.0, 3.0], [[1.0, 2.0], [3.0, 4.0]])
+    """
+    check(image.dim() == 2 and image.numel() > 0, "image must be a non-empty 2-d table.")
+    x = image.double()
+    return x.mean(1) - x.mean(), x.mean(0)
+
+
+def fit_filter_thresholds(images: list[Tensor], labels: Tensor, op: str = "and",
+                          rounds: int = 3) -> tuple[list[float], float]:
+    """Thresholds ``t_i`` making ``op`` over ``images[i] > t_i`` agree best with ``labels``.
+
+    Exact coordinate-wise search: each threshold in turn is chosen by :func:`best_threshold`
+    on the points where the other filters leave it the deciding one (for AND: where the others
+    are above threshold), ``rounds`` times, starting from each filter's own best threshold.
+    An OR rule is searched as the AND of the negated filters. ``images`` of any common shape,
+    ``labels`` with the same number of elements. Returns ``(thresholds, agreement)``.
+
+    Example:
+        >>> import torch
+        >>> a, b = torch.meshgrid(torch.arange(10.0), torch.arange(10.0), indexing="ij")
+        >>> t, agree = fit_filter_thresholds([a, b], (a > 3) | (b > 6), "or")
+        >>> t, agree
+        ([3.5, 6.5], 1.0)
+    """
+    check(op in OPS, f"op must be and or or, got {op!r}.")
+    check(len(images) >= 1, "fit_filter_thresholds needs at least one image.")
+    y = labels.reshape(-1).bool()
+    vals = torch.stack([img.reshape(-1).double() for img in images], 1)  # [N, m]
+    check(len(vals) == len(y), "images and labels must have the same number of elements.")
+    if op == "or":  # OR(v_i > t_i) = NOT AND(-v_i > -t_i) (thresholds fall between values)
+        vals, y = -vals, ~y
+    m = vals.shape[1]
+    t = torch.tensor([best_threshold(vals[:, i], y)[0] for i in range(m)], dtype=torch.float64)
+    for _ in range(rounds):
+        for i in range(m):
+            others = torch.ones(len(y), dtype=torch.bool)
+            for j in range(m):
+                if j != i:
+                    others &= vals[:, j] > t[j]
+            if bool(others.any()):
+                t[i] = best_threshold(vals[others, i], y[others])[0]
+    agree = float(((vals > t).all(1) == y).double().mean())
+    return ([-float(v) for v in t] if op == "or" else [float(v) for v in t]), agree
+
+
+def refine_separable_rule(gs: list[Tensor], hs: list[Tensor], labels: Tensor, op: str = "and", steps: int = 300,
+                          lr: float = 0.02) -> tuple[list[Tensor], list[Tensor], list[float], float]:
+    """Refine a rule ``op`` over ``g_i[a] + h_i[b] > t_i`` on a ``p x q`` table of ``labels``.
+
+    Starting from the filters ``gs`` ``[p]`` and ``hs`` ``[q]`` (e.g. read from a model's
+    effective embeddings), a soft rule (a product of sigmoids for AND, its dual for OR) is fitted
+    to the labels by Adam for ``steps`` steps, every per-token value free, with the scale of each
+    filter fixed by its starting spread; the thresholds are then set exactly by
+    :func:`fit_filter_thresholds` (the fit is deterministic). Returns ``(gs, hs, thresholds, agreement)``.
+
+    Example:
+        >>> import torch
+        >>> x = torch.linspace(-1, 1, 20, dtype=torch.float64)
+        >>> labels = (x[:, None] + x[None, :] > 0.3) & (x[:, None] - x[None, :] > -0.5)
+        >>> gs, hs, t, agree = refine_separable_rule([x + 0.2, x], [x, -x], labels, "and", steps=100)
+        >>> agree
+        1.0
+    """
+    check(op in OPS, f"op must be and or or, got {op!r}.")
+    check(len(gs) == len(hs) >= 1, "gs and hs must be non-empty lists of the same length.")
+    y = labels.double()
+    check(y.shape == (len(gs[0]), len(hs[0])), "labels must be a p x q table matching the filters.")
+    spread = [float((g[:, None] + h[None, :]).double().std().clamp(min=1e-12)) for g, h in zip(gs, hs)]
+    g = torch.stack([gi.double() / s for gi, s in zip(gs, spread)]).requires_grad_()
+    h = torch.stack([hi.double() / s for hi, s in zip(hs, spread)]).requires_grad_()
+    images0 = [g[i, :, None].detach() + h[i, None, :].detach() for i in range(len(gs))]
+    t0, _ = fit_filter_thresholds(images0, labels, op)
+    t = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([g, h, t], lr=lr)
+    sharp = 8.0  # sigmoid slope per unit spread
+    with torch.enable_grad():
+        for _ in range(steps):
+            z = sharp * (g[:, :, None] + h[:, None, :] - t[:, None, None])  # [m, p, q]
+            if op == "and":
+                log_p = torch.nn.functional.logsigmoid(z).sum(0)
+                log_not = torch.log1p(-log_p.exp().clamp(max=1 - 1e-9))
+            else:
+                log_not = torch.nn.functional.logsigmoid(-z).sum(0)
+                log_p = torch.log1p(-log_not.exp().clamp(max=1 - 1e-9))
+            loss = -(y * log_p + (1 - y) * log_not).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    g, h = g.detach(), h.detach()
+    images = [g[i, :, None] + h[i, None, :] for i in range(len(gs))]
+    thresholds, agree = fit_filter_thresholds(images, labels, op)
+    return list(g), list(h), thresholds, agree
+
+
 def near_threshold(images: list[Tensor], thresholds: list[float], width: float) -> Tensor:
     """Points whose value in any image lies within ``width`` standard deviations of its threshold.
 
@@ -175,4 +281,4 @@ def near_threshold(images: list[Tensor], thresholds: list[float], width: float) 
 
 
 __all__ = ["EffectiveEmbeddings", "effective_embeddings", "filter_image", "binary_filter", "combine", "best_rule",
-           "near_threshold"]
+           "additive_filter", "fit_filter_thresholds", "refine_separable_rule", "near_threshold"]

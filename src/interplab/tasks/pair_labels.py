@@ -65,6 +65,120 @@ def builtin_labels(p: int = P) -> np.ndarray:
     return ((f1 > -1.4) & (f2 > -0.8)).astype(np.int64)
 
 
+# -- random rules of the same kind (the `pairs` challenge family) ---------------------------------
+# A filter is f(a, b) = g(a) + h(b): one per-token function for A and one for B, each of a kind:
+#   "linear"    s * x                         (x = token / p in [0, 1))
+#   "quadratic" s * ((x - c) / w) ** 2         (curved regions: ellipses, parabolas, hyperbolas)
+#   "periodic"  s * cos(2 pi k x + phase)      (periodic bands)
+# A filter family fixes the kinds of g and h; a rule is ``op`` (and / or) of two thresholded filters.
+FILTER_FAMILIES = {
+    "linear": ("linear", "linear"),
+    "curved": ("quadratic", "quadratic"),
+    "bands": ("periodic", "periodic"),
+    "curved-bands": ("quadratic", "periodic"),
+    "bands-curved": ("periodic", "quadratic"),
+    "curved-linear": ("quadratic", "linear"),
+}
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen, dtype=torch.float64))
+
+
+def _random_part(kind: str, gen: torch.Generator) -> dict[str, Any]:
+    sign = 1.0 if _uniform(gen, 0, 1) < 0.5 else -1.0
+    scale = sign * _uniform(gen, 0.6, 1.5)
+    if kind == "linear":
+        return {"kind": kind, "s": scale}
+    if kind == "quadratic":
+        return {"kind": kind, "s": scale, "c": _uniform(gen, 0.25, 0.75), "w": _uniform(gen, 0.25, 0.5)}
+    k = int(torch.randint(1, 4, (), generator=gen))
+    return {"kind": kind, "s": scale, "k": k, "phase": _uniform(gen, 0, 2 * np.pi)}
+
+
+def _part_values(part: dict[str, Any], p: int) -> np.ndarray:
+    x = np.arange(p) / p
+    kind = part["kind"]
+    if kind == "linear":
+        return part["s"] * x
+    if kind == "quadratic":
+        return part["s"] * ((x - part["c"]) / part["w"]) ** 2
+    check(kind == "periodic", f"Unknown per-token function kind {kind!r}.")
+    return part["s"] * np.cos(2 * np.pi * part["k"] * x + part["phase"])
+
+
+def filter_values(spec: dict[str, Any], p: int = P) -> np.ndarray:
+    """The ``p x p`` image ``g(a) + h(b)`` of a filter ``{"family", "a": part, "b": part}``.
+
+    Example:
+        >>> filter_values({"family": "linear", "a": {"kind": "linear", "s": 1.0},
+        ...                "b": {"kind": "linear", "s": -1.0}}, p=3).round(3).tolist()
+        [[0.0, -0.333, -0.667], [0.333, 0.0, -0.333], [0.667, 0.333, 0.0]]
+    """
+    return _part_values(spec["a"], p)[:, None] + _part_values(spec["b"], p)[None, :]
+
+
+def pair_rule_table(rule: dict[str, Any], p: int | None = None) -> np.ndarray:
+    """The 0/1 ``p x p`` label table of a rule ``{"op", "p", "filters": [{..., "threshold"}, ...]}``:
+    ``op`` over ``filter_values(f) > f["threshold"]``.
+
+    Example:
+        >>> rule = random_pair_rule(0, p=11)
+        >>> pair_rule_table(rule).shape
+        (11, 11)
+    """
+    p = int(rule["p"]) if p is None else p
+    check(rule.get("op") in ("and", "or"), f"A pair rule's op must be 'and' or 'or', got {rule.get('op')!r}.")
+    sides = np.stack([filter_values(f, p) > f["threshold"] for f in rule["filters"]])
+    return (sides.all(0) if rule["op"] == "and" else sides.any(0)).astype(np.int64)
+
+
+def _cut(values: np.ndarray, q: float) -> float:
+    """A threshold between two distinct values near quantile ``q`` (never equal to a value)."""
+    v = np.unique(values)
+    i = int(np.clip(round(q * (len(v) - 1)), 0, len(v) - 2))
+    return float((v[i] + v[i + 1]) / 2)
+
+
+def random_pair_rule(seed: int, p: int = P, op: str | None = None, families: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A random rule of the EIS VII challenge 2 kind drawn from ``seed``: AND or OR (``op``
+    when given) of two thresholded filters ``g(A) + h(B)``, each from a random family of
+    :data:`FILTER_FAMILIES` (or of ``families``), with random parameters; thresholds at
+    random quantiles so that between 20% and 80% of the pairs are labeled 1.
+
+    Returns a JSON-able dict that :func:`pair_rule_table` evaluates; ``"form"`` names it
+    (e.g. ``"curved AND bands"``). Raises on an unknown ``op`` or family.
+
+    Example:
+        >>> rule = random_pair_rule(3)
+        >>> rule["form"], bool(0.2 <= pair_rule_table(rule).mean() <= 0.8)
+        ('curved AND bands', True)
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    names = tuple(FILTER_FAMILIES) if families is None else tuple(families)
+    for f in names:
+        check(f in FILTER_FAMILIES, f"Unknown filter family {f!r}; choose from {', '.join(FILTER_FAMILIES)}.")
+    check(op in (None, "and", "or"), f"op must be 'and' or 'or', got {op!r}.")
+    if op is None:
+        op = "and" if _uniform(gen, 0, 1) < 0.5 else "or"
+    filters = []
+    for _ in range(2):
+        fam = names[int(torch.randint(len(names), (), generator=gen))]
+        ka, kb = FILTER_FAMILIES[fam]
+        filters.append({"family": fam, "a": _random_part(ka, gen), "b": _random_part(kb, gen)})
+    images = [filter_values(f, p) for f in filters]
+    for _ in range(1000):
+        # AND: each filter keeps 40-85% of the pairs; OR: each 15-60%
+        lo, hi = (0.15, 0.6) if op == "and" else (0.4, 0.85)
+        for f, img in zip(filters, images):
+            f["threshold"] = _cut(img, _uniform(gen, lo, hi))
+        rule = {"op": op, "p": p, "filters": filters,
+                "form": f"{filters[0]['family']} {op.upper()} {filters[1]['family']}"}
+        if 0.2 <= pair_rule_table(rule).mean() <= 0.8:
+            return rule
+    raise InterplabError(f"No thresholds of seed {seed}'s filters label 20-80% of the pairs; try another seed.")
+
+
 def load_label_table(source: str | Path, name: str | None = None) -> dict[str, np.ndarray]:
     """Load and validate a label table pickle (a path, ``http(s)://`` or ``file://`` URL).
 
