@@ -1,0 +1,132 @@
+"""A CPU-only detector of device mixing: what would fail on a GPU, caught on a machine without one.
+
+On a CPU-only machine every tensor is on the CPU, so an op that mixes "the model's device" with
+"the host" runs fine here and fails only on CUDA. :class:`DeviceMixDetector` is a
+``torch.overrides.TorchFunctionMode`` that keeps a second, imaginary placement for every tensor:
+
+- *device*: parameters (every ``nn.Parameter``), anything moved with ``.to(d)`` / ``.cuda()`` or
+  created with ``device=d`` where ``d`` was read from a device-tagged tensor (``x.device``,
+  ``model_device(model)``) or resolved by ``interplab.devices.resolve_device`` (``--device``), and
+  the result of any op with a device-tagged input;
+- *host*: everything else (tensors created without a device, ``.cpu()``, ``devices.to_host``,
+  ``.to("cpu")``).
+
+An op whose tensor inputs include both a device tensor and a host tensor with at least one
+dimension raises ``DeviceMixError`` naming the op (0-dim host tensors are allowed, as CUDA allows
+them; so is indexing a device tensor with host indices, and copying between the two). It
+reports mixes that CUDA refuses; it can be fooled by a device rebuilt from a string
+(``torch.device(str(d))``), which it counts as the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+_DEVICE_GET = torch.Tensor.device.__get__
+_TRANSFER = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu, torch.Tensor.type}
+# ops that accept a host tensor next to a device one (copies, index with host indices) or read no data
+_ALLOWED = {torch.Tensor.copy_, torch.Tensor.__getitem__, torch.Tensor.set_, torch.Tensor.__setitem__,
+            torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__repr__,
+            torch.Tensor.__format__, torch.Tensor.size, torch.Tensor.dim, torch.Tensor.__len__,
+            torch.Tensor.data.__set__, torch.Tensor.grad.__set__, torch.Tensor.requires_grad_,
+            torch.Tensor.detach}
+
+
+class DeviceMixError(RuntimeError):
+    """An op that mixes a device tensor and a host tensor (CUDA would refuse it)."""
+
+
+class DeviceMixDetector(TorchFunctionMode):
+    """Tag tensors as on the model's device or on the host and fail on an op that mixes them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._devices: dict[int, torch.device] = {}  # id -> the device object (kept alive so ids stay unique)
+
+    def device_object(self, d: torch.device) -> torch.device:
+        """Register ``d`` as the model's device (its identity, not its value, marks it)."""
+        self._devices[id(d)] = d
+        return d
+
+    def _is_dev_device(self, d: Any) -> bool:
+        if isinstance(d, torch.device):
+            return id(d) in self._devices or d.type != "cpu"
+        if isinstance(d, str):
+            return not d.startswith("cpu")
+        return False
+
+    @staticmethod
+    def on_device(t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and (isinstance(t, torch.nn.Parameter) or getattr(t, "_mix_dev", False))
+
+    def _target(self, func: Any, args: tuple, kwargs: dict) -> bool | None:
+        """For a transfer or a factory given ``device=``: whether the result is on the device (None: follow inputs)."""
+        if "device" in kwargs and kwargs["device"] is not None:
+            return self._is_dev_device(kwargs["device"])
+        if func is torch.Tensor.cpu:
+            return False
+        if func is torch.Tensor.cuda:
+            return True
+        if func is torch.Tensor.to:
+            for a in args[1:]:
+                if isinstance(a, (torch.device, str)):
+                    return self._is_dev_device(a)
+                if isinstance(a, torch.Tensor):
+                    return self.on_device(a)
+            if isinstance(kwargs.get("other"), torch.Tensor):
+                return self.on_device(kwargs["other"])
+        return None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func == _DEVICE_GET:
+            if self.on_device(args[0]):
+                self.device_object(out)
+            return out
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        any_dev = any(self.on_device(t) for t in tensors)
+        target = self._target(func, args, kwargs)
+        if target is None and func not in _TRANSFER and func not in _ALLOWED and any_dev:
+            host = [t for t in tensors if not self.on_device(t) and t.dim() > 0]
+            if host:
+                name = getattr(func, "__qualname__", getattr(func, "__name__", repr(func)))
+                raise DeviceMixError(f"{name} mixes device tensors with host tensor(s) of shape "
+                                     f"{[tuple(t.shape) for t in host]}")
+        if target is True and kwargs.get("generator") is not None:
+            raise DeviceMixError(f"{getattr(func, '__name__', func)} draws on the device from a CPU generator")
+        dev = any_dev if target is None else target
+        if func is torch.Tensor.__getitem__:
+            dev = self.on_device(args[0])
+
+        def tag(t: Any) -> Any:
+            if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter):
+                try:
+                    t._mix_dev = dev
+                except (AttributeError, RuntimeError):
+                    pass
+            return t
+
+        tree_map(tag, out)
+        return out
+
+
+@contextlib.contextmanager
+def detect_device_mixing(monkeypatch: Any) -> Iterator[DeviceMixDetector]:
+    """Run the block under a :class:`DeviceMixDetector`; ``--device`` resolved inside counts as the device."""
+    import importlib
+
+    import interplab.devices as devices
+
+    mode = DeviceMixDetector()
+    real = devices.resolve_device
+    for name in ("interplab.devices", "interplab.tasks", "interplab.runs", "interplab.sae.buffer", "interplab.train"):
+        monkeypatch.setattr(importlib.import_module(name), "resolve_device",
+                            lambda name="auto": mode.device_object(real(name)))
+    with mode:
+        yield mode
