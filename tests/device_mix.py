@@ -15,12 +15,16 @@ An op whose tensor inputs include both a device tensor and a host tensor with at
 dimension raises ``DeviceMixError`` naming the op (0-dim host tensors are allowed, as CUDA allows
 them; so is indexing a device tensor with host indices, and copying between the two). It
 reports mixes that CUDA refuses; it can be fooled by a device rebuilt from a string
-(``torch.device(str(d))``), which it counts as the host.
+(``torch.device(str(d))``), which it counts as the host, and by code that skips a move when the
+devices compare equal (always true on the CPU): ``Task.to``'s shortcut is bypassed here. A move
+that returns its input unchanged (``x.to(d)`` with ``x`` already there) gives a tagged alias, so
+the input keeps its own tag.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, Iterator
 
 import torch
@@ -103,6 +107,9 @@ class DeviceMixDetector(TorchFunctionMode):
         dev = any_dev if target is None else target
         if func is torch.Tensor.__getitem__:
             dev = self.on_device(args[0])
+        if (target is not None and isinstance(out, torch.Tensor) and not isinstance(out, torch.nn.Parameter)
+                and any(out is t for t in tensors) and self.on_device(out) != target):
+            out = out.view_as(out)  # on the CPU a move to "the device" returns its input: tag a new alias, not the input
 
         def tag(t: Any) -> Any:
             if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter):
@@ -128,5 +135,14 @@ def detect_device_mixing(monkeypatch: Any) -> Iterator[DeviceMixDetector]:
     for name in ("interplab.devices", "interplab.tasks", "interplab.runs", "interplab.sae.buffer", "interplab.train"):
         monkeypatch.setattr(importlib.import_module(name), "resolve_device",
                             lambda name="auto": mode.device_object(real(name)))
+    from interplab.tasks import Task
+
+    def task_to(self: Task, device: Any) -> Task:  # Task.to without its same-device shortcut (always taken on the CPU)
+        dev = devices.resolve_device(device)
+        extras = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in self.extras.items()}
+        return dataclasses.replace(self, inputs=self.inputs.to(dev), labels=self.labels.to(dev),
+                                   train_idx=self.train_idx.to(dev), test_idx=self.test_idx.to(dev), extras=extras)
+
+    monkeypatch.setattr(Task, "to", task_to)
     with mode:
         yield mode
