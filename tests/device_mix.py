@@ -4,7 +4,7 @@ On a CPU-only machine every tensor is on the CPU, so an op that mixes "the model
 "the host" runs fine here and fails only on CUDA. :class:`DeviceMixDetector` is a
 ``torch.overrides.TorchFunctionMode`` that keeps a second, imaginary placement for every tensor:
 
-- *device*: parameters (every ``nn.Parameter``), anything moved with ``.to(d)`` / ``.cuda()`` or
+- *device*: the parameters and buffers of a model moved with ``model.to(d)`` (``Placement.apply``), anything moved with ``.to(d)`` / ``.cuda()`` or
   created with ``device=d`` where ``d`` was read from a device-tagged tensor (``x.device``,
   ``model_device(model)``) or resolved by ``interplab.devices.resolve_device`` (``--device``), and
   the result of any op with a device-tagged input;
@@ -38,7 +38,7 @@ _ALLOWED = {torch.Tensor.copy_, torch.Tensor.__getitem__, torch.Tensor.set_, tor
             torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__repr__,
             torch.Tensor.__format__, torch.Tensor.size, torch.Tensor.dim, torch.Tensor.__len__,
             torch.Tensor.data.__set__, torch.Tensor.grad.__set__, torch.Tensor.requires_grad_,
-            torch.Tensor.detach}
+            torch.Tensor.detach, torch._has_compatible_shallow_copy_type, torch.Tensor.share_memory_}
 
 
 class DeviceMixError(RuntimeError):
@@ -66,7 +66,9 @@ class DeviceMixDetector(TorchFunctionMode):
 
     @staticmethod
     def on_device(t: Any) -> bool:
-        return isinstance(t, torch.Tensor) and (isinstance(t, torch.nn.Parameter) or getattr(t, "_mix_dev", False))
+        if not isinstance(t, torch.Tensor):
+            return False
+        return getattr(t, "_mix_dev", False)  # a model's parameters: tagged when it moves (nn.Module.to below)
 
     def _target(self, func: Any, args: tuple, kwargs: dict) -> bool | None:
         """For a transfer or a factory given ``device=``: whether the result is on the device (None: follow inputs)."""
@@ -144,5 +146,17 @@ def detect_device_mixing(monkeypatch: Any) -> Iterator[DeviceMixDetector]:
                                    train_idx=self.train_idx.to(dev), test_idx=self.test_idx.to(dev), extras=extras)
 
     monkeypatch.setattr(Task, "to", task_to)
+    module_to = torch.nn.Module.to
+
+    def model_to(self: torch.nn.Module, *args: Any, **kwargs: Any) -> torch.nn.Module:  # tag where a model moves
+        out = module_to(self, *args, **kwargs)
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None:
+            on_dev = mode._is_dev_device(device) or any(id(a) in mode._devices for a in [*args, *kwargs.values()])
+            for t in [*self.parameters(), *self.buffers()]:
+                t._mix_dev = on_dev
+        return out
+
+    monkeypatch.setattr(torch.nn.Module, "to", model_to)
     with mode:
         yield mode
