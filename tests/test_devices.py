@@ -527,6 +527,19 @@ def test_sae_lm_study_where_asked(device, dtype, tmp_path):
 
 
 @pytest.mark.parametrize("device,dtype", STUDY_CASES)
+def test_lm_study_where_asked(device, dtype, tmp_path):
+    from interplab.studies import lm as lm_study
+
+    # two layers: composition scores, logit lens over layers and the attention view all run
+    s = lm_study.Settings(corpus_bytes=30_000, people=6, cities=4, countries=2, objects=4, vocab_size=300, n_ctx=48,
+                          d_model=16, n_layers=2, n_heads=2, d_mlp=32, epochs=1, rows_per_epoch=16, batch_size=16)
+    r = lm_study.run(tmp_path, settings=s, quiet=True, device=device, dtype=str(dtype).removeprefix("torch."))
+    _placed(r, tmp_path, device, dtype)
+    _finite(r["loss_per_token"], r["max_induction_score"], *r["logit_lens_answer_rank"].values())
+    assert list(r["logit_lens_answer_rank"]) == ["embed", "0", "1"]
+
+
+@pytest.mark.parametrize("device,dtype", STUDY_CASES)
 def test_circuit_discovery_cases_where_asked(device, dtype):
     from interplab.devices import Placement
     from interplab.studies import circuit_discovery as cd
