@@ -12,7 +12,8 @@ On a CPU-only machine every tensor is on the CPU, so an op that mixes "the model
   ``.to("cpu")``).
 
 An op whose tensor inputs include both a device tensor and a host tensor with at least one
-dimension raises ``DeviceMixError`` naming the op (0-dim host tensors are allowed, as CUDA allows
+dimension, or a CPU-only op (``.numpy()``, ``torch.histogram``) given a device tensor, raises
+``DeviceMixError`` naming the op (0-dim host tensors are allowed, as CUDA allows
 them; so is indexing a device tensor with host indices, and copying between the two). It
 reports mixes that CUDA refuses; it can be fooled by a device rebuilt from a string
 (``torch.device(str(d))``), which it counts as the host, and by code that skips a move when the
@@ -35,10 +36,14 @@ _DEVICE_GET = torch.Tensor.device.__get__
 _TRANSFER = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu, torch.Tensor.type}
 # ops that accept a host tensor next to a device one (copies, index with host indices) or read no data
 _ALLOWED = {torch.Tensor.copy_, torch.Tensor.__getitem__, torch.Tensor.set_, torch.Tensor.__setitem__,
-            torch.Tensor.numpy, torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__repr__,
+            torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__repr__,
             torch.Tensor.__format__, torch.Tensor.size, torch.Tensor.dim, torch.Tensor.__len__,
             torch.Tensor.data.__set__, torch.Tensor.grad.__set__, torch.Tensor.requires_grad_,
             torch.Tensor.detach, torch._has_compatible_shallow_copy_type, torch.Tensor.share_memory_}
+
+
+# ops that only run on the CPU: given a device tensor they fail on a GPU
+_HOST_ONLY = {torch.Tensor.numpy, torch.Tensor.__array__, torch.histogram, torch.Tensor.histogram, torch.histogramdd}
 
 
 class DeviceMixError(RuntimeError):
@@ -97,6 +102,8 @@ class DeviceMixDetector(TorchFunctionMode):
             return out
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         any_dev = any(self.on_device(t) for t in tensors)
+        if func in _HOST_ONLY and any_dev:
+            raise DeviceMixError(f"{getattr(func, '__name__', func)} runs on the CPU only, given a device tensor")
         target = self._target(func, args, kwargs)
         if target is None and func not in _TRANSFER and func not in _ALLOWED and any_dev:
             host = [t for t in tensors if not self.on_device(t) and t.dim() > 0]
