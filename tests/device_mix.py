@@ -140,10 +140,11 @@ def detect_device_mixing(monkeypatch: Any) -> Iterator[DeviceMixDetector]:
     import interplab.devices as devices
 
     mode = DeviceMixDetector()
-    real = devices.resolve_device
-    for name in ("interplab.devices", "interplab.tasks", "interplab.runs", "interplab.sae.buffer", "interplab.train"):
-        monkeypatch.setattr(importlib.import_module(name), "resolve_device",
-                            lambda name="auto": mode.device_object(real(name)))
+    for name in ("interplab.devices", "interplab.tasks", "interplab.runs", "interplab.sae.buffer", "interplab.train",
+                 "interplab.lm.load"):  # every module holding a resolve_device (lm.load has its own)
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "resolve_device",
+                            lambda d="auto", real=module.resolve_device: mode.device_object(real(d)))
     from interplab.tasks import Task
 
     def task_to(self: Task, device: Any) -> Task:  # Task.to without its same-device shortcut (always taken on the CPU)
@@ -165,5 +166,17 @@ def detect_device_mixing(monkeypatch: Any) -> Iterator[DeviceMixDetector]:
         return out
 
     monkeypatch.setattr(torch.nn.Module, "to", model_to)
+    lm_load = importlib.import_module("interplab.lm.load")  # (interplab.lm.load is also a function)
+
+    real_load = lm_load.load
+
+    def load(*args: Any, **kwargs: Any) -> Any:  # TransformerLens boots a bridge with device strings: load unwatched
+        with torch._C.DisableTorchFunction():
+            loaded = real_load(*args, **kwargs)
+        for t in [*loaded.model.parameters(), *loaded.model.buffers()]:
+            t._mix_dev = True
+        return loaded
+
+    monkeypatch.setattr(lm_load, "load", load)
     with mode:
         yield mode
