@@ -101,14 +101,14 @@ def composition_scores(model: torch.nn.Module, kind: str) -> Tensor:
     n_layers = model.cfg.n_layers
     ws = [{k: v.double() for k, v in head_weights(model, layer).items()} for layer in range(n_layers)]
     H = ws[0]["W_Q"].shape[0]
-    out = torch.full((n_layers, H, n_layers, H), float("nan"), dtype=torch.float64)
+    out = torch.full((n_layers, H, n_layers, H), float("nan"), dtype=torch.float64, device=ws[0]["W_Q"].device)
     for la in range(n_layers):
         VA, OA = ws[la]["W_V"], ws[la]["W_O"]  # OV_A = VA @ OA: [H, D, Dh] @ [H, Dh, D]
-        eye_a = torch.eye(VA.shape[-1], dtype=VA.dtype).expand(H, -1, -1)
+        eye_a = torch.eye(VA.shape[-1], dtype=VA.dtype, device=VA.device).expand(H, -1, -1)
         norm_a = _fro(VA, eye_a, OA.transpose(-1, -2))  # [H]
         for lb in range(la + 1, n_layers):
             QB, KB, VB, OB = ws[lb]["W_Q"], ws[lb]["W_K"], ws[lb]["W_V"], ws[lb]["W_O"]
-            eye_b = torch.eye(QB.shape[-1], dtype=QB.dtype).expand(H, -1, -1)
+            eye_b = torch.eye(QB.shape[-1], dtype=QB.dtype, device=QB.device).expand(H, -1, -1)
             a, b = (slice(None), None), (None, slice(None))  # broadcast A over dim 0, B over dim 1
             if kind == "q":  # VA (OA QB) KB^T
                 num = _fro(VA[a], OA[a] @ QB[b], KB[b])

@@ -47,11 +47,11 @@ def best_threshold(values: Tensor, target: Tensor) -> tuple[float, float]:
     order = torch.argsort(v)
     vs, ys = v[order], y[order].double()
     # threshold below position i: predicted true for sorted indices >= i
-    neg_below = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(1 - ys, 0)])
-    pos_above = ys.sum() - torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(ys, 0)])
+    neg_below = torch.cat([ys.new_zeros(1), torch.cumsum(1 - ys, 0)])
+    pos_above = ys.sum() - torch.cat([ys.new_zeros(1), torch.cumsum(ys, 0)])
     score = neg_below + pos_above
     # only cut between distinct values
-    valid = torch.ones(len(v) + 1, dtype=torch.bool)
+    valid = torch.ones(len(v) + 1, dtype=torch.bool, device=v.device)
     valid[1:-1] = vs[1:] > vs[:-1]
     score = torch.where(valid, score, torch.full_like(score, -1))
     i = int(score.argmax())
@@ -108,7 +108,7 @@ def _best_thresholds(values: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Column-wise :func:`best_threshold`: ``values`` ``[M, C]``; returns thresholds and correct counts ``[C]``."""
     vs, order = torch.sort(values, 0)
     ys = y.double()[order]
-    zero = torch.zeros(1, values.shape[1], dtype=torch.float64)
+    zero = torch.zeros(1, values.shape[1], dtype=torch.float64, device=values.device)
     neg_below = torch.cat([zero, torch.cumsum(1 - ys, 0)])
     pos_above = ys.sum(0, keepdim=True) - torch.cat([zero, torch.cumsum(ys, 0)])
     score = neg_below + pos_above
@@ -125,7 +125,7 @@ def _best_thresholds(values: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 def _angle_search(x: Tensor, y: Tensor, dirs: Tensor, thr: Tensor, n_angles: int = 720,
                   rounds: int = 2) -> tuple[Tensor, Tensor]:
     """For 2-d ``x``: exact search over directions (angles) and thresholds of a 2-direction AND rule."""
-    angles = torch.arange(n_angles, dtype=torch.float64) * (2 * torch.pi / n_angles)
+    angles = torch.arange(n_angles, dtype=torch.float64, device=x.device) * (2 * torch.pi / n_angles)
     cand = torch.stack([angles.cos(), angles.sin()], 1)  # [n_angles, 2]
     proj = x @ cand.T  # [N, n_angles]
     dirs, thr = dirs.clone(), thr.clone()
@@ -149,7 +149,7 @@ def _refine(values: Tensor, y: Tensor, thresholds: Tensor, rounds: int = 3) -> T
     m = values.shape[1]
     for _ in range(rounds):
         for i in range(m):
-            others = torch.ones(len(y), dtype=torch.bool)
+            others = torch.ones(len(y), dtype=torch.bool, device=values.device)
             for j in range(m):
                 if j != i:
                     others &= values[:, j] > t[j]
@@ -211,8 +211,8 @@ def fit_threshold_rule(
     yf = y[fit_rows].float()
     best: tuple[float, Tensor, Tensor] | None = None
     for _ in range(restarts):
-        w = (torch.randn(n_directions, x.shape[1], generator=g) / x.shape[1] ** 0.5).requires_grad_()
-        b = torch.zeros(n_directions, requires_grad=True)
+        w = (torch.randn(n_directions, x.shape[1], generator=g) / x.shape[1] ** 0.5).to(x.device).requires_grad_()
+        b = torch.zeros(n_directions, device=x.device, requires_grad=True)
         opt = torch.optim.Adam([w, b], lr=lr)
         with torch.enable_grad():
             for _ in range(steps):

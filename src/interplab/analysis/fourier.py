@@ -61,7 +61,7 @@ def frequency_norms(W: Tensor) -> Tensor:
     """
     p = W.shape[0]
     basis, _ = fourier_basis(p)
-    coef = basis @ W.float()  # [p, d]
+    coef = basis.to(W.device) @ W.float()  # [p, d]
     sq = coef.pow(2).sum(-1)[1:].reshape(-1, 2).sum(-1)
     return sq.sqrt()
 
@@ -169,7 +169,7 @@ def restricted_and_excluded_logits(logits: Tensor, freqs: Sequence[int]) -> tupl
     p = logits.shape[0]
     check(logits.shape == (p, p, p), f"logits must have shape [p, p, p], got {tuple(logits.shape)}.")
     check(len(freqs) > 0, "At least one key frequency is needed.")
-    d = _key_directions(p, freqs)  # orthonormal rows
+    d = _key_directions(p, freqs).to(logits.device)  # orthonormal rows
     flat = logits.float().flatten()
     restricted = (d.T @ (d @ flat)).reshape(p, p, p)
     return restricted, logits.float() - restricted
@@ -194,7 +194,7 @@ def progress_measures(logits: Tensor, freqs: Sequence[int], train_idx: Tensor) -
     """
     p = logits.shape[0]
     restricted, excluded = restricted_and_excluded_logits(logits, freqs)
-    r = torch.arange(p)
+    r = torch.arange(p, device=logits.device)
     labels = ((r[:, None] + r[None, :]) % p).flatten()
     return {
         "restricted_loss": _loss(restricted.reshape(p * p, p), labels),

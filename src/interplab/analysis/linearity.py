@@ -176,7 +176,7 @@ def ablation_effect_correlation(effects: Tensor) -> dict[str, Any]:
     E = E - E.mean(0, keepdim=True)
     norms = E.norm(dim=0)
     M = (E.T @ E) / (norms[:, None] * norms[None, :])
-    off = ~torch.eye(M.shape[0], dtype=torch.bool)
+    off = ~torch.eye(M.shape[0], dtype=torch.bool, device=M.device)
     vals = M[off & ~M.isnan()]
     check(len(vals) > 0, "No two facts have effects that vary over units; correlations are undefined.")
     return {"matrix": M, "mean_offdiag": float(vals.mean()), "mean_abs_offdiag": float(vals.abs().mean())}

@@ -421,7 +421,7 @@ def direct_logit_attribution(model: torch.nn.Module, tokens: Tensor, direction: 
         _, acts = cache(model, tokens, names=names, **kw)
         # the logit direction pulled back into the residual stream, one per example
         back = torch.vmap(pull_back, in_dims=(0, None))  # one direction per example
-        dirs = direction.to(model.W_U.dtype)
+        dirs = direction.to(device=model.W_U.device, dtype=model.W_U.dtype)  # a host direction for a model anywhere
         read = back(dirs[None].expand(tokens.shape[0], -1) if dirs.dim() == 1 else dirs, model.W_U)  # [b, d_model]
         if has_ln:  # LayerNorm centres, divides by its (frozen) scale and multiplies by w
             w = getattr(model.ln_final, "w", None)

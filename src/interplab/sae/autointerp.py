@@ -230,7 +230,7 @@ def feature_contexts(acts: Tensor, token_strs: Sequence[Sequence[str]], labels: 
     """
     N, T = acts.shape
     exclude = exclude or set()
-    allowed = torch.tensor([i for i in range(N) if i not in exclude], dtype=torch.long)
+    allowed = torch.tensor([i for i in range(N) if i not in exclude], dtype=torch.long, device=acts.device)
     check(len(allowed) > 0, "No sequences left to draw contexts from.")
     seq_max, seq_arg = acts.max(dim=1)
     order = allowed[seq_max[allowed].argsort(descending=True)]

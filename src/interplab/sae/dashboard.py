@@ -208,7 +208,7 @@ def lm_feature_data(sae: torch.nn.Module, model: torch.nn.Module, tokens: Tensor
             counts, edges = torch.histogram(nonzero, bins=bins)
         else:
             counts, edges = torch.zeros(0), torch.zeros(0)
-        logit = (W_dec[int(i)] @ W_U.detach().to(W_dec.dtype)).float().cpu()
+        logit = (W_dec[int(i)] @ W_U.detach().to(W_dec)).float().cpu()  # an explicit W_U may be on the host
         k = min(n_logits, len(logit))
         up, down = logit.topk(k), (-logit).topk(k)
         out[int(i)] = {

@@ -222,6 +222,7 @@ def spliced_loss(
     hooks = [] if replace is None else [(site.name, lambda a, hook: site.write(a, replace(site.read(a))))]
     for rows, out in run_batches(model, inputs, batch_size, hooks):
         yi = labels[rows]
+        yi = yi.to(out.device) if isinstance(out, Tensor) else yi  # host labels against the model's output
         total += loss_fn(out, yi).item() * len(yi)
         n += len(yi)
     return total / n
