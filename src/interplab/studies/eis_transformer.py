@@ -397,11 +397,11 @@ def _method_variants(model: Any, task: Task, pred: torch.Tensor, pred_fixed: tor
         out[f"variant_two_dir_pca2_agree_{variant}"] = rule.agreement(v.mid, target)
     # filters: thresholds refitted on the images; and the filters of the PCA-plane rule's directions
     vals = torch.stack([img.reshape(-1) for img in images], 1)
-    refit = refine_thresholds(vals, pred_fixed, torch.tensor(thresholds, dtype=torch.float64))
+    refit = refine_thresholds(vals, pred_fixed, torch.tensor(thresholds, dtype=torch.float64, device=vals.device))
     out["variant_filters_refit_agree_fixed"] = _frac((vals > refit).all(1) == pred_fixed.bool())
     pr = pca_rules["fixed"]
     pimg = torch.stack([filter_image(eff, pr.directions[i], n_values=P).reshape(-1) for i in range(2)], 1)
-    out["variant_filters_pca2_agree_fixed"] = _frac((pimg > pr.thresholds).all(1) == pred_fixed.bool())
+    out["variant_filters_pca2_agree_fixed"] = _frac((pimg > pr.thresholds.to(pimg.device)).all(1) == pred_fixed.bool())
     # scrubbing 1+2+3a+3b with other readout bases
     for name, rules in (("pca2", pca_rules), ("fitted", {"full": full.rule, "fixed": fixed.rule})):
         for variant, v, extra in (("full", full, ()), ("fixed", fixed, hooks)):
