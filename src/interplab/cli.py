@@ -139,7 +139,7 @@ def _train_params() -> list[inspect.Parameter]:
     task_set = {k for spec in TASKS.values() for k in spec.train}
     params += options_from(TrainConfig, defaults={k: None for k in task_set}, helps=TRAIN_HELP, probe=True)
     for name in MODEL_SIZES:
-        params.append(parameter(name, int, None, f"[transformer] Override the default {name}.", {"ge": 1, "le": 65536}))
+        params.append(parameter(name, int, None, f"Transformer only: override the default {name}.", {"ge": 1, "le": 65536}))
     params.append(parameter("data_dir", Path, None, "Data directory (default: $INTERPLAB_DATA or ../shared/data)."))
     params += options_from(Placement)
     return params
