@@ -179,6 +179,9 @@ class Placement:
     """Where a command runs its model: the ``--device`` and ``--dtype`` options of every command
     that runs one (generated from these fields) and what ``config.json`` records.
 
+    Raises :class:`~interplab.errors.InterplabError` when it is made for an unknown device or
+    dtype, or for a device this machine lacks (so a command refuses it before any work).
+
     Example:
         >>> p = Placement(device="cpu", dtype="float64")
         >>> p.torch_device, p.torch_dtype
@@ -191,6 +194,7 @@ class Placement:
     def __post_init__(self) -> None:
         check(self.device.split(":")[0].lower() in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}.")
         check(self.dtype.lower() in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
+        resolve_device(self.device)  # a device this machine lacks is refused here, with one sentence
 
     @property
     def torch_device(self) -> torch.device:

@@ -339,7 +339,6 @@ def with_placement(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     def body(device: str, dtype: str, **kwargs: Any) -> Any:
         placement = Placement(device, dtype)
-        placement.torch_device  # noqa: B018 - resolving refuses a missing device with one sentence
         return fn(**kwargs, placement=placement)
 
     wrapped = command(body, own + placement_options(), fn.__doc__ or "")

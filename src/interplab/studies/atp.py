@@ -133,7 +133,6 @@ def run(out_dir: str | Path, seed: int = FULL.seed, n_prompts: int = FULL.n_prom
     """
     t0 = time.perf_counter()
     placement = Placement(device, dtype)
-    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ind_info, ind = _induction_case(seed, n_prompts, quiet, placement)

@@ -366,7 +366,6 @@ def run(
     """
     t_start = time.perf_counter()
     placement = Placement(device, dtype)
-    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     say = (lambda *a: None) if quiet else print
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -261,7 +261,6 @@ def run(
     """
     t_start = time.perf_counter()
     placement = Placement(device, dtype)
-    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     spec, source = check_labels(labels, data_dir)
     check(n_draws >= 1, f"n_draws must be at least 1, got {n_draws}.")
     out = Path(out_dir)

@@ -191,7 +191,6 @@ def run(out_dir: str | Path, run_dir: str | Path | None = None, model_name: str 
     s = settings if settings is not None else (QUICK if quick else FULL)
     check(run_dir is None or model_name is None, "Give --run or --model, not both.")
     placement = Placement(device, dtype)
-    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if model_name is not None:  # load first: a model that cannot be loaded should not cost a corpus

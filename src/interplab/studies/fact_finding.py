@@ -250,7 +250,6 @@ def run(out_dir: str | Path, quick: bool = False, settings: Settings | None = No
     s = settings if settings is not None else (QUICK if quick else FULL)
     check(s.n >= 3 and s.n_names >= 10, "The study needs n >= 3 and n_names >= 10.")
     placement = Placement(device, dtype)
-    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     a = memorization_part(s, out, quiet, placement)

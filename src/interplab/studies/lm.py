@@ -198,7 +198,6 @@ def run(out_dir: str | Path, settings: Settings | None = None, quick: bool = Fal
         lm, tok = load_option(model, device=device, dtype=dtype)
     else:  # a device this machine lacks is refused before the corpus is made
         placement = Placement(device, dtype)
-        placement.torch_device  # noqa: B018
     corpus = _corpus(out, s, quiet)
     metrics: list[dict[str, Any]] = []
     if model is None:

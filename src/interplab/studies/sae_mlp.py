@@ -125,7 +125,6 @@ def run(
     check(ito_recipe in recipes, f"ito_recipe {ito_recipe!r} must be one of the recipes trained.")
     check(len(l1_values) >= 1 and all(v > 0 for v in l1_values), "l1_values must be positive numbers.")
     placement = Placement(device, dtype)
-    placement.torch_device  # noqa: B018 - a device this machine lacks is refused before anything runs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model, task, model_dir = _model_and_task(out, run_dir, p, frac_train, model_epochs, seed, quiet, data_dir,
