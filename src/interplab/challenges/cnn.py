@@ -83,12 +83,13 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
         >>> cohen_kappa(np.array([0, 1, 1, 0]), np.array([0, 1, 1, 0])), cohen_kappa(np.ones(4), np.array([1, 1, 1, 0]))
         (1.0, 0.0)
     """
+    from sklearn.metrics import cohen_kappa_score
+
     a, b = np.asarray(a).reshape(-1).astype(bool), np.asarray(b).reshape(-1).astype(bool)
     check(len(a) == len(b) and len(a) > 0, "cohen_kappa needs two labellings of the same, non-zero length.")
-    po = float((a == b).mean())
-    pa, pb = float(a.mean()), float(b.mean())
-    pe = pa * pb + (1 - pa) * (1 - pb)
-    return 0.0 if pe >= 1.0 else (po - pe) / (1.0 - pe)
+    if len(np.union1d(a, b)) == 1:  # both constant and equal: chance agreement is 1, kappa undefined
+        return 0.0
+    return float(cohen_kappa_score(a, b))
 NETWORK_FILE, HINT_FILE = "network.pt", "hint.png"
 SITE = "fc1.hook_post"
 
