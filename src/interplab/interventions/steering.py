@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interplab.devices import model_device
 from interplab.errors import check
 from interplab.instrument import cache
 from interplab.models.base import Positions, readout_positions
@@ -75,7 +76,7 @@ def end_aligned_acts(model: torch.nn.Module, hook_name: str, prompts: Prompts) -
         >>> a.shape
         torch.Size([2, 2, 16])
     """
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     if isinstance(prompts, Tensor):
         check(prompts.numel() > 0, "There are no prompt tokens.")
         rows = prompts.reshape(-1, prompts.shape[-1]).to(device)

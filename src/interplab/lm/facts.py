@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interplab.devices import model_device
 from interplab.errors import check
 from interplab.lm.corpus import FactPrompt
 from interplab.lm.tokenizer import bos_id, encode
@@ -89,7 +90,7 @@ def fact_recalled(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Fact
 
     Example: see the module docstring.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     for b in fact_batches(tokenizer, prompts, device):
         logits = model(b.tokens[:, :-1])[:, b.last:]  # [n, answer_len, vocab]

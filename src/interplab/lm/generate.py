@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interplab.devices import model_device
 from interplab.errors import check
 from interplab.lm.tokenizer import bos_id, decode, encode
 
@@ -40,7 +41,7 @@ def generate(model: torch.nn.Module, tokens: Tensor, max_new_tokens: int, temper
     check(temperature >= 0, f"temperature must be non-negative, got {temperature}.")
     check(max_new_tokens >= 0, f"max_new_tokens must be non-negative, got {max_new_tokens}.")
     check(top_k is None or top_k >= 1, f"top_k must be at least 1, got {top_k}.")
-    device = next(model.parameters()).device
+    device = model_device(model)
     g = torch.Generator(device=device).manual_seed(seed)
     out = tokens.to(device)
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)

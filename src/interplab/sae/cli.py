@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 import typer
 
+from interplab.devices import model_device
 from interplab.errors import check
 from interplab.lm.load import load_option, model_option
 from interplab.options import NumberList, number, with_placement
@@ -287,7 +288,7 @@ def train_command(
     if held_out is not None and len(held_out):
         from interplab.sae.metrics import lm_loss_recovered
 
-        device = next(model.parameters()).device
+        device = model_device(model)
         final["loss_recovered"] = lm_loss_recovered(model, held_out.to(device), sae, site=buffer.site)["recovered_zero"]
     typer.echo("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in final.items()))
     if result.resampled:

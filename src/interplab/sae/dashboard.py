@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interplab.devices import model_device
 from interplab.errors import check
 from interplab.instrument import Site
 from interplab.io import PathLike
@@ -147,7 +148,7 @@ def feature_activations(sae: torch.nn.Module, model: torch.nn.Module, tokens: Te
     check(len(idx) == 0 or (int(idx.min()) >= 0 and int(idx.max()) < sae.cfg.d_sae),
           f"features must lie in [0, {sae.cfg.d_sae}).")
     out = []
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     for chunk in tokens.split(batch_size):
         act = cache(model, chunk.to(device), names=hook, stop=True)[1][hook]
         f = sae.features(act)[..., idx.to(act.device)]

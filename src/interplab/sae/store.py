@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interplab.devices import model_device
 from interplab.errors import check
 from interplab.instrument import cache
 from interplab.io import PathLike, atomic_write_json, load_tensors, read_json, save_tensors
@@ -172,7 +173,7 @@ class _ModelSource:
         self.model, self.hook_name, self.tokens = model, hook_name, tokens
         self.positions = None if positions is None else tuple(int(p) for p in positions)
         self.exclude_bos, self.model_batch = exclude_bos, model_batch
-        self.device = next(iter(model.parameters()), torch.empty(0)).device  # tokens go where the model is
+        self.device = model_device(model)  # tokens go where the model is
         self.reset()
 
     def reset(self) -> None:

@@ -149,7 +149,7 @@ def analyse(model: torch.nn.Module, tokenizer: Any, corpus: Path, eval_tokens: T
             n_rows: int = 32) -> dict[str, Any]:
     """Every measurement of the study on ``model`` (ours or a loaded one): see the module docstring."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     n_ctx = min(int(model.cfg.n_ctx), eval_tokens.n_ctx)
     rows = eval_tokens.rows(torch.arange(max(0, len(eval_tokens) - n_rows), len(eval_tokens)))[:, :n_ctx].to(device)
     loss = next_token_loss(model, rows).item()
@@ -313,7 +313,7 @@ def _report(results: dict[str, Any], a: dict[str, Any], metrics: list[dict[str, 
             r.table(["previous-token head", "induction head", "K-composition"], rows_k,
                     caption="How much each induction head's keys read what each earlier previous-token head writes.")
     tokens, labels = _story(corpus, tok, int(model.cfg.n_ctx))
-    pats = attention_patterns(model, tokens.to(next(model.parameters()).device))[0].cpu()  # [layer, head, q, k]
+    pats = attention_patterns(model, tokens.to(model_device(model)))[0].cpu()  # [layer, head, q, k]
     L, H = pats.shape[:2]
     r.attention(labels, pats.flatten(0, 1), [f"L{l}H{h}" for l in range(L) for h in range(H)],
                 caption="Attention patterns on a story (queries down, keys across; choose a head). Repeated names "

@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import torch
 import typer
 
-from interplab.devices import Placement, to_host
+from interplab.devices import Placement, model_device, to_host
 from interplab.options import number
 from interplab.errors import check
 from interplab.instrument import cache
@@ -141,7 +141,7 @@ def _steering(lm: torch.nn.Module, tok: Any, sae: SAE, text: torch.Tensor, corpu
     plays = Counter(p.answer.strip() for p in facts)
     check(len(plays) >= 2, "Steering needs people who play at least two different sports in the corpus.")
     target = SPORTS[0] if plays[SPORTS[0]] else plays.most_common(1)[0][0]
-    device = next(lm.parameters()).device
+    device = model_device(lm)
     bos = bos_id(tok)
 
     def ids(words: str) -> torch.Tensor:

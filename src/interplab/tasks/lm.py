@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from interplab.devices import model_device
 from interplab.errors import check
 from interplab.lm.corpus import fact_prompts, load_corpus
 from interplab.lm.facts import fact_accuracy
@@ -121,7 +122,7 @@ class LMTask:
 
     def loss(self, model: torch.nn.Module, batch: Tensor) -> Tensor:
         """Mean next-token cross-entropy over every position of ``batch`` ``[B, n_ctx + 1]``."""
-        return next_token_loss(model, batch.to(next(model.parameters()).device))
+        return next_token_loss(model, batch.to(model_device(model)))
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
@@ -136,7 +137,7 @@ class LMTask:
         return out
 
     def _mean_loss(self, model: torch.nn.Module, rows: Tensor) -> float:
-        losses = [next_token_loss(model, self.data.rows(r).to(next(model.parameters()).device)).item()
+        losses = [next_token_loss(model, self.data.rows(r).to(model_device(model))).item()
                   for r in rows.split(32)]
         sizes = [len(r) for r in rows.split(32)]
         return sum(loss * s for loss, s in zip(losses, sizes)) / sum(sizes)
