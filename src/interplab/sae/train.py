@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from interplab.devices import dtype_name
+from interplab.devices import dtype_name, model_device
 from interplab.errors import InterplabError, check
 from interplab.instrument import Site
 from interplab.io import PathLike, atomic_write_json
@@ -205,7 +205,7 @@ def sae_optimizer(sae: SAE, lr: float, betas: tuple[float, float]) -> torch.opti
         >>> sae_optimizer(SAE(SAEConfig(d_in=4, d_sae=8)), 1e-3, (0.0, 0.999)).defaults["fused"]
         True
     """
-    fused = next(sae.parameters()).device.type in ("cpu", "cuda")
+    fused = model_device(sae).type in ("cpu", "cuda")
     return torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, fused=fused or None)
 
 
